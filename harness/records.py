@@ -1,0 +1,57 @@
+"""Core records shared along the chain dataset -> manifest -> runner -> method -> metrics -> store.
+
+Records are frozen dataclasses with typed fields. Paths are stored as strings so that records
+serialise to Parquet/JSON unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a dataset, with the mask of ONE defect class (or none for a normal image).
+
+    A class is ``(object, category)`` as in SOFS. An image holding several defect categories
+    appears once per category, each record pointing at the mask of that category only.
+
+    ``mask_path`` is ``None`` for defect-free (normal) images. ``mask_value`` says how the mask
+    file encodes this class: ``None`` means "any non-zero pixel" (binary 0/255 masks, thresholded
+    at > 127 for anti-aliased files), an integer means "pixels equal to this value" (multi-valued
+    masks such as Defect Spectrum).
+    """
+
+    image_id: str
+    path: str
+    mask_path: str | None
+    category: str  # defect category; "good" for normal images
+    object: str
+    split: str  # "base" / "novel" / "test" ... as the adapter defines folds; "" when unknown
+    width: int
+    height: int
+    mask_value: int | None = None
+
+    @property
+    def is_normal(self) -> bool:
+        return self.mask_path is None
+
+    @property
+    def class_id(self) -> str:
+        return f"{self.object}/{self.category}"
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One few-shot episode: k supports of a class and one query (defective or normal)."""
+
+    episode_id: str
+    dataset: str
+    object: str
+    category: str
+    shots: int
+    seed: int
+    repeat: int
+    support_ids: tuple[str, ...]
+    query_id: str
+    query_is_normal: bool
+    support_is_normal: bool = False  # FAD mode: supports are defect-free images

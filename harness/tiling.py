@@ -1,0 +1,90 @@
+"""Native-resolution tiling and stitching, plus the resize/pad helpers of the two resolution policies.
+
+``native``: tiles of the model input size at native resolution; tiles sit at stride = tile size and
+the last row/column is snapped to the bottom/right border (so it overlaps its neighbour), as in
+SOFS's non-resizing procedure. ``resize``: the whole image is resized to the model input.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Tile:
+    top: int
+    left: int
+    height: int
+    width: int
+
+    def crop(self, array: np.ndarray) -> np.ndarray:
+        return array[self.top : self.top + self.height, self.left : self.left + self.width]
+
+
+def tile_grid(height: int, width: int, tile_size: int) -> list[Tile]:
+    """Tiles of ``min(tile_size, H) x min(tile_size, W)`` covering an H x W image.
+
+    Rows start at 0, t, 2t, ... with the last one moved to ``H - t`` (same for columns), so
+    every tile lies inside the image and only the last row/column overlaps its neighbour.
+    """
+    tile_h, tile_w = min(tile_size, height), min(tile_size, width)
+    tops = _starts(height, tile_h)
+    lefts = _starts(width, tile_w)
+    return [Tile(top, left, tile_h, tile_w) for top in tops for left in lefts]
+
+
+def _starts(length: int, tile: int) -> list[int]:
+    count = math.ceil(length / tile)
+    return [min(i * tile, length - tile) for i in range(count)]
+
+
+def stitch(tile_maps: list[np.ndarray], tiles: list[Tile], height: int, width: int) -> np.ndarray:
+    """Average per-tile maps ``[h, w]`` into one ``[H, W]`` map (overlaps are averaged)."""
+    total = np.zeros((height, width), dtype=np.float64)
+    count = np.zeros((height, width), dtype=np.float64)
+    for tile_map, tile in zip(tile_maps, tiles):
+        total[tile.top : tile.top + tile.height, tile.left : tile.left + tile.width] += tile_map
+        count[tile.top : tile.top + tile.height, tile.left : tile.left + tile.width] += 1
+    return (total / np.maximum(count, 1)).astype(np.float32)
+
+
+def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """Shape after resizing so the longest side is ``size`` (round half up, as the SOFS pipeline)."""
+    scale = size / max(height, width)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` -> uint8 ``[h, w, 3]``, bilinear with antialiasing (PIL-like)."""
+    if image.shape[:2] == tuple(shape):
+        return image
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    out = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False, antialias=True)
+    return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def resize_mask_fraction(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """bool ``[H, W]`` -> float32 ``[h, w]`` in [0, 1] (area-weighted, so tiny defects survive)."""
+    if mask.shape == tuple(shape):
+        return mask.astype(np.float32)
+    tensor = torch.from_numpy(mask.astype(np.float32))[None, None]
+    out = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False, antialias=True)
+    return out[0, 0].clamp(0, 1).numpy()
+
+
+def resize_map(score_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """float ``[h, w]`` -> float32 ``[H, W]``, bilinear (align_corners False)."""
+    if score_map.shape == tuple(shape):
+        return score_map.astype(np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(score_map, dtype=np.float32))[None, None]
+    return F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def pad_bottom_right(array: np.ndarray, size: int, value: float = 0) -> np.ndarray:
+    """Pad the first two dims of ``array`` to ``size x size`` at the bottom/right."""
+    pad = [(0, size - array.shape[0]), (0, size - array.shape[1])] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, pad, constant_values=value)
