@@ -117,7 +117,9 @@ def coerce_options(config_cls: type, options: Mapping[str, Any]) -> Any:
 def _coerce(value: Any, type_name: Any, key: str) -> Any:
     if not isinstance(value, str):
         return value
-    t = str(type_name)
+    t = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
+    if not isinstance(type_name, (str, type)):
+        t = str(type_name)  # generic aliases such as tuple[int, ...]
     try:
         if t.startswith("bool"):
             if value.lower() in ("1", "true", "yes", "on"):
@@ -172,8 +174,19 @@ class MethodSpec:
     name: str
     options: Mapping[str, Any] = field(default_factory=dict)
     weights: Mapping[str, str] = field(default_factory=dict)
+    # Filled from the registry by the driver, so workers build the method without the registry.
+    target: str | None = None
+    fixed_options: Mapping[str, Any] | None = None
+
+    @classmethod
+    def create(cls, name: str, options: Mapping[str, Any] | None = None,
+               weights: Mapping[str, str] | None = None) -> "MethodSpec":
+        entry = get_entry(name)
+        return cls(name, dict(options or {}), dict(weights or {}), entry.target, dict(entry.options))
 
     def entry(self) -> MethodEntry:
+        if self.target is not None:
+            return MethodEntry(self.name, self.target, "", dict(self.fixed_options or {}))
         return get_entry(self.name)
 
     def resolved_options(self) -> dict[str, Any]:

@@ -1,0 +1,289 @@
+#!/usr/bin/env python
+"""sofs-bench command line: run, episodes, report, train, methods, datasets, benchmark."""
+from __future__ import annotations
+
+import os
+
+# Offline by design: an accidental hub call would retry for ~47 s; Ray stays on 127.0.0.1.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import shlex
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+DEFAULT_METHODS = "sofs,panet,patchcore"
+
+
+@contextmanager
+def user_errors():
+    """Turn the project's user-facing errors into one-line Click errors (no traceback)."""
+    from datasets.base import DatasetError
+    from harness.features import BackboneError
+    from harness.ray_executor import ClusterError
+    from harness.run import RunError
+    from harness.episodes import ManifestError
+    from harness.store import StoreError
+    from methods.base import MethodError
+
+    try:
+        yield
+    except (DatasetError, BackboneError, ClusterError, RunError, StoreError, MethodError, ManifestError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def parse_assignments(values: tuple[str, ...], what: str) -> dict[str, dict[str, str]]:
+    """["sofs.abnormal_prior=false", "seggpt=/w"] -> {"sofs": {"abnormal_prior": "false"}, "seggpt": {"": "/w"}}"""
+    parsed: dict[str, dict[str, str]] = {}
+    for value in values:
+        if "=" not in value:
+            raise click.BadParameter(f"'{value}' is not METHOD[.KEY]=VALUE", param_hint=what)
+        target, _, setting = value.partition("=")
+        method, _, key = target.partition(".")
+        parsed.setdefault(method.strip(), {})[key.strip()] = setting
+    return parsed
+
+
+def parse_ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers", param_hint=name) from None
+
+
+def method_specs(methods: str, weights: tuple[str, ...], sets: tuple[str, ...]):
+    from methods.base import MethodSpec, get_entry
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    weight_map = parse_assignments(weights, "--weights")
+    option_map = parse_assignments(sets, "--set")
+    for unknown in (set(weight_map) | set(option_map)) - set(names):
+        raise click.BadParameter(f"'{unknown}' is not among --methods {methods}", param_hint="--weights/--set")
+    specs = []
+    for name in names:
+        cls = get_entry(name).load_class()
+        primary = cls.weight_specs[0].key if getattr(cls, "weight_specs", ()) else ""
+        given = {(key or primary): path for key, path in weight_map.get(name, {}).items()}
+        specs.append(MethodSpec.create(name, option_map.get(name, {}), given))
+    return specs
+
+
+def manifest_options(func):
+    options = [
+        click.option("--dataset", default="synthetic", show_default=True, help="Dataset folder, or 'synthetic' (the embedded default)."),
+        click.option("--format", "dataset_format", default="auto", show_default=True, help="folder | opendomain | mvtec | vision | defect_spectrum | auto"),
+        click.option("--shots", default="1", show_default=True, help="Comma-separated shot counts, e.g. 1,5."),
+        click.option("--seeds", default=5, show_default=True, help="Support re-draws per query (report mean ± std)."),
+        click.option("--normal-fraction", default=0.2, show_default=True, help="Fraction of episodes with a defect-free query."),
+        click.option("--fad", is_flag=True, help="Few-shot anomaly detection: supports are defect-free images."),
+        click.option("--fold", default=None, help="Objects to evaluate: a fold of the dataset ('novel' by default when it has one; 'all' for every object)."),
+        click.option("--max-queries-per-class", type=int, default=None, help="Cap queries per class (quick runs)."),
+        click.option("--episode-seed", default=0, show_default=True, help="Base seed of support sampling."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def manifest_settings(shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed):
+    from harness.run import ManifestSettings
+
+    return ManifestSettings(parse_ints(shots, "--shots"), seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def cli():
+    """Few-shot small-defect segmentation benchmark: SOFS and baselines over episode manifests."""
+
+
+@cli.command()
+@click.option("--methods", default=DEFAULT_METHODS, show_default=True, help="Comma-separated method names (see `bench.py methods`).")
+@manifest_options
+@click.option("--manifest", "manifest_path", default=None, help="Use this manifest (.parquet/.json) instead of building one.")
+@click.option("--out", default=None, help="Run folder (default results/<dataset>-<manifest id>; the same command resumes there).")
+@click.option("--overwrite", type=click.Choice(["never", "missing", "always"]), default="missing", show_default=True, help="missing: resume, compute only what is not stored.")
+@click.option("--executor", type=click.Choice(["ray", "inline"]), default="ray", show_default=True, help="inline runs without Ray (debugging).")
+@click.option("--address", default=None, help="Join this Ray cluster (default $RAY_ADDRESS, else a local one on 127.0.0.1).")
+@click.option("--workers", default=1, show_default=True, help="Ray actors per method (each loads the method once).")
+@click.option("--cpus-per-worker", type=float, default=None, help="Default: cluster CPUs / workers.")
+@click.option("--gpus-per-worker", type=float, default=0.0, show_default=True, help="May be fractional (a scheduling label: Ray does not isolate memory).")
+@click.option("--chunk-size", type=int, default=None, help="Episodes per work unit / Parquet part (default 4-64 by run size).")
+@click.option("--weights", multiple=True, help="METHOD[.KEY]=PATH, e.g. seggpt=/w/seggpt-vit-large or sofs.backbone=dinov2_vitb14_pretrain.pth.")
+@click.option("--set", "sets", multiple=True, help="METHOD.OPTION=VALUE, e.g. panet.resolution=resize.")
+@click.option("--save-predictions", is_flag=True, help="Keep each episode's score map as an 8-bit PNG at native size.")
+@click.option("--min-area", default=1, show_default=True, help="A predicted component counts for image-level alarms from this many pixels.")
+@click.option("--report/--no-report", "make_report", default=True, show_default=True, help="Write the comparison table when done.")
+def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed,
+        manifest_path, out, overwrite, executor, address, workers, cpus_per_worker, gpus_per_worker, chunk_size,
+        weights, sets, save_predictions, min_area, make_report):
+    """Run methods over the episodes of a dataset and store one Parquet row per episode."""
+    from harness.run import RunConfig, execute
+    from harness.runner import EvalSettings
+
+    with user_errors():
+        config = RunConfig(
+            methods=method_specs(methods, weights, sets),
+            dataset=dataset,
+            dataset_format=dataset_format,
+            manifest=manifest_settings(shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed),
+            manifest_path=manifest_path,
+            out=out,
+            overwrite=overwrite,
+            executor=executor,
+            address=address,
+            workers=workers,
+            cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker,
+            chunk_size=chunk_size,
+            save_predictions=save_predictions,
+            settings=EvalSettings(min_area=min_area),
+            command=shlex.join(["python", "bench.py", *sys.argv[1:]]),
+        )
+        summary = execute(config)
+    click.echo(f"\nrun folder: {summary.run_dir}  (manifest {summary.manifest_id}, {summary.episodes} episodes per method, {summary.elapsed_s:.0f} s)")
+    for m in summary.methods:
+        click.echo(f"  {m.method:<22} computed {m.ok + m.failed:>5}  already stored {m.skipped:>5}  failed {m.failed:>4}")
+        for status, count in list(m.errors.items())[:3]:
+            click.echo(f"      {count} x {status}")
+    if make_report:
+        with user_errors():
+            write_quick_report(summary.run_dir)
+    if summary.failed:
+        click.echo(f"{summary.failed} episodes failed (rows kept with their error; details in {summary.run_dir / 'errors.log'})", err=True)
+        sys.exit(3)
+
+
+def write_quick_report(run_dir: Path) -> None:
+    from harness.summary import summary_table
+
+    table = summary_table([run_dir])
+    (run_dir / "summary.md").write_text(table.to_markdown(index=False) + "\n")
+    table.to_csv(run_dir / "summary.csv", index=False)
+    click.echo("\n" + table.to_markdown(index=False))
+    click.echo(f"\ntable: {run_dir / 'summary.md'}  (full report: python bench.py report {run_dir})")
+
+
+@cli.group()
+def episodes():
+    """Episode manifests."""
+
+
+@episodes.command("build")
+@manifest_options
+@click.option("--out", default=str(Path("results") / "manifests"), show_default=True, help="Folder for <id>.parquet + <id>.json.")
+def episodes_build(dataset, dataset_format, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed, out):
+    """Build a content-hashed episode manifest (same inputs -> byte-identical files)."""
+    from datasets.base import load_dataset
+    from harness.episodes import write_manifest
+    from harness.run import RunConfig, load_or_build_manifest
+
+    with user_errors():
+        data = load_dataset(dataset, dataset_format)
+        config = RunConfig(methods=[], dataset=dataset, dataset_format=dataset_format,
+                           manifest=manifest_settings(shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed))
+        manifest = load_or_build_manifest(config, data)
+        path = write_manifest(manifest, Path(out))
+    normal = sum(e.query_is_normal for e in manifest.episodes)
+    click.echo(f"manifest {manifest.manifest_id}: {len(manifest.episodes)} episodes ({normal} normal queries) -> {path}")
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Report folder (default <first run>/report).")
+@click.option("--per-class", is_flag=True, help="Also write per-class tables.")
+@click.option("--size-edges", default="0.001,0.003,0.01,0.05", show_default=True, help="GT area-fraction bin edges.")
+@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for confidence intervals.")
+def report(runs, out, per_class, size_edges, bootstrap):
+    """Tables (md/csv/tex), size-stratified mIoU, false alarms, plots and one HTML file."""
+    from harness.report import build_report
+
+    edges = tuple(float(v) for v in size_edges.split(","))
+    with user_errors():
+        result = build_report(list(runs), out or runs[0] / "report", per_class=per_class, size_edges=edges, bootstrap=bootstrap)
+    click.echo(result.summary_markdown if hasattr(result, "summary_markdown") else "")
+    click.echo(f"report: {result.html_path}")
+
+
+@cli.command("methods")
+@click.option("--weights", multiple=True, help="METHOD[.KEY]=PATH to check.")
+def list_methods(weights):
+    """List methods and whether their weights are available."""
+    from methods.base import MethodError, MethodSpec, REGISTRY, get_entry
+
+    get_entry("panet")  # fills the registry
+    given = parse_assignments(weights, "--weights")
+    for name, entry in sorted(REGISTRY.items()):
+        try:
+            cls = entry.load_class()
+            primary = cls.weight_specs[0].key if cls.weight_specs else ""
+            spec = MethodSpec(name, {}, {(k or primary): v for k, v in given.get(name, {}).items()})
+            resolved = spec.check()
+            state = "ready  " + ", ".join(f"{k}={p}" for k, p in resolved.items())
+        except MethodError as exc:
+            state = f"needs weights: {exc}"
+        except ImportError as exc:
+            state = f"unavailable: {exc}"
+        click.echo(f"{name:<20} {entry.description}\n{'':<20} {state}")
+
+
+@cli.group("datasets")
+def datasets_group():
+    """Dataset tools."""
+
+
+@datasets_group.command("check")
+@click.argument("path")
+@click.option("--format", "dataset_format", default="auto", show_default=True)
+def datasets_check(path, dataset_format):
+    """Validate a dataset: counts, sizes, and every problem with its file."""
+    from datasets.check import check_dataset, format_check_report
+
+    with user_errors():
+        result = check_dataset(path, dataset_format)
+    click.echo(format_check_report(result))
+    if any(getattr(p, "severity", "error") == "error" for p in getattr(result, "problems", [])):
+        sys.exit(1)
+
+
+@datasets_group.command("synthetic")
+@click.option("--seed", default=0, show_default=True)
+def datasets_synthetic(seed):
+    """Generate (or find) the embedded default dataset and print its folder."""
+    from datasets.synthetic import ensure_synthetic
+
+    click.echo(ensure_synthetic(seed=seed))
+
+
+@cli.group()
+def train():
+    """Train learned methods."""
+
+
+def _mount_training() -> None:
+    try:
+        from methods.sofs.cli import train_sofs
+    except ImportError:
+        return
+    train.add_command(train_sofs, "sofs")
+
+
+_mount_training()
+
+
+@cli.command()
+@click.option("--episodes", default=24, show_default=True, help="Episodes per measurement.")
+@click.option("--rows", default=1_000_000, show_default=True, help="Rows for the aggregation timing.")
+def benchmark(episodes, rows):
+    """Harness overhead, 1 vs 2 workers, peak RSS, report aggregation speed (prints ratios)."""
+    from benchmarks.harness_bench import main
+
+    main(episodes=episodes, rows=rows)
+
+
+if __name__ == "__main__":
+    cli()

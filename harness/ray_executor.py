@@ -1,0 +1,141 @@
+"""Ray Core executor: long-lived actors per method, driver-side scheduling and Parquet writes.
+
+One actor per worker slot holds an EpisodeWorker (weights loaded once). The driver keeps at most
+``in_flight`` chunks per actor, waits with a timeout, requeues a chunk whose actor died (up to
+``max_attempts``), and turns a chunk that keeps killing workers into error rows. Resource requests
+are checked against the cluster before anything is submitted, because a request no node can
+satisfy makes Ray wait forever.
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from pathlib import Path
+
+from harness.runner import EpisodeWorker, EvalSettings, MethodJob, WorkUnit, describe_error, error_row
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ClusterError(Exception):
+    """A user-facing problem with the Ray cluster or resource request (one line)."""
+
+
+def local_ray_env() -> None:
+    """Keep a local cluster on 127.0.0.1 and let workers import this project."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(REPO_ROOT) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *paths])
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> dict:
+    """Join ``address`` (or $RAY_ADDRESS), or start a local cluster bound to 127.0.0.1."""
+    local_ray_env()
+    import ray
+
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(
+                    num_cpus=num_cpus,
+                    include_dashboard=False,
+                    _node_ip_address="127.0.0.1",
+                    log_to_driver=False,
+                )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ClusterError(f"cannot connect to Ray at {address or 'a new local cluster'}: {exc}") from None
+    return {k: float(v) for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
+
+
+def check_resources(resources: dict, workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
+    """Refuse a request no node can satisfy (Ray would wait for it forever)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    fits = [
+        n for n in nodes
+        if n["Resources"].get("CPU", 0) >= cpus_per_worker and n["Resources"].get("GPU", 0) >= gpus_per_worker
+    ]
+    total_gpu, total_cpu = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    if not fits:
+        raise ClusterError(
+            f"no Ray node has {cpus_per_worker:g} CPU and {gpus_per_worker:g} GPU for one worker "
+            f"(cluster: {total_cpu:g} CPU, {total_gpu:g} GPU); lower --gpus-per-worker/--cpus-per-worker"
+        )
+    if workers * gpus_per_worker > total_gpu + 1e-9 or workers * cpus_per_worker > total_cpu + 1e-9:
+        raise ClusterError(
+            f"{workers} workers x ({cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU) exceed the cluster "
+            f"({total_cpu:g} CPU, {total_gpu:g} GPU); lower --workers"
+        )
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(
+        self,
+        workers: int,
+        cpus_per_worker: float,
+        gpus_per_worker: float = 0.0,
+        in_flight: int = 2,
+        max_attempts: int = 3,
+        wait_timeout_s: float = 30.0,
+    ):
+        self.workers = workers
+        self.cpus_per_worker = cpus_per_worker
+        self.gpus_per_worker = gpus_per_worker
+        self.in_flight = in_flight
+        self.max_attempts = max_attempts
+        self.wait_timeout_s = wait_timeout_s
+
+    def run(self, job: MethodJob, dataset, settings: EvalSettings, progress) -> None:
+        import ray
+
+        remote_worker = ray.remote(EpisodeWorker).options(
+            num_cpus=self.cpus_per_worker,
+            num_gpus=self.gpus_per_worker,
+            max_restarts=-1,
+            max_task_retries=0,
+        )
+        dataset_ref = ray.put(dataset)
+        threads = max(1, int(self.cpus_per_worker))
+        actors = [
+            remote_worker.remote(job.spec, dataset_ref, job.context, settings, job.predictions_dir, threads)
+            for _ in range(min(self.workers, max(1, len(job.units))))
+        ]
+        queue = deque(job.units)
+        pending: dict = {}  # ObjectRef -> (actor index, WorkUnit)
+        load = [0] * len(actors)
+        try:
+            while queue or pending:
+                for index, actor in enumerate(actors):
+                    while queue and load[index] < self.in_flight:
+                        unit = queue.popleft()
+                        pending[actor.run_chunk.remote(unit)] = (index, unit)
+                        load[index] += 1
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.wait_timeout_s)
+                for ref in ready:
+                    index, unit = pending.pop(ref)
+                    load[index] -= 1
+                    try:
+                        rows = ray.get(ref)
+                    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                            ray.exceptions.ObjectLostError, ray.exceptions.OutOfMemoryError) as exc:
+                        if unit.attempt < self.max_attempts:
+                            queue.append(WorkUnit(unit.method, unit.chunk_index, unit.episodes, unit.attempt + 1))
+                            continue
+                        rows = [error_row(job.context, e, describe_error(exc)) for e in unit.episodes]
+                    except ray.exceptions.RayTaskError as exc:
+                        cause = exc.cause if getattr(exc, "cause", None) else exc
+                        rows = [error_row(job.context, e, describe_error(cause)) for e in unit.episodes]
+                    job.done_rows(unit, rows)
+                    progress(len(rows), rows)
+        finally:
+            for actor in actors:
+                ray.kill(actor)

@@ -1,0 +1,29 @@
+"""Test-session environment: offline, Ray on 127.0.0.1, caches in a temp folder."""
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_TMP = Path(tempfile.mkdtemp(prefix="sofs-bench-tests-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLCONFIGDIR", str(_TMP / "mpl"))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("SOFS_BENCH_CACHE", str(_TMP / "cache"))
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REAL_DATA = REPO_ROOT.parent / "shared" / "real-data"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster per test session (ray.init costs seconds)."""
+    from harness.ray_executor import connect
+
+    resources = connect(None, num_cpus=2)
+    yield resources
+    import ray
+
+    ray.shutdown()

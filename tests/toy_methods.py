@@ -1,0 +1,67 @@
+"""Tiny real methods for harness tests (loaded with SOFS_BENCH_PLUGINS=tests.toy_methods).
+
+``toy-bright`` scores each pixel by its grey level: the fixture defects are bright on a dark
+surface, so it segments them exactly. Options make it slow, crash on a query, or kill its own
+worker process once (to exercise retries).
+"""
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from methods.base import register
+
+
+@dataclass(frozen=True)
+class BrightConfig:
+    sleep_s: float = 0.0
+    crash_width: int = 0  # raise on queries of this width
+    die_once_marker: str = ""  # os._exit(1) on the first call if this file does not exist yet
+
+
+class Bright:
+    Config = BrightConfig
+    weight_specs = ()
+    threshold = 0.5
+
+    def __init__(self, config: BrightConfig, weights):
+        self.config = config
+
+    def predict(self, support_images, support_masks, query_image):
+        if self.config.die_once_marker and not Path(self.config.die_once_marker).exists():
+            Path(self.config.die_once_marker).touch()
+            os._exit(1)
+        if self.config.crash_width and query_image.shape[1] == self.config.crash_width:
+            raise RuntimeError("toy crash on purpose")
+        time.sleep(self.config.sleep_s)
+        return query_image.mean(axis=2).astype(np.float32) / 255.0
+
+
+register("toy-bright", "tests.toy_methods:Bright", "grey level as defect score (tests)")
+
+
+def make_folder_dataset(root: Path, name: str = "widget", n_per_category: int = 4, seed: int = 0) -> Path:
+    """<root>/<name>/{spot,line,good}/{images,masks}: dark noise, bright defects, 0/255 masks."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    base = root / name
+    for category in ("spot", "line", "good"):
+        (base / category / "images").mkdir(parents=True, exist_ok=True)
+        if category != "good":
+            (base / category / "masks").mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_category):
+            height, width = 48, 64 + i  # odd sizes on purpose
+            image = rng.integers(10, 60, size=(height, width, 3), dtype=np.uint8)
+            mask = np.zeros((height, width), dtype=np.uint8)
+            if category == "spot":
+                mask[10 + i : 13 + i, 20:23] = 255
+            elif category == "line":
+                mask[30, 5 : 40 + i] = 255
+            image[mask > 0] = 230
+            Image.fromarray(image).save(base / category / "images" / f"{category}_{i}.png")
+            if category != "good":
+                Image.fromarray(mask).save(base / category / "masks" / f"{category}_{i}.png")
+    return base
