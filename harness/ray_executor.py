@@ -125,15 +125,17 @@ class RayExecutor:
                     load[index] -= 1
                     try:
                         rows = ray.get(ref)
-                    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                            ray.exceptions.ObjectLostError, ray.exceptions.OutOfMemoryError) as exc:
+                    except ray.exceptions.RayTaskError as exc:
+                        # The worker turns episode errors into rows, so this is a bug in run_chunk.
+                        cause = exc.cause if getattr(exc, "cause", None) else exc
+                        rows = [error_row(job.context, e, describe_error(cause)) for e in unit.episodes]
+                    except ray.exceptions.RayError as exc:
+                        # System failure (actor died or restarting, worker crashed, OOM kill):
+                        # requeue; the actor restarts and reloads the method.
                         if unit.attempt < self.max_attempts:
                             queue.append(WorkUnit(unit.method, unit.chunk_index, unit.episodes, unit.attempt + 1))
                             continue
                         rows = [error_row(job.context, e, describe_error(exc)) for e in unit.episodes]
-                    except ray.exceptions.RayTaskError as exc:
-                        cause = exc.cause if getattr(exc, "cause", None) else exc
-                        rows = [error_row(job.context, e, describe_error(cause)) for e in unit.episodes]
                     job.done_rows(unit, rows)
                     progress(len(rows), rows)
         finally:

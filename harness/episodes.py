@@ -1,0 +1,371 @@
+"""Episode manifests: which supports and which query make each few-shot episode (SOFS-style protocol).
+
+A class is ``(object, category)``; one defective record = one (image, category) pair.
+
+* Every defective record of a test class is a query once per (shot k, repeat r). Its k supports
+  are other records of the same class, never the query image; drawn without replacement when the
+  class has at least k other images, else with replacement (duplicate supports; SOFS §7.12 does
+  the same). A class with a single image cannot make an episode: it is skipped and listed in
+  ``params["skipped_classes"]``.
+* ``seeds`` = R support re-draws (repeat 0..R−1). Each draw uses its own generator seeded from a
+  hash of (base_seed, class, k, r, query), stored as ``Episode.seed``; so adding a class, a record
+  of another class or a cap on queries changes no other episode.
+* Normal queries: defect-free images of the query's object with supports of one of that object's
+  classes, about ``normal_fraction`` of all episodes (see :func:`_allocate_normal_queries`).
+* FAD mode: the supports are k defect-free images of the object (``support_is_normal``).
+
+``support_ids`` and ``query_id`` are ``image_id`` values; the record they denote is the one of the
+episode's class (``object/category``), or a normal record of the object when the image is normal.
+
+A manifest is a Parquet file of episodes plus a JSON sidecar with the parameters, both named by the
+manifest's content hash, so the same data and parameters give the same id and the same bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from harness.records import Episode, ImageRecord
+
+MANIFEST_VERSION = 1
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("episode_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("object", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("shots", pa.int32(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("repeat", pa.int32(), nullable=False),
+        pa.field("support_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("query_is_normal", pa.bool_(), nullable=False),
+        pa.field("support_is_normal", pa.bool_(), nullable=False),
+    ]
+)
+# Not part of the content hash: where the data lies on this machine says nothing about the episodes.
+_UNHASHED_PARAMS = ("dataset_root",)
+
+
+class ManifestError(ValueError):
+    """A user-facing problem with manifest parameters or a manifest file (one line)."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    manifest_id: str  # first 16 hex chars of sha256(canonical JSON of hashed params + episodes)
+    episodes: tuple[Episode, ...]
+    params: dict  # JSON-native: sampling parameters, dataset name/format/root, counts
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+
+# ------------------------------------------------------------------------------------------------
+# hashing
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _sha256_hex(value: Any) -> str:
+    return hashlib.sha256(_canonical_json(value).encode("utf-8")).hexdigest()
+
+
+def derive_seed(*parts: Any) -> int:
+    """A non-negative int64 seed from a hash of ``parts`` (stable across runs and platforms)."""
+    return int(_sha256_hex(list(parts))[:16], 16) >> 1
+
+
+_EPISODE_FIELD_NAMES = tuple(f.name for f in fields(Episode))
+
+
+def _episode_fields(episode: Episode) -> dict:
+    data = {name: getattr(episode, name) for name in _EPISODE_FIELD_NAMES}
+    data["support_ids"] = list(episode.support_ids)
+    return data
+
+
+def episode_id_for(episode: Episode) -> str:
+    """Short content hash of the fields that define an episode (all but ``episode_id``)."""
+    data = _episode_fields(episode)
+    del data["episode_id"]
+    return _sha256_hex(data)[:16]
+
+
+def manifest_id_for(params: dict, episodes: Sequence[Episode]) -> str:
+    hashed = {key: value for key, value in params.items() if key not in _UNHASHED_PARAMS}
+    return _sha256_hex({"params": hashed, "episodes": [_episode_fields(e) for e in episodes]})[:16]
+
+
+# ------------------------------------------------------------------------------------------------
+# building
+
+
+def _make_episode(**values: Any) -> Episode:
+    draft = Episode(episode_id="", **values)
+    return replace(draft, episode_id=episode_id_for(draft))
+
+
+def _draw(rng: np.random.Generator, candidates: list[ImageRecord], k: int) -> tuple[str, ...]:
+    """k image ids from ``candidates``: without replacement when there are enough, else with."""
+    index = rng.choice(len(candidates), size=k, replace=len(candidates) < k)
+    return tuple(candidates[i].image_id for i in index)
+
+
+def _other_images(records: list[ImageRecord], query: ImageRecord) -> list[ImageRecord]:
+    return [r for r in records if r.image_id != query.image_id and r.path != query.path]
+
+
+def _select_records(dataset, fold: str | None) -> list[ImageRecord]:
+    """Records of the fold's objects (a fold may also list ``object/category`` ids), sorted, deduplicated."""
+    records = sorted(set(dataset.records), key=lambda r: (r.image_id, r.object, r.category, r.path))
+    if fold is None:
+        return records
+    folds = dataset.folds or {}
+    if fold not in folds:
+        raise ManifestError(f"dataset {dataset.name!r} has no fold {fold!r}; folds: {', '.join(sorted(folds)) or '(none)'}")
+    members = set(folds[fold])
+    return [r for r in records if r.object in members or r.class_id in members]
+
+
+def _cap_queries(records: list[ImageRecord], cap: int | None, base_seed: int, class_id: str) -> list[ImageRecord]:
+    if cap is None or len(records) <= cap:
+        return records
+    rng = np.random.default_rng(derive_seed(base_seed, class_id, "queries"))
+    keep = sorted(rng.choice(len(records), size=cap, replace=False))
+    return [records[i] for i in keep]
+
+
+@dataclass
+class _ClassPlan:
+    """What one class contributes to every (k, r): its queries and where its supports come from."""
+
+    class_id: str
+    object: str
+    category: str
+    queries: list[ImageRecord]  # defective records of the class (capped)
+    support_pool: list[ImageRecord]  # class records, or the object's normal records in FAD mode
+    normals: list[ImageRecord]  # the object's normal records
+    normal_queries: list[ImageRecord] = field(default_factory=list)
+
+
+def _plan_classes(
+    records: list[ImageRecord], fad: bool, max_queries: int | None, base_seed: int
+) -> tuple[list[_ClassPlan], dict[str, str]]:
+    """One plan per class that can make episodes (sorted by class id), and ``{class_id: why}`` for the others."""
+    by_class: dict[str, list[ImageRecord]] = defaultdict(list)
+    normals_by_object: dict[str, list[ImageRecord]] = defaultdict(list)
+    for record in records:
+        (normals_by_object[record.object] if record.is_normal else by_class[record.class_id]).append(record)
+    plans, skip_reasons = [], {}
+    for class_id in sorted(by_class):
+        class_records = by_class[class_id]
+        normals = normals_by_object[class_records[0].object]
+        if fad and not normals:
+            skip_reasons[class_id] = "no normal image of the object for FAD supports"
+        elif not fad and len(class_records) < 2:
+            skip_reasons[class_id] = "single image: no support other than the query"
+        else:
+            plans.append(
+                _ClassPlan(
+                    class_id, class_records[0].object, class_records[0].category,
+                    queries=_cap_queries(class_records, max_queries, base_seed, class_id),
+                    support_pool=normals if fad else class_records, normals=normals,
+                )
+            )
+    return plans, skip_reasons
+
+
+def _allocate_normal_queries(total: int, weights: dict[str, int], caps: dict[str, int]) -> dict[str, int]:
+    """Split ``total`` normal queries over classes proportionally to ``weights``, at most ``caps[c]`` each.
+
+    Greedy largest deficit (``total * w_c / Σw − given_c``), ties by class id: deterministic, and
+    a class capped by its object's normal images hands its share to the others.
+    """
+    given = {c: 0 for c in weights}
+    weight_sum = sum(weights.values())
+    heap = [(-total * w / weight_sum, c) for c, w in sorted(weights.items()) if caps[c] > 0]
+    heapq.heapify(heap)
+    for _ in range(total):
+        if not heap:
+            break
+        _, class_id = heapq.heappop(heap)
+        given[class_id] += 1
+        if given[class_id] < caps[class_id]:
+            deficit = total * weights[class_id] / weight_sum - given[class_id]
+            heapq.heappush(heap, (-deficit, class_id))
+    return given
+
+
+def _choose_normal_queries(plans: list[_ClassPlan], normal_fraction: float, fad: bool, base_seed: int) -> None:
+    """Fill ``plan.normal_queries``: the same images for every (k, r), so shots and repeats stay paired."""
+    n_defective = sum(len(plan.queries) for plan in plans)
+    total = math.floor(normal_fraction / (1 - normal_fraction) * n_defective + 0.5)
+    # a class gets each normal image at most once (no duplicate episodes); in FAD mode a normal
+    # query needs another normal image as its support
+    caps = {p.class_id: len(p.normals) if not fad or len(p.normals) >= 2 else 0 for p in plans}
+    allocation = _allocate_normal_queries(total, {p.class_id: len(p.queries) for p in plans}, caps)
+    for plan in plans:
+        rng = np.random.default_rng(derive_seed(base_seed, plan.class_id, "normal-queries"))
+        chosen = rng.permutation(len(plan.normals))[: allocation[plan.class_id]]
+        plan.normal_queries = sorted((plan.normals[i] for i in chosen), key=lambda r: r.image_id)
+
+
+def _class_episodes(
+    plan: _ClassPlan, k: int, repeat: int, dataset_name: str, fad: bool, base_seed: int
+) -> tuple[list[Episode], bool]:
+    """The episodes of one class at (k, r), defective queries first; and whether any drew with replacement."""
+    episodes, replaced = [], False
+    for is_normal, queries in ((False, plan.queries), (True, plan.normal_queries)):
+        for query in queries:
+            seed = derive_seed(base_seed, plan.class_id, k, repeat, query.image_id, is_normal)
+            candidates = _other_images(plan.support_pool, query)
+            replaced |= len(candidates) < k
+            episodes.append(
+                _make_episode(
+                    dataset=dataset_name, object=plan.object, category=plan.category, shots=k, seed=seed,
+                    repeat=repeat, support_ids=_draw(np.random.default_rng(seed), candidates, k),
+                    query_id=query.image_id, query_is_normal=is_normal, support_is_normal=fad,
+                )
+            )
+    return episodes, replaced
+
+
+def build_manifest(
+    dataset,
+    *,
+    shots: Sequence[int] = (1,),
+    seeds: int = 5,
+    normal_fraction: float = 0.2,
+    fad: bool = False,
+    fold: str | None = None,
+    max_queries_per_class: int | None = None,
+    base_seed: int = 0,
+) -> Manifest:
+    """Episodes of ``dataset`` (fields ``name, root, format, records, folds, meta``) under the SOFS protocol.
+
+    ``fold`` keeps the objects of ``dataset.folds[fold]``; ``None`` keeps all objects.
+    ``max_queries_per_class`` keeps a fixed hash-drawn subset of each class's queries.
+    Normal queries: ``round(f / (1 − f) · D)`` for ``D`` defective episodes per (k, r), so that
+    ≈ f of all episodes are normal, spread over classes by their query counts (see
+    :func:`_allocate_normal_queries`); a class gets at most as many as its object has normal
+    images (one episode per normal image per (k, r)), none when the object has no normal images.
+    Episodes are ordered by (k, r, class id, defective before normal, query id).
+    """
+    shot_list = sorted({int(k) for k in shots})
+    if not shot_list or shot_list[0] < 1:
+        raise ManifestError(f"shots must be positive integers, got {list(shots)}")
+    if seeds < 1:
+        raise ManifestError(f"seeds must be >= 1, got {seeds}")
+    if not 0 <= normal_fraction < 1:
+        raise ManifestError(f"normal_fraction must be in [0, 1), got {normal_fraction}")
+    if max_queries_per_class is not None and max_queries_per_class < 1:
+        raise ManifestError(f"max_queries_per_class must be >= 1, got {max_queries_per_class}")
+
+    plans, skip_reasons = _plan_classes(_select_records(dataset, fold), fad, max_queries_per_class, base_seed)
+    _choose_normal_queries(plans, normal_fraction, fad, base_seed)
+    episodes: list[Episode] = []
+    with_replacement: set[str] = set()
+    for k in shot_list:
+        for repeat in range(seeds):
+            for plan in plans:
+                class_episodes, replaced = _class_episodes(plan, k, repeat, dataset.name, fad, base_seed)
+                episodes += class_episodes
+                if replaced:
+                    with_replacement.add(f"{plan.class_id}@{k}")
+
+    params = {
+        "manifest_version": MANIFEST_VERSION,
+        "dataset": dataset.name,
+        "dataset_format": dataset.format,
+        "dataset_root": str(dataset.root),
+        "shots": shot_list,
+        "seeds": int(seeds),
+        "normal_fraction": float(normal_fraction),
+        "fad": bool(fad),
+        "fold": fold,
+        "max_queries_per_class": max_queries_per_class,
+        "base_seed": int(base_seed),
+        "classes": [plan.class_id for plan in plans],
+        "skipped_classes": sorted(skip_reasons),
+        "skip_reasons": skip_reasons,
+        "supports_with_replacement": sorted(with_replacement),
+        "n_episodes": len(episodes),
+        "n_defective_episodes": sum(not e.query_is_normal for e in episodes),
+        "n_normal_episodes": sum(e.query_is_normal for e in episodes),
+    }
+    return Manifest(manifest_id_for(params, episodes), tuple(episodes), params)
+
+
+# ------------------------------------------------------------------------------------------------
+# files
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temp.write_bytes(data)
+    os.replace(temp, path)
+
+
+def _episode_table(manifest: Manifest) -> pa.Table:
+    columns = {name: [getattr(e, name) for e in manifest.episodes] for name in _EPISODE_FIELD_NAMES}
+    columns["support_ids"] = [list(ids) for ids in columns["support_ids"]]
+    metadata = {"manifest_id": manifest.manifest_id, "manifest_version": str(MANIFEST_VERSION)}
+    return pa.table(columns, schema=MANIFEST_SCHEMA.with_metadata(metadata))
+
+
+def write_manifest(manifest: Manifest, directory: str | os.PathLike) -> Path:
+    """Write ``<directory>/<manifest_id>.parquet`` (episodes) and ``<manifest_id>.json`` (params).
+
+    Same manifest -> byte-identical files. Each file is written to a temp name then renamed.
+    Returns the Parquet path.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    parquet_path = directory / f"{manifest.manifest_id}.parquet"
+    sink = pa.BufferOutputStream()
+    pq.write_table(_episode_table(manifest), sink, compression="zstd")
+    _atomic_write(parquet_path, sink.getvalue().to_pybytes())
+    sidecar = {"manifest_id": manifest.manifest_id, "params": manifest.params}
+    _atomic_write(parquet_path.with_suffix(".json"), (json.dumps(sidecar, sort_keys=True, indent=2) + "\n").encode())
+    return parquet_path
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Read a manifest back from its ``.parquet`` or ``.json`` path; checks schema and content hash."""
+    path = Path(path)
+    parquet_path, json_path = path.with_suffix(".parquet"), path.with_suffix(".json")
+    for needed in sorted((parquet_path, json_path), key=lambda p: p != path):  # the given path first
+        if not needed.is_file():
+            raise ManifestError(f"{needed}: manifest file not found")
+    try:
+        sidecar = json.loads(json_path.read_text())
+        manifest_id, params = sidecar["manifest_id"], sidecar["params"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ManifestError(f"{json_path}: not a manifest sidecar ({type(error).__name__}: {error})") from None
+    try:
+        table = pq.read_table(parquet_path)
+    except (OSError, pa.ArrowException) as error:
+        raise ManifestError(f"{parquet_path}: unreadable Parquet ({error})") from None
+    if not table.schema.remove_metadata().equals(MANIFEST_SCHEMA):
+        raise ManifestError(f"{parquet_path}: columns {table.schema.names} do not match the manifest schema")
+    episodes = tuple(Episode(**{**row, "support_ids": tuple(row["support_ids"])}) for row in table.to_pylist())
+    for episode in episodes:
+        if episode.episode_id != episode_id_for(episode):
+            raise ManifestError(f"{parquet_path}: episode {episode.episode_id} does not match its content (file edited?)")
+    if manifest_id_for(params, episodes) != manifest_id:
+        raise ManifestError(f"{parquet_path}: content hash differs from manifest id {manifest_id} (file edited?)")
+    return Manifest(manifest_id, episodes, params)

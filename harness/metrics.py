@@ -1,0 +1,337 @@
+"""Per-episode sufficient statistics and the pooled metrics of the report.
+
+:func:`episode_metrics` turns one score map + one GT mask into the metric columns of an episode
+row (``harness.schema.METRIC_COLUMNS``). Every reported number is then a pure aggregate of those
+columns: pooled IoU per class (SOFS §5 / HSNet), FB-IoU, size-stratified numbers, false alarms on
+normal queries, and pixel AUROC / AP / F1-max / IoU sweeps from the fixed-bin score histograms
+(exact at bin resolution).
+
+Conventions:
+
+* prediction at a threshold ``t`` is ``score_map > t`` (a score equal to the threshold is negative);
+* histogram bin ``i`` of ``B`` holds scores in ``[i/B, (i+1)/B)``; a score of exactly 1.0 goes to
+  the last bin; scores are clipped to [0, 1] first;
+* the histogram sweeps put thresholds at bin edges: at edge ``e = i/B`` the pixels of bins
+  ``>= i`` (scores ``>= e``) are predicted positive;
+* size bins are half-open intervals ``[lo, hi)``: a value exactly on an edge goes to the upper bin;
+* connected components use 8-connectivity.
+
+Aggregates return ``nan`` when their denominator is empty. Callers choose the rows (e.g. only
+``status == "ok"``, only defective or only normal queries); the functions pool what they get.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Any, Sequence
+
+import numpy as np
+from skimage.measure import label
+
+from harness.schema import HIST_BINS
+
+SIZE_BIN_EDGES = (0.001, 0.003, 0.01, 0.05)  # GT area fraction of the image
+ABS_SIZE_BIN_EDGES_PX = (64, 256, 1024, 9216)  # 8², 16², 32², 96² pixels (AI-TOD / COCO)
+NORMAL_SIZE_BIN = "normal"
+_HIST_CHUNK_PX = 1 << 20  # histogram pass in row chunks of about this many pixels (bounded memory)
+
+
+# ------------------------------------------------------------------------------------------------
+# size bins
+
+
+def _format_number(value: float) -> str:
+    return f"{value:g}"
+
+
+def size_bin_labels(edges: Sequence[float] = SIZE_BIN_EDGES) -> list[str]:
+    """Labels of the area-fraction bins, smallest first: ``<0.1%``, ``0.1-0.3%``, ..., ``>=5%``."""
+    percents = [_format_number(edge * 100) for edge in edges]
+    middle = [f"{lo}-{hi}%" for lo, hi in zip(percents, percents[1:])]
+    return [f"<{percents[0]}%", *middle, f">={percents[-1]}%"]
+
+
+def size_bin_label(area_frac: float, edges: Sequence[float] = SIZE_BIN_EDGES) -> str:
+    """Label of the half-open bin ``[edges[i-1], edges[i])`` holding ``area_frac`` (a fraction, not %).
+
+    With the default edges: ``<0.1%``, ``0.1-0.3%``, ``0.3-1%``, ``1-5%``, ``>=5%``. A value exactly
+    on an edge goes to the upper bin (0.01 -> ``1-5%``).
+    """
+    return size_bin_labels(edges)[bisect.bisect_right(list(edges), area_frac)]
+
+
+def _format_px(edge: int) -> str:
+    root = math.isqrt(edge)
+    return f"{root}²" if root * root == edge else str(edge)
+
+
+def abs_size_bin_labels(edges_px: Sequence[int] = ABS_SIZE_BIN_EDGES_PX) -> list[str]:
+    """Labels of the absolute-area bins, smallest first: ``<8²``, ``8²-16²``, ..., ``>=96²``."""
+    names = [_format_px(edge) for edge in edges_px]
+    middle = [f"{lo}-{hi}" for lo, hi in zip(names, names[1:])]
+    return [f"<{names[0]}", *middle, f">={names[-1]}"]
+
+
+def abs_size_bin_label(area_px: int, edges_px: Sequence[int] = ABS_SIZE_BIN_EDGES_PX) -> str:
+    """Label of the half-open pixel-area bin holding ``area_px`` (AI-TOD / COCO style edges).
+
+    Default edges 8², 16², 32², 96² px: ``<8²``, ``8²-16²``, ``16²-32²``, ``32²-96²``, ``>=96²``.
+    Unlike pycocotools (closed at both ends), an area of exactly 1024 px is only in ``32²-96²``.
+    """
+    return abs_size_bin_labels(edges_px)[bisect.bisect_right(list(edges_px), area_px)]
+
+
+# ------------------------------------------------------------------------------------------------
+# per episode
+
+
+def episode_metrics(
+    score_map: np.ndarray,
+    threshold: float,
+    gt_mask: np.ndarray,
+    *,
+    min_area: int = 1,
+    hist_bins: int = HIST_BINS,
+    frac_edges: Sequence[float] = SIZE_BIN_EDGES,
+) -> dict[str, Any]:
+    """Sufficient statistics of one episode: the ``METRIC_COLUMNS`` of its row, as Python values.
+
+    ``score_map`` float ``[H, W]`` in [0, 1]; ``gt_mask`` bool ``[H, W]``; ``pred = score_map > threshold``.
+
+    * ``tp = |pred & gt|``, ``fp = |pred & ~gt|``, ``fn = |~pred & gt|``, ``tn = |~pred & ~gt|``;
+    * ``gt_area_frac = |gt| / (H W)``; ``size_bin`` = :func:`size_bin_label` of it, ``"normal"`` if
+      ``|gt| = 0``;
+    * ``gt_comp_areas[j]`` = pixels of GT component j (8-connected, in ``skimage.measure.label``
+      order); ``gt_comp_hit[j]`` = at least one predicted pixel inside component j;
+    * ``pred_components`` = predicted components; ``fp_components`` / ``fp_comp_areas`` = those
+      with no GT pixel (false-positive blobs);
+    * ``iou_fg = tp / (tp + fp + fn)``, ``None`` when the denominator is 0;
+    * ``image_positive`` = some predicted component has ``area >= min_area``;
+    * ``score_hist_pos`` / ``score_hist_neg`` = counts of GT-positive / GT-negative pixels per
+      score bin (``hist_bins`` bins over [0, 1], bin i = ``[i/B, (i+1)/B)``, 1.0 in the last bin).
+    """
+    if score_map.ndim != 2 or score_map.shape != gt_mask.shape:
+        raise ValueError(f"score_map {score_map.shape} and gt_mask {gt_mask.shape} must be the same [H, W]")
+    gt = gt_mask.astype(bool, copy=False)
+    pred = score_map > threshold
+    height, width = gt.shape
+    total = height * width
+
+    tp = int(np.count_nonzero(pred & gt))
+    pred_area = int(np.count_nonzero(pred))
+    gt_area = int(np.count_nonzero(gt))
+    fp, fn = pred_area - tp, gt_area - tp
+    tn = total - tp - fp - fn
+    denominator = tp + fp + fn
+
+    gt_areas, gt_hit_counts = _component_areas_and_overlap(gt, pred)
+    pred_areas, pred_gt_counts = _component_areas_and_overlap(pred, gt)
+    is_fp_blob = pred_gt_counts == 0
+    hist_pos, hist_neg = score_histograms(score_map, gt, hist_bins)
+
+    gt_area_frac = gt_area / total if total else 0.0
+    return {
+        "height": int(height),
+        "width": int(width),
+        "gt_area_px": gt_area,
+        "gt_area_frac": float(gt_area_frac),
+        "size_bin": size_bin_label(gt_area_frac, frac_edges) if gt_area else NORMAL_SIZE_BIN,
+        "gt_components": int(gt_areas.size),
+        "gt_comp_areas": gt_areas.tolist(),
+        "gt_comp_hit": (gt_hit_counts > 0).tolist(),
+        "pred_area_px": pred_area,
+        "pred_components": int(pred_areas.size),
+        "fp_components": int(np.count_nonzero(is_fp_blob)),
+        "fp_comp_areas": pred_areas[is_fp_blob].tolist(),
+        "threshold": float(threshold),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "iou_fg": tp / denominator if denominator else None,
+        "image_positive": bool(np.any(pred_areas >= min_area)),
+        "max_score": float(score_map.max()) if total else 0.0,
+        "score_hist_pos": hist_pos.tolist(),
+        "score_hist_neg": hist_neg.tolist(),
+    }
+
+
+def _component_areas_and_overlap(mask: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Areas of the 8-connected components of ``mask`` and, per component, its pixels in ``other``.
+
+    Labels only the bounding box of ``mask`` (small defects on 4000 x 4000 maps label a few pixels).
+    Returns two int64 arrays ``[n_components]``.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    cols = np.flatnonzero(mask.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    labels, count = label(mask[box], connectivity=2, return_num=True)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    overlap = np.bincount(labels[other[box]], minlength=count + 1)[1:]
+    return areas.astype(np.int64), overlap.astype(np.int64)
+
+
+def score_histograms(score_map: np.ndarray, gt_mask: np.ndarray, bins: int = HIST_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of GT-positive and GT-negative pixels per score bin, two int64 arrays ``[bins]``.
+
+    Bin of a score s = ``min(floor(clip(s, 0, 1) * bins), bins - 1)``. The product is taken in
+    float64, exact for float32 scores, so scores on a bin edge land in the upper bin.
+    """
+    counts = np.zeros(2 * bins, np.int64)
+    width = max(score_map.shape[1], 1)
+    step = max(1, _HIST_CHUNK_PX // width)
+    for top in range(0, score_map.shape[0], step):
+        scores = np.clip(score_map[top : top + step].astype(np.float64), 0.0, 1.0)
+        bin_index = np.minimum((scores * bins).astype(np.int64), bins - 1)
+        # code = 2 * bin + is_gt: one bincount gives both histograms
+        code = 2 * bin_index + gt_mask[top : top + step]
+        counts += np.bincount(code.ravel(), minlength=2 * bins)
+    return counts[1::2].copy(), counts[0::2].copy()
+
+
+# ------------------------------------------------------------------------------------------------
+# pooled IoU
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator) / float(denominator) if denominator else float("nan")
+
+
+def pooled_iou(tp, fp, fn) -> float:
+    """IoU pooled over episodes: ``sum(tp) / sum(tp + fp + fn)`` (nan when the sum is 0)."""
+    tp_sum = np.sum(np.asarray(tp, dtype=np.int64))
+    return _ratio(tp_sum, tp_sum + np.sum(np.asarray(fp, dtype=np.int64)) + np.sum(np.asarray(fn, dtype=np.int64)))
+
+
+def per_class_iou(df) -> dict[str, float]:
+    """IoU of each class over its defective episodes: ``ΣTP / Σ(TP + FP + FN)`` (SOFS §5, no epsilon).
+
+    ``df`` has the row columns ``class_id, query_is_normal, tp, fp, fn``; normal queries are ignored.
+    Returns ``{class_id: iou}`` sorted by class id.
+    """
+    defective = df[~df["query_is_normal"].astype(bool)]
+    sums = defective.groupby("class_id", sort=True)[["tp", "fp", "fn"]].sum()
+    return {class_id: _ratio(row.tp, row.tp + row.fp + row.fn) for class_id, row in sums.iterrows()}
+
+
+def class_miou(df) -> float:
+    """mIoU = unweighted mean over classes of :func:`per_class_iou` (SOFS §5, HSNet).
+
+    A class whose union is empty (no GT and no prediction over all its episodes) has no IoU and is
+    left out of the mean; nan when no class has one.
+    """
+    values = [iou for iou in per_class_iou(df).values() if not math.isnan(iou)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def fb_iou(tp, fp, fn, tn) -> float:
+    """FB-IoU, pooled over all given episodes (not per class), as SOFS / HSNet:
+
+    ``( ΣTP / Σ(TP + FP + FN)  +  ΣTN / Σ(TN + FP + FN) ) / 2``.
+    """
+    tp_s, fp_s, fn_s, tn_s = (np.sum(np.asarray(x, dtype=np.int64)) for x in (tp, fp, fn, tn))
+    return (_ratio(tp_s, tp_s + fp_s + fn_s) + _ratio(tn_s, tn_s + fp_s + fn_s)) / 2
+
+
+def false_alarm_stats(df_normal) -> dict[str, float]:
+    """False positives on normal (defect-free) queries, from their rows:
+
+    * ``false_alarm_rate`` = fraction of images with ``image_positive``;
+    * ``fp_pixel_rate`` = ``ΣFP / Σ(FP + TN)`` (pooled pixels; all pixels of a normal image are negative);
+    * ``fp_blobs_per_image`` = mean of ``fp_components``.
+    """
+    n_images = len(df_normal)
+    if n_images == 0:
+        nan = float("nan")
+        return {"false_alarm_rate": nan, "fp_pixel_rate": nan, "fp_blobs_per_image": nan}
+    fp = int(np.sum(df_normal["fp"].to_numpy(dtype=np.int64)))
+    tn = int(np.sum(df_normal["tn"].to_numpy(dtype=np.int64)))
+    return {
+        "false_alarm_rate": float(np.mean(df_normal["image_positive"].to_numpy(dtype=bool))),
+        "fp_pixel_rate": _ratio(fp, fp + tn),
+        "fp_blobs_per_image": float(np.mean(df_normal["fp_components"].to_numpy(dtype=np.float64))),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# from histograms
+
+
+def pooled_hist(hist) -> np.ndarray:
+    """Sum per-episode histograms into one int64 ``[B]`` array.
+
+    Accepts one histogram ``[B]``, an array ``[n, B]``, or a sequence / Series of ``[B]`` lists.
+    """
+    if isinstance(hist, np.ndarray) and hist.dtype != object:
+        array = hist
+    else:
+        items = list(hist)
+        if items and np.ndim(items[0]) == 0:
+            array = np.asarray(items)
+        else:
+            array = np.stack([np.asarray(item, dtype=np.int64) for item in items]) if items else np.zeros((0, 0))
+    array = np.asarray(array, dtype=np.int64)
+    return array.sum(axis=0) if array.ndim == 2 else array
+
+
+def _cumulative_counts(hist_pos, hist_neg) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """TP and FP when predicting bins ``>= i``, for i = 0..B (i = B: nothing predicted). ``[B + 1]`` each."""
+    pos, neg = pooled_hist(hist_pos), pooled_hist(hist_neg)
+    if pos.shape != neg.shape:
+        raise ValueError(f"histograms differ in bins: {pos.shape} vs {neg.shape}")
+    tp = np.append(np.cumsum(pos[::-1])[::-1], 0)
+    fp = np.append(np.cumsum(neg[::-1])[::-1], 0)
+    return tp, fp, int(pos.sum()), int(neg.sum())
+
+
+def auroc_from_hist(hist_pos, hist_neg) -> float:
+    """Pixel AUROC from pooled score histograms, exact at bin resolution.
+
+    ``AUROC = Σ_i pos_i (Σ_{j<i} neg_j + neg_i / 2) / (P N)`` = the trapezoidal ROC through the
+    bin-edge thresholds (pixels in the same bin count as ties). nan without positives or negatives.
+    """
+    pos, neg = pooled_hist(hist_pos).astype(np.float64), pooled_hist(hist_neg).astype(np.float64)
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    neg_below = np.cumsum(neg) - neg
+    return float(np.sum(pos * (neg_below + neg / 2)) / (n_pos * n_neg))
+
+
+def ap_from_hist(hist_pos, hist_neg) -> float:
+    """Pixel average precision from pooled histograms, thresholds at bin edges (step-wise, no interpolation).
+
+    ``AP = Σ_i (R_i − R_{i+1}) P_i`` over edges i = B−1 .. 0, with ``R_i = TP_i / P`` and
+    ``P_i = TP_i / (TP_i + FP_i)`` when predicting bins ``>= i``. nan without positives.
+    """
+    tp, fp, n_pos, _ = _cumulative_counts(hist_pos, hist_neg)
+    if n_pos == 0:
+        return float("nan")
+    recall = tp / n_pos
+    predicted = tp + fp
+    precision = np.divide(tp, predicted, out=np.zeros(tp.shape, np.float64), where=predicted > 0)
+    return float(np.sum((recall[:-1] - recall[1:]) * precision[:-1]))
+
+
+def f1max_from_hist(hist_pos, hist_neg) -> float:
+    """Best pixel F1 over the bin-edge thresholds: ``max_i 2 TP_i / (2 TP_i + FP_i + FN_i)``. nan without positives."""
+    tp, fp, n_pos, _ = _cumulative_counts(hist_pos, hist_neg)
+    if n_pos == 0:
+        return float("nan")
+    return float(np.max(2 * tp / (2 * tp + fp + (n_pos - tp))))
+
+
+def iou_sweep_from_hist(hist_pos, hist_neg) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled pixel IoU at each bin-edge threshold: ``(thresholds [B + 1], iou [B + 1])``.
+
+    At ``thresholds[i] = i / B`` the pixels with score ``>= i / B`` are predicted positive;
+    ``iou_i = TP_i / (TP_i + FP_i + FN_i)`` (nan when 0/0). ``thresholds[argmax(iou)]`` is the
+    *oracle* IoU-max threshold (it looks at the query GT): report it as such, never as deployable.
+    """
+    tp, fp, n_pos, _ = _cumulative_counts(hist_pos, hist_neg)
+    bins = tp.size - 1
+    union = (tp + fp + (n_pos - tp)).astype(np.float64)
+    iou = np.divide(tp, union, out=np.full(tp.shape, np.nan), where=union > 0)
+    return np.arange(bins + 1, dtype=np.float64) / bins, iou
