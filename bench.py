@@ -246,7 +246,7 @@ def datasets_check(path, dataset_format):
     with user_errors():
         result = check_dataset(path, dataset_format)
     click.echo(format_check_report(result))
-    if any(getattr(p, "severity", "error") == "error" for p in getattr(result, "problems", [])):
+    if result.has_errors:
         sys.exit(1)
 
 
@@ -278,11 +278,12 @@ _mount_training()
 @cli.command()
 @click.option("--episodes", default=24, show_default=True, help="Episodes per measurement.")
 @click.option("--rows", default=1_000_000, show_default=True, help="Rows for the aggregation timing.")
-def benchmark(episodes, rows):
+@click.option("--method", default="panet", show_default=True, help="Method whose episodes are timed.")
+def benchmark(episodes, rows, method):
     """Harness overhead, 1 vs 2 workers, peak RSS, report aggregation speed (prints ratios)."""
     from benchmarks.harness_bench import main
 
-    main(episodes=episodes, rows=rows)
+    main(episodes=episodes, rows=rows, method=method)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,264 @@
+"""Dataset container, image/mask readers and the format-detecting loader.
+
+Every on-disk format has one adapter module in this package. An adapter exposes
+``detect(root: Path) -> bool`` and ``load(root: Path) -> Dataset``; ``load_dataset`` tries
+them in a fixed order (most specific layout first) so that a folder is read by exactly one
+adapter. The ``Dataset`` it returns is a flat tuple of ``ImageRecord`` plus the fold
+definitions of the format; nothing here knows about episodes or methods.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from harness.records import ImageRecord
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+
+# Detection order: layouts with a distinctive marker first, the permissive generic one last.
+ADAPTERS = ("vision", "mvtec", "opendomain", "defect_spectrum", "folder")
+
+
+class DatasetError(Exception):
+    """A problem with the user's data, reported as one line naming the file."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """All image records of one dataset, with the folds its format defines.
+
+    ``folds`` maps a fold name (``"base"``, ``"split_0:test"`` ...) to object names; it is empty
+    when the format has none. ``meta`` holds adapter facts worth recording in provenance
+    (rasterizer, counts of skipped files ...).
+    """
+
+    name: str
+    root: Path
+    format: str
+    records: tuple[ImageRecord, ...]
+    folds: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    def classes(self) -> list[tuple[str, str]]:
+        """Sorted ``(object, category)`` pairs that have at least one defective record."""
+        return sorted({(r.object, r.category) for r in self.records if not r.is_normal})
+
+    def objects(self) -> list[str]:
+        return sorted({r.object for r in self.records})
+
+    def by_id(self) -> dict[str, ImageRecord]:
+        return {r.image_id: r for r in self.records}
+
+    def defective(self, obj: str, category: str) -> list[ImageRecord]:
+        return [r for r in self.records
+                if not r.is_normal and r.object == obj and r.category == category]
+
+    def normals(self, obj: str) -> list[ImageRecord]:
+        return [r for r in self.records if r.is_normal and r.object == obj and r.category == "good"]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder`` (not recursive), sorted by name."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def resolve_link_stub(path: Path) -> Path:
+    """Follow a symlink that a checkout stored as a small text file holding the target path.
+
+    Real symlinks need nothing (the OS follows them); this handles copies made with
+    ``core.symlinks=false`` or by tools that do not keep links, where the file content is the
+    relative target (``../../images/EL100_33.jpg``).
+    """
+    try:
+        if path.is_symlink() or path.stat().st_size > 1024:
+            return path
+        text = path.read_bytes()
+    except OSError:
+        return path
+    try:
+        target_text = text.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return path
+    if not target_text or "\n" in target_text or "\0" in target_text:
+        return path
+    target = (path.parent / target_text)
+    if target.is_file() and target != path:
+        return Path(os.path.normpath(target))
+    return path
+
+
+def find_mask(mask_dir: Path, stem: str, suffixes: tuple[str, ...] = ("", "_mask")) -> Path | None:
+    """Mask of image ``stem`` in ``mask_dir``: ``<stem><suffix>.<ext>`` for the given suffixes."""
+    for tail in suffixes:
+        for ext in MASK_SUFFIXES:
+            candidate = mask_dir / f"{stem}{tail}{ext}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the file header only."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DatasetError(f"{path}: unreadable image ({_short(exc)})") from None
+
+
+def mask_pixel_count(path: Path, mask_value: int | None = None) -> int:
+    """Number of pixels of the class in a mask file (used to drop empty masks)."""
+    return int(class_pixels(load_mask_values(Path(path)), mask_value).sum())
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_image(record: ImageRecord) -> np.ndarray:
+    """Image as uint8 RGB ``[H, W, 3]``; grey, RGBA, palette and 16-bit files are converted."""
+    path = resolve_link_stub(Path(record.path))
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _to_rgb8(img)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise DatasetError(f"{path}: unreadable image ({_short(exc)})") from None
+
+
+def _to_rgb8(img: Image.Image) -> np.ndarray:
+    if img.mode in ("RGB", "L", "P", "RGBA", "LA", "CMYK", "YCbCr", "1", "PA", "La", "RGBa"):
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    # 16-bit / 32-bit integer or float single-channel images: scale to 0..255.
+    arr = np.asarray(img).astype(np.float64)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    top = float(arr.max(initial=0))
+    if img.mode == "F":
+        scale = 1.0 if top <= 1.0 else (255.0 if top <= 255 else top)
+    else:
+        scale = 255.0 if top <= 255 else 65535.0
+    grey = np.clip(np.round(arr / scale * 255.0), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def load_mask_values(path: Path) -> np.ndarray:
+    """Mask file as a 2-D integer array of its stored values (palette indices stay indices)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
+                # Colour masks (red on black ...): a pixel is marked if any channel is.
+                arr = np.asarray(img.convert("RGB")).max(axis=2)
+            elif img.mode in ("1", "LA"):
+                arr = np.asarray(img.convert("L"))
+            else:
+                arr = np.asarray(img)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise DatasetError(f"{path}: unreadable mask ({_short(exc)})") from None
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    return arr
+
+
+def class_pixels(arr: np.ndarray, mask_value: int | None) -> np.ndarray:
+    """Boolean class map: ``== mask_value``, else > half range (> 0 for 0/1 masks)."""
+    if mask_value is not None:
+        return arr == mask_value
+    top = int(arr.max(initial=0))
+    if top <= 1:
+        return arr > 0
+    return arr > (127 if top <= 255 else 32767)
+
+
+def read_mask(record: ImageRecord) -> np.ndarray:
+    """Class mask as bool ``[H, W]``; all False for a normal record."""
+    if record.mask_path is None:
+        return np.zeros((record.height, record.width), dtype=bool)
+    path = Path(record.mask_path)
+    arr = load_mask_values(path)
+    width, height = record.width, record.height
+    if width <= 0 or height <= 0:
+        width, height = image_size(resolve_link_stub(Path(record.path)))
+    if arr.shape != (height, width):
+        raise DatasetError(f"{path}: mask is {arr.shape[1]}x{arr.shape[0]}, image {record.path} is "
+                           f"{width}x{height}")
+    return class_pixels(arr, record.mask_value)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _adapter(name: str):
+    return importlib.import_module(f"{__package__}.{name}")
+
+
+def detect_format(root: Path) -> str:
+    """Name of the first adapter whose ``detect`` accepts ``root``."""
+    for name in ADAPTERS:
+        if _adapter(name).detect(root):
+            return name
+    raise DatasetError(f"{root}: no known dataset layout (tried {', '.join(ADAPTERS)}); "
+                       f"expected e.g. <root>/<category>/images + masks, MVTec, VISION COCO, "
+                       f"Defect Spectrum or SOFS open-domain folders")
+
+
+def load_dataset(spec: str, fmt: str = "auto") -> Dataset:
+    """Load a dataset from a path, or the embedded default with ``spec="synthetic"``.
+
+    ``synthetic`` and ``synthetic:<seed>`` generate (once, cached) and read the procedural
+    dataset of ``datasets.synthetic``.
+    """
+    spec = str(spec)
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        from .synthetic import load_synthetic
+        seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
+        return load_synthetic(seed=seed)
+    root = Path(spec).expanduser()
+    if not root.exists():
+        raise DatasetError(f"{root}: dataset path does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset path is not a folder")
+    if fmt == "auto":
+        fmt = detect_format(root)
+    elif fmt not in ADAPTERS:
+        raise DatasetError(f"{root}: unknown format {fmt!r} (known: {', '.join(ADAPTERS)})")
+    return _adapter(fmt).load(root)
+
+
+class SkipLog:
+    """Records an adapter leaves out, by reason, for ``Dataset.meta`` and ``check``.
+
+    ``meta()`` has ``skipped_<reason>`` counts (always ``skipped_empty_masks``) and ``skipped``,
+    a list of ``{"path", "problem", "reason"}`` dicts.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {"empty_masks": 0}
+        self.items: list[dict[str, str]] = []
+
+    def skip(self, reason: str, path: Path | str, problem: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        prefix = f"{path}: "
+        problem = problem[len(prefix):] if problem.startswith(prefix) else problem
+        self.items.append({"path": str(path), "problem": problem, "reason": reason})
+
+    def meta(self) -> dict:
+        out: dict = {f"skipped_{reason}": n for reason, n in self.counts.items()}
+        out["skipped"] = list(self.items)
+        return out
