@@ -1,0 +1,168 @@
+"""The report stage: episode rows of one or more runs -> tables, plots and one offline HTML page.
+
+``build_report(run_dirs, out_dir)`` is the only door in (``bench.py report`` calls it):
+
+- ``aggregate.py``  pooled numbers per (method, shots) — vectorised group-bys over the rows;
+- ``confidence.py`` bootstrap intervals for mIoU and paired method differences;
+- ``tables.py``     display tables and their Markdown / CSV / LaTeX files;
+- ``plots.py``      PNG figures; ``overlays.py`` qualitative examples; ``html.py`` the page;
+- ``synthetic.py``  ``make_synthetic_rows`` / ``benchmark_aggregation`` for scale tests.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from harness.report import plots
+from harness.report.aggregate import (DEFAULT_COMPONENT_EDGES_PX, DEFAULT_SIZE_EDGES, Aggregates,
+                                      aggregate)
+from harness.report.confidence import confidence_tables
+from harness.report.html import SECTIONS, render_report
+from harness.report.load import MethodSource, load_runs
+from harness.report.overlays import (PixelSource, episode_figure, largest_disagreements,
+                                     pick_examples, prediction_sweeps)
+from harness.report.synthetic import benchmark_aggregation, make_synthetic_rows
+from harness.report.tables import (Table, component_table, paired_table, per_class_table, size_table,
+                                   summary_table, write_table)
+
+__all__ = ["ReportResult", "build_report", "benchmark_aggregation", "make_synthetic_rows", "SECTIONS"]
+
+
+@dataclass
+class ReportResult:
+    """What ``build_report`` wrote, and the numbers behind it."""
+
+    out_dir: Path
+    html_path: Path
+    tables: dict[str, Table]  # name -> table (``.data`` has the raw numbers)
+    aggregates: Aggregates
+    files: list[Path] = field(default_factory=list)  # every file written
+    plots: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what could not be shown, and why
+
+
+def _declared_protocols(sources: dict[str, MethodSource]) -> dict[str, str]:
+    declared = {}
+    for label, source in sources.items():
+        spec = (source.run.provenance.get("methods") or {}).get(source.method)
+        if isinstance(spec, dict) and spec.get("threshold_protocol"):
+            declared[label] = str(spec["threshold_protocol"])
+    return declared
+
+
+def _run_rates(sources: dict[str, MethodSource]) -> dict[str, float]:
+    """Episodes/s of each method's whole run (all methods) from run.json ``elapsed_s``."""
+    rates = {}
+    for label, source in sources.items():
+        elapsed = source.run.provenance.get("elapsed_s")
+        if isinstance(elapsed, (int, float)) and elapsed > 0:
+            rates[label] = source.run.n_rows / elapsed
+    return rates
+
+
+def build_report(run_dirs: list[Path], out_dir: Path, *, formats=("md", "csv", "tex"),
+                 per_class: bool = False, size_edges=DEFAULT_SIZE_EDGES,
+                 component_edges_px=DEFAULT_COMPONENT_EDGES_PX, bootstrap: int = 1000,
+                 seed: int = 0, max_overlay_disagreements: int = 4) -> ReportResult:
+    """Read the runs, write tables (``formats``), PNG plots and ``report.html`` into ``out_dir``.
+
+    Several runs are compared side by side; a method name present in more than one run is shown
+    as ``<run folder>:<method>``. ``bootstrap`` resamples (0 disables the intervals);
+    ``seed`` makes them reproducible.
+    """
+    unknown = set(formats) - {"md", "csv", "tex"}
+    if unknown:
+        raise ValueError(f"report: unknown table format(s) {sorted(unknown)} (known: md, csv, tex)")
+    for name, edges in (("size_edges", size_edges), ("component_edges_px", component_edges_px)):
+        if not len(edges) or list(edges) != sorted(set(edges)) or edges[0] <= 0:
+            raise ValueError(f"report: {name} must be increasing positive numbers, got {tuple(edges)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, runs, sources = load_runs([Path(p) for p in run_dirs])
+    agg = aggregate(rows, size_edges=tuple(size_edges), component_edges_px=tuple(component_edges_px),
+                    declared_protocols=_declared_protocols(sources), run_rates=_run_rates(sources))
+    ok = rows[rows["status"] == "ok"]
+    defective = ok[~ok["query_is_normal"].astype(bool)]
+    intervals, paired = confidence_tables(defective, agg.keys, n_resamples=max(bootstrap, 1), seed=seed)
+    if bootstrap <= 0:
+        intervals[["ci_low", "ci_high"]] = float("nan")
+        paired[["ci_low", "ci_high", "p_a_better"]] = float("nan")
+        paired["significant"] = False
+
+    section_notes: dict[str, list[str]] = {}
+    tables = {"summary": summary_table(agg, intervals, paired, bootstrap),
+              "size": size_table(agg), "components": component_table(agg),
+              "paired": paired_table(paired, bootstrap)}
+    if per_class:
+        tables["per_class"] = per_class_table(agg)
+    else:
+        section_notes["per_class"] = ["Per-class table not requested (per_class=True / --per-class); "
+                                      "the per-class heatmap is under Plots."]
+    if paired.empty:
+        section_notes["paired"] = ["Only one method per shot: nothing to pair."]
+    files = [path for table in tables.values() for path in write_table(table, out_dir, formats)]
+
+    pixels = PixelSource(runs, sources)
+    sweeps = {}
+    if pixels.has_predictions():
+        sweeps = prediction_sweeps(pixels, defective, agg.keys)
+        if not sweeps:
+            section_notes["plots"] = ["Stored predictions exist but no GT masks could be read: the "
+                                      "threshold sweep shows the histogram curves only."]
+    plot_paths = {
+        "size_curve": plots.size_curve(agg, out_dir / "size_curve.png"),
+        "false_alarm_vs_miou": plots.false_alarm_vs_miou(agg, out_dir / "false_alarm_vs_miou.png"),
+        "class_heatmap": plots.class_heatmap(agg, out_dir / "class_heatmap.png"),
+        "threshold_sweep": plots.threshold_sweep(agg, out_dir / "threshold_sweep.png", sweeps),
+    }
+    files += list(plot_paths.values())
+    plot_captions = {
+        "size_curve": "mIoU per GT-area-fraction bin (@stored threshold); grey bars: episodes per bin.",
+        "false_alarm_vs_miou": "Image false-alarm rate on normal queries vs mIoU, both @stored threshold.",
+        "class_heatmap": "Per-class IoU (@stored threshold), pooled over repeats.",
+        "threshold_sweep": "Pooled IoU vs threshold from the summed score histograms (solid) and from "
+                           "stored prediction maps (dashed, when saved); the maximum is the oracle "
+                           "operating point, the dotted line the stored threshold.",
+    }
+
+    qualitative, disagreements = _overlays(pixels, defective, max_overlay_disagreements, section_notes)
+    html_path = render_report(
+        out_dir / "report.html", runs=runs, tables=tables,
+        plots={name: (plot_captions[name], path) for name, path in plot_paths.items()},
+        qualitative=qualitative, disagreements=disagreements, notes=section_notes)
+    files.append(html_path)
+    notes = [line for lines in section_notes.values() for line in lines]
+    return ReportResult(out_dir, html_path, {t.name: t for t in tables.values()}, agg, files,
+                        plot_paths, notes)
+
+
+def _overlays(pixels: PixelSource, defective: pd.DataFrame, n_disagreements: int,
+              section_notes: dict[str, list[str]]):
+    has_images = pixels.has_images()
+    has_predictions = pixels.has_predictions()
+    missing = list(pixels.notes)
+    if not has_predictions:
+        missing.append("No stored predictions (run with --save-predictions): prediction panels are empty.")
+    if not has_images and not has_predictions:
+        note = missing + ["Qualitative overlays need query images or stored predictions; "
+                          "neither is available."]
+        section_notes["qualitative"] = note
+        section_notes["disagreements"] = ["Not shown (see Qualitative examples)."]
+        return [], []
+    section_notes["qualitative"] = missing
+    by_episode = {eid: block for eid, block in defective.groupby("episode_id", sort=False)}
+    qualitative = []
+    for method, which, episode_id in pick_examples(defective):
+        title = f"{method}: {which} episode {episode_id}"
+        qualitative.append((title, episode_figure(pixels, episode_id, by_episode[episode_id], title)))
+    disagreements = []
+    for record in largest_disagreements(defective, n_disagreements).itertuples(index=False):
+        title = (f"episode {record.episode_id}: IoU spread {100 * record.spread:.1f} pts "
+                 f"(best {record.best}, worst {record.worst})")
+        disagreements.append((title, episode_figure(pixels, record.episode_id,
+                                                    by_episode[record.episode_id], title)))
+    if not disagreements:
+        section_notes["disagreements"] = ["Needs at least two methods on the same episodes."]
+    return qualitative, disagreements

@@ -1,0 +1,288 @@
+"""Pooled numbers per (method, shots) from episode rows: vectorised group-bys, no row loops.
+
+Every function here takes the episode frame (schema of ``harness.schema`` plus ``method``) and
+returns plain frames of numbers; formatting lives in ``tables.py``. The per-episode metric
+formulas are ``harness.metrics``'s; this module only decides which rows are pooled together.
+
+Pooling rules (also written in the report's captions):
+- mIoU: per ``repeat`` (one support draw), class-wise pooled IoU over the defective episodes,
+  unweighted mean over classes; then mean and std (ddof=0) over repeats.
+- FB-IoU, size-stratified mIoU, per-class IoU, oracle IoU, pixel AUROC/AP/F1-max, component
+  recall and false alarms: pooled over all repeats.
+- Only rows with ``status == "ok"`` enter a metric; the others are counted as failed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from harness import metrics
+from harness.schema import HIST_BINS
+
+GROUP_KEYS = ["method", "shots"]
+_SCALAR_COLUMNS = ["dataset", "method", "shots", "repeat", "class_id", "episode_id", "query_is_normal",
+                   "status", "gt_area_frac", "threshold", "tp", "fp", "fn", "tn", "image_positive",
+                   "fp_components", "latency_s"]
+DEFAULT_SIZE_EDGES = metrics.SIZE_BIN_EDGES  # GT area fraction, half-open bins [lo, hi)
+DEFAULT_COMPONENT_EDGES_PX = metrics.ABS_SIZE_BIN_EDGES_PX  # 8², 16², 32², 96² px
+
+
+@dataclass
+class Aggregates:
+    """All pooled numbers of a report, as long frames keyed by ``keys`` (+ a bin or class)."""
+
+    keys: list[str]
+    summary: pd.DataFrame  # one row per group
+    miou_by_repeat: pd.DataFrame  # keys + repeat, miou
+    size_miou: pd.DataFrame  # keys + size_bin, n_episodes, n_classes, miou
+    component_recall: pd.DataFrame  # keys + component_bin, n_components, n_hit, recall
+    per_class: pd.DataFrame  # keys + class_id, n_episodes, iou, oracle_iou, oracle_threshold
+    pooled_hist: dict  # group tuple -> (hist_pos [64], hist_neg [64]) over defective episodes
+
+
+def group_keys(rows: pd.DataFrame) -> list[str]:
+    """``method, shots``, plus ``dataset`` first when the rows span several datasets."""
+    return (["dataset"] if rows["dataset"].nunique() > 1 else []) + GROUP_KEYS
+
+
+def list_matrix(column: pd.Series, width: int = HIST_BINS) -> np.ndarray:
+    """A list column of fixed-length lists as an int64 matrix ``[N, width]``."""
+    if len(column) == 0:
+        return np.zeros((0, width), np.int64)
+    if isinstance(column.dtype, pd.ArrowDtype):
+        import pyarrow as pa
+
+        flat = pa.array(column).flatten().to_numpy(zero_copy_only=False)
+        return flat.astype(np.int64).reshape(len(column), width)
+    return np.stack(column.to_numpy()).astype(np.int64, copy=False)
+
+
+def flatten_lists(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as ``(values, parent_row_position)``; null lists count as empty."""
+    if isinstance(column.dtype, pd.ArrowDtype):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        array = pa.array(column)
+        return (pc.list_flatten(array).to_numpy(zero_copy_only=False),
+                pc.list_parent_indices(array).to_numpy(zero_copy_only=False))
+    items = [np.asarray(x) if x is not None else np.empty(0) for x in column.to_numpy()]
+    lengths = np.fromiter((len(x) for x in items), np.int64, len(items))
+    values = np.concatenate(items) if items else np.empty(0)
+    return values, np.repeat(np.arange(len(items)), lengths)
+
+
+def group_sum(codes: np.ndarray, matrix: np.ndarray, n_groups: int) -> np.ndarray:
+    """Row sums of ``matrix [N, B]`` per group code -> ``[n_groups, B]`` (sort, then reduceat)."""
+    out = np.zeros((n_groups, matrix.shape[1]), np.int64)
+    if len(codes):
+        order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[order]
+        starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+        out[sorted_codes[starts]] = np.add.reduceat(matrix[order], starts, axis=0, dtype=np.int64)
+    return out
+
+
+def _class_iou(sums: pd.DataFrame) -> np.ndarray:
+    return np.array([metrics.pooled_iou(tp, fp, fn)
+                     for tp, fp, fn in zip(sums["tp"], sums["fp"], sums["fn"])], dtype=float)
+
+
+def threshold_protocol(rows: pd.DataFrame, declared: str | None) -> str:
+    """"native" for a fixed method threshold, "deployable" for one fitted per episode on support
+    data (the stored threshold varies between episodes), unless run.json declares it."""
+    if declared:
+        return declared
+    return "deployable" if rows["threshold"].nunique(dropna=True) > 1 else "native"
+
+
+def aggregate(rows: pd.DataFrame, *, size_edges=DEFAULT_SIZE_EDGES,
+              component_edges_px=DEFAULT_COMPONENT_EDGES_PX,
+              declared_protocols: dict[str, str] | None = None,
+              run_rates: dict[str, float] | None = None) -> Aggregates:
+    """Every pooled number of the report.
+
+    ``declared_protocols``: method label -> threshold protocol from run.json (optional).
+    ``run_rates``: method label -> episodes/s of its run from run.json, used when rows carry
+    no ``latency_s``.
+    """
+    keys = group_keys(rows)
+    # A narrow frame of scalar columns: group-bys never drag the list columns along.
+    scalars = rows[keys + [c for c in _SCALAR_COLUMNS if c not in keys]].copy()
+    scalars["class_id"] = scalars["class_id"].astype("category")
+    codes_all = scalars.groupby(keys, sort=True, observed=True).ngroup().to_numpy()
+    groups = scalars[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
+    n_groups = len(groups)
+    ok_mask = (scalars["status"] == "ok").to_numpy()
+    ok = scalars[ok_mask]
+    ok_codes = codes_all[ok_mask]
+    normal_mask = ok["query_is_normal"].to_numpy(bool)
+    defective, normal = ok[~normal_mask], ok[normal_mask]
+    defective_codes = ok_codes[~normal_mask]
+    comp_areas = rows["gt_comp_areas"][ok_mask][~normal_mask]
+    comp_hits = rows["gt_comp_hit"][ok_mask][~normal_mask]
+
+    summary = groups.copy()
+    summary["n_episodes"] = np.bincount(codes_all, minlength=n_groups)
+    summary["n_failed"] = np.bincount(codes_all[~ok_mask], minlength=n_groups)
+    summary["n_defective"] = np.bincount(defective_codes, minlength=n_groups)
+    summary["n_normal"] = np.bincount(ok_codes[normal_mask], minlength=n_groups)
+
+    miou_by_repeat = _miou_by_repeat(defective, keys)
+    stats = miou_by_repeat.groupby(keys, observed=True)["miou"].agg(
+        miou_mean="mean", miou_std=lambda s: float(np.std(s)), n_repeats="size")
+    summary = summary.merge(stats.reset_index(), on=keys, how="left")
+
+    sums = defective.groupby(keys, observed=True)[["tp", "fp", "fn", "tn"]].sum().reset_index()
+    sums["fb_iou"] = [metrics.fb_iou(*r) for r in sums[["tp", "fp", "fn", "tn"]].to_numpy()]
+    summary = summary.merge(sums[keys + ["fb_iou"]], on=keys, how="left")
+
+    hist_metrics, pooled_hist, per_class = _histogram_metrics(rows, ok, ok_mask, defective, keys, groups)
+    summary = summary.merge(hist_metrics, on=keys, how="left")
+    oracle = per_class.groupby(keys, observed=True)["oracle_iou"].mean().rename("oracle_miou")
+    summary = summary.merge(oracle.reset_index(), on=keys, how="left")
+    summary = summary.merge(_false_alarms(normal, keys), on=keys, how="left")
+    summary = summary.merge(_operational(scalars, ok, keys, declared_protocols or {}, run_rates or {}),
+                            on=keys, how="left")
+    return Aggregates(
+        keys=keys, summary=summary, miou_by_repeat=miou_by_repeat,
+        size_miou=_size_miou(defective, keys, size_edges),
+        component_recall=_component_recall(defective, comp_areas, comp_hits, keys, component_edges_px),
+        per_class=per_class, pooled_hist=pooled_hist)
+
+
+def _histogram_metrics(rows: pd.DataFrame, ok: pd.DataFrame, ok_mask: np.ndarray,
+                       defective: pd.DataFrame, keys: list[str], groups: pd.DataFrame):
+    """Pixel AUROC / AP / F1-max per group, the pooled defective histograms, and per-class IoU
+    with the oracle threshold.
+
+    The ``[N, 64]`` histograms are summed once per (group, class, normal?) cell; every pooled
+    curve then sums a few cells.
+    """
+    n_groups = len(groups)
+    cell_grouped = ok.groupby(keys + ["class_id", "query_is_normal"], sort=True, observed=True)
+    cell_codes = cell_grouped.ngroup().to_numpy()
+    cells = cell_grouped.size().rename("n").reset_index()
+    cell_pos = group_sum(cell_codes, list_matrix(rows["score_hist_pos"][ok_mask]), len(cells))
+    cell_neg = group_sum(cell_codes, list_matrix(rows["score_hist_neg"][ok_mask]), len(cells))
+    cell_group = cells.merge(groups.assign(_group=np.arange(n_groups)), on=keys, how="left")["_group"]
+    cell_group = cell_group.to_numpy()
+    pos_all = group_sum(cell_group, cell_pos, n_groups)
+    neg_all = group_sum(cell_group, cell_neg, n_groups)
+    hist_metrics = groups.copy()
+    hist_metrics["pixel_auroc"] = _per_group_hist(metrics.auroc_from_hist, pos_all, neg_all)
+    hist_metrics["pixel_ap"] = _per_group_hist(metrics.ap_from_hist, pos_all, neg_all)
+    hist_metrics["f1_max"] = _per_group_hist(metrics.f1max_from_hist, pos_all, neg_all)
+    defective_cells = ~cells["query_is_normal"].to_numpy(bool)
+    pos_def = group_sum(cell_group[defective_cells], cell_pos[defective_cells], n_groups)
+    neg_def = group_sum(cell_group[defective_cells], cell_neg[defective_cells], n_groups)
+    pooled_hist = {tuple(g): (pos_def[i], neg_def[i])
+                   for i, g in enumerate(groups.itertuples(index=False))}
+    per_class = _per_class(defective, keys, cells[defective_cells].reset_index(drop=True),
+                           cell_pos[defective_cells], cell_neg[defective_cells])
+    return hist_metrics, pooled_hist, per_class
+
+
+def _per_group_hist(fn, hist_pos: np.ndarray, hist_neg: np.ndarray) -> list[float]:
+    return [fn(p, n) if p.sum() > 0 and n.sum() > 0 else np.nan for p, n in zip(hist_pos, hist_neg)]
+
+
+def _miou_by_repeat(defective: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    columns = ["class_id", "query_is_normal", "tp", "fp", "fn"]
+    narrow = defective[keys + ["repeat"] + columns]
+    out = [(*group, metrics.class_miou(sub))
+           for group, sub in narrow.groupby(keys + ["repeat"], sort=True, observed=True)]
+    return pd.DataFrame(out, columns=keys + ["repeat", "miou"])
+
+
+def _per_class(defective: pd.DataFrame, keys: list[str], class_cells: pd.DataFrame,
+               hist_pos: np.ndarray, hist_neg: np.ndarray) -> pd.DataFrame:
+    """Per (group, class): pooled IoU, and the oracle IoU-max threshold of the class histogram
+    (``class_cells`` keys + class_id, aligned with ``hist_pos`` / ``hist_neg`` ``[n_cells, B]``)."""
+    grouped = defective.groupby(keys + ["class_id"], sort=True, observed=True)
+    sums = grouped[["tp", "fp", "fn"]].sum()
+    sums["n_episodes"] = grouped.size()
+    sums = sums.reset_index()
+    sums["iou"] = _class_iou(sums)
+    position = sums.merge(class_cells[keys + ["class_id"]].assign(_cell=np.arange(len(class_cells))),
+                          on=keys + ["class_id"], how="left")["_cell"].to_numpy()
+    pos, neg = hist_pos[position], hist_neg[position]
+    best_iou, best_threshold = [], []
+    for p, n in zip(pos, neg):
+        thresholds, iou = metrics.iou_sweep_from_hist(p, n)
+        i = int(np.nanargmax(iou))
+        best_iou.append(float(iou[i]))
+        best_threshold.append(float(thresholds[i]))
+    sums["class_id"] = sums["class_id"].astype(str)
+    sums["oracle_iou"] = best_iou
+    sums["oracle_threshold"] = best_threshold
+    return sums[keys + ["class_id", "n_episodes", "iou", "oracle_iou", "oracle_threshold"]]
+
+
+def _size_miou(defective: pd.DataFrame, keys: list[str], edges) -> pd.DataFrame:
+    labels = metrics.size_bin_labels(tuple(edges))
+    frame = defective[keys + ["class_id", "tp", "fp", "fn"]].copy()
+    frame["size_bin"] = np.searchsorted(np.asarray(edges, float),
+                                        defective["gt_area_frac"].to_numpy(float), side="right")
+    grouped = frame.groupby(keys + ["size_bin", "class_id"], sort=True, observed=True)
+    sums = grouped[["tp", "fp", "fn"]].sum()
+    sums["n_episodes"] = grouped.size()
+    sums = sums.reset_index()
+    sums["iou"] = _class_iou(sums)
+    out = sums.groupby(keys + ["size_bin"], sort=True, observed=True).agg(
+        n_episodes=("n_episodes", "sum"), n_classes=("class_id", "size"), miou=("iou", "mean"))
+    out = out.reset_index()
+    out["size_bin"] = pd.Categorical.from_codes(out["size_bin"], categories=labels)
+    return out
+
+
+def _component_recall(defective: pd.DataFrame, comp_areas: pd.Series, comp_hits: pd.Series,
+                      keys: list[str], edges_px) -> pd.DataFrame:
+    labels = metrics.abs_size_bin_labels(tuple(edges_px))
+    groups = defective[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
+    codes = defective.groupby(keys, sort=True, observed=True).ngroup().to_numpy()
+    areas, parent = flatten_lists(comp_areas)
+    hits, _ = flatten_lists(comp_hits)
+    n_bins = len(labels)
+    cell = codes[parent] * n_bins + np.searchsorted(np.asarray(edges_px, float), areas, side="right")
+    size = len(groups) * n_bins
+    n_components = np.bincount(cell, minlength=size)
+    n_hit = np.bincount(cell, weights=hits.astype(float), minlength=size).astype(np.int64)
+    out = groups.loc[groups.index.repeat(n_bins)].reset_index(drop=True)
+    out["component_bin"] = pd.Categorical(labels * len(groups), categories=labels)
+    out["n_components"] = n_components
+    out["n_hit"] = n_hit
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["recall"] = np.where(n_components > 0, n_hit / np.maximum(n_components, 1), np.nan)
+    return out
+
+
+def _false_alarms(normal: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    out = [{**dict(zip(keys, group)), **metrics.false_alarm_stats(sub)}
+           for group, sub in normal.groupby(keys, sort=True, observed=True)]
+    columns = keys + ["false_alarm_rate", "fp_pixel_rate", "fp_blobs_per_image"]
+    return pd.DataFrame(out, columns=columns) if out else pd.DataFrame(columns=columns)
+
+
+def _operational(rows: pd.DataFrame, ok: pd.DataFrame, keys: list[str],
+                 declared: dict[str, str], run_rates: dict[str, float]) -> pd.DataFrame:
+    out = []
+    for group, sub in ok.groupby(keys, sort=True, observed=True):
+        entry = dict(zip(keys, group))
+        method = entry["method"]
+        entry["threshold_protocol"] = threshold_protocol(sub, declared.get(method))
+        entry["threshold"] = float(sub["threshold"].median())
+        out.append(entry)
+    protocols = pd.DataFrame(out, columns=keys + ["threshold_protocol", "threshold"])
+    latency = rows.groupby(keys, sort=True, observed=True)["latency_s"].agg(["sum", "count"])
+    latency = latency.reset_index()
+    total = latency["sum"].to_numpy(float)
+    from_latency = latency["count"].to_numpy(float) / np.where(total > 0, total, np.nan)
+    from_run = np.array([run_rates.get(m, np.nan) for m in latency["method"]], dtype=float)
+    use_latency = np.isfinite(from_latency)
+    latency["episodes_per_s"] = np.where(use_latency, from_latency, from_run)
+    latency["episodes_per_s_source"] = np.where(use_latency, "latency", "run elapsed")
+    latency = latency[keys + ["episodes_per_s", "episodes_per_s_source"]]
+    return protocols.merge(latency, on=keys, how="outer")

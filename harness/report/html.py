@@ -1,0 +1,127 @@
+"""One self-contained ``report.html``: inline CSS, PNGs as base64 data URIs, no scripts."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from harness.report.load import RunInfo
+from harness.report.tables import Table
+
+SECTIONS = {
+    "provenance": "Run provenance",
+    "summary": "Summary",
+    "size": "Size-stratified mIoU",
+    "components": "Component recall",
+    "paired": "Paired differences",
+    "per_class": "Per-class IoU",
+    "plots": "Plots",
+    "qualitative": "Qualitative examples",
+    "disagreements": "Largest disagreements",
+}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
+max-width:1400px;color:#222;line-height:1.4;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.caption,.note{font-size:.85em;color:#555;max-width:1100px}.note{color:#8a4b00}
+img{max-width:100%;border:1px solid #eee;margin:.3em 0}
+.scroll{overflow-x:auto}dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}
+dt{font-weight:600}dd{margin:0;font-family:monospace;font-size:.85em;word-break:break-all}
+"""
+
+
+def png_data_uri(path_or_b64) -> str:
+    data = (base64.b64encode(Path(path_or_b64).read_bytes()).decode("ascii")
+            if isinstance(path_or_b64, Path) else path_or_b64)
+    return f"data:image/png;base64,{data}"
+
+
+def table_html(table: Table) -> str:
+    columns = list(table.display.columns)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for i in range(len(table.display)):
+        cells = []
+        for column in columns:
+            text = html.escape(str(table.display.iloc[i][column]))
+            if (int(table.display.index[i]), column) in table.bold:
+                text = f"<b>{text}</b>"
+            cells.append(f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<h3>{html.escape(table.title)}</h3><div class="scroll"><table><thead><tr>{head}</tr>'
+            f'</thead><tbody>{"".join(body)}</tbody></table></div>'
+            f'<p class="caption">{html.escape(table.caption)}</p>')
+
+
+def _provenance_html(run: RunInfo) -> str:
+    p = run.provenance
+    elapsed = p.get("elapsed_s")
+    rate = (f"{run.n_rows / elapsed:.2f} episode rows/s over {elapsed:.1f} s (all methods)"
+            if isinstance(elapsed, (int, float)) and elapsed > 0 else None)
+    fields = {"run folder": str(run.run_dir), "run_id": p.get("run_id"), "command": p.get("command"),
+              "dataset": p.get("dataset"), "manifest_id": p.get("manifest_id"),
+              "manifest_params": p.get("manifest_params"), "eval_settings": p.get("eval_settings"),
+              "methods": p.get("methods"), "counts": p.get("counts"),
+              "started_at": p.get("started_at") or p.get("start"),
+              "ended_at": p.get("ended_at") or p.get("end"), "throughput": rate, "git": p.get("git"),
+              "executor": p.get("executor"), "hardware": p.get("hardware"),
+              "episode rows read": run.n_rows}
+    items = []
+    for name, value in fields.items():
+        if value is None:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+        if len(text) > 600:
+            text = text[:600] + " …"
+        items.append(f"<dt>{html.escape(name)}</dt><dd>{html.escape(text)}</dd>")
+    if not p:
+        items.append("<dt>run.json</dt><dd>missing</dd>")
+    return f"<h3>{html.escape(run.label)}</h3><dl>{''.join(items)}</dl>"
+
+
+def _notes(notes: list[str]) -> str:
+    return "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+
+
+def render_report(path: Path, *, runs: list[RunInfo], tables: dict[str, Table],
+                  plots: dict[str, tuple[str, Path]], qualitative: list[tuple[str, str]],
+                  disagreements: list[tuple[str, str]], notes: dict[str, list[str]]) -> Path:
+    """Write the HTML report.
+
+    ``tables``: section key -> Table; ``plots``: name -> (caption, PNG path);
+    ``qualitative`` / ``disagreements``: (caption, base64 PNG); ``notes``: section key -> lines.
+    """
+    parts = [f"<h1>sofs-bench report: {html.escape(', '.join(r.label for r in runs))}</h1>",
+             '<p class="caption">Threshold protocols: <b>native</b> = the method\'s own fixed threshold; '
+             "<b>deployable</b> = a threshold fitted on support / normal data only; <b>oracle</b> = chosen "
+             "on the test labels (an upper bound, never a deployable number); <b>thr-free</b> = no "
+             "threshold. mIoU is foreground-only, class-wise pooled, averaged over (object, category) "
+             "classes.</p>"]
+    parts.append(f'<h2 id="provenance">{SECTIONS["provenance"]}</h2>')
+    parts += [_provenance_html(run) for run in runs]
+    for key in ("summary", "size", "components", "paired", "per_class"):
+        parts.append(f'<h2 id="{key}">{SECTIONS[key]}</h2>')
+        parts.append(_notes(notes.get(key, [])))
+        if key in tables:
+            parts.append(table_html(tables[key]))
+    parts.append(f'<h2 id="plots">{SECTIONS["plots"]}</h2>')
+    parts.append(_notes(notes.get("plots", [])))
+    for name, (caption, png) in plots.items():
+        parts.append(f'<figure><img alt="{html.escape(name)}" src="{png_data_uri(png)}">'
+                     f'<figcaption class="caption">{html.escape(caption)}</figcaption></figure>')
+    for key, figures in (("qualitative", qualitative), ("disagreements", disagreements)):
+        parts.append(f'<h2 id="{key}">{SECTIONS[key]}</h2>')
+        parts.append(_notes(notes.get(key, [])))
+        for caption, b64 in figures:
+            parts.append(f'<figure><img alt="{html.escape(caption)}" src="{png_data_uri(b64)}">'
+                         f'<figcaption class="caption">{html.escape(caption)}</figcaption></figure>')
+    document = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f"<title>sofs-bench report</title><style>{_CSS}</style></head><body>"
+                + "\n".join(parts) + "</body></html>")
+    path.write_text(document, encoding="utf-8")
+    return path

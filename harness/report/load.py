@@ -1,0 +1,96 @@
+"""Read one or several runs into one episode frame, with display labels for methods.
+
+A run is ``results/<run>/run.json`` + ``results/<run>/episodes/method=<m>/part-*.parquet``.
+When several runs hold the same method name, that method is shown as ``<run folder>:<method>``
+so the runs can be compared side by side; other method names are kept as they are.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from harness.store import StoreError, read_run
+
+
+# What the report reads of each row (the rest of the schema stays on disk).
+REPORT_COLUMNS = [
+    "method", "episode_id", "dataset", "class_id", "shots", "repeat", "query_id", "query_is_normal",
+    "height", "width", "gt_area_frac", "gt_comp_areas", "gt_comp_hit", "fp_components", "threshold",
+    "tp", "fp", "fn", "tn", "iou_fg", "image_positive", "score_hist_pos", "score_hist_neg", "status",
+    "latency_s", "pred_path",
+]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run folder as the report sees it."""
+
+    label: str  # the run folder name, unique among the runs of one report
+    run_dir: Path
+    provenance: dict = field(default_factory=dict)  # run.json, {} when missing
+    n_rows: int = 0
+
+
+@dataclass(frozen=True)
+class MethodSource:
+    """Where the rows of one displayed method label come from."""
+
+    label: str
+    run: RunInfo
+    method: str  # the method name inside its run (partition value, predictions/<method>/)
+
+
+def _unique_run_labels(run_dirs: list[Path]) -> list[str]:
+    labels = []
+    for run_dir in run_dirs:
+        label = run_dir.name or str(run_dir)
+        candidate, n = label, 2
+        while candidate in labels:  # two runs with the same folder name in different places
+            candidate, n = f"{label}#{n}", n + 1
+        labels.append(candidate)
+    return labels
+
+
+def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[RunInfo], dict[str, MethodSource]]:
+    """Concatenate the episode rows of ``run_dirs``.
+
+    Returns ``(rows, runs, sources)``: ``rows`` has the episode schema plus ``method`` (the
+    display label) and ``run`` (the run label); ``sources`` maps each display label to its run
+    and in-run method name.
+    """
+    if not run_dirs:
+        raise StoreError("report: no run folder given")
+    frames, runs = [], []
+    for run_dir, label in zip(map(Path, run_dirs), _unique_run_labels([Path(p) for p in run_dirs])):
+        if not (run_dir / "episodes").is_dir():
+            raise StoreError(f"{run_dir}: no episodes/ folder (is this a run folder?)")
+        provenance = {}
+        if (run_dir / "run.json").is_file():
+            try:
+                provenance = json.loads((run_dir / "run.json").read_text())
+            except json.JSONDecodeError as error:
+                raise StoreError(f"{run_dir / 'run.json'}: not valid JSON ({error})") from None
+        rows = read_run(run_dir, columns=REPORT_COLUMNS)
+        rows["method"] = rows["method"].astype(str)
+        rows["run"] = label
+        frames.append(rows)
+        runs.append(RunInfo(label=label, run_dir=run_dir, provenance=provenance, n_rows=len(rows)))
+    rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if rows.empty:
+        raise StoreError(f"{', '.join(str(r.run_dir) for r in runs)}: no episode rows")
+
+    runs_per_method = rows.groupby("method", sort=False)["run"].nunique()
+    shared = set(runs_per_method[runs_per_method > 1].index)
+    run_by_label = {run.label: run for run in runs}
+    pairs = rows[["run", "method"]].drop_duplicates()
+    sources = {}
+    for run_label, method in pairs.itertuples(index=False):
+        display = f"{run_label}:{method}" if method in shared else method
+        sources[display] = MethodSource(display, run_by_label[run_label], method)
+    if shared:
+        prefixed = rows["method"].isin(shared)
+        rows.loc[prefixed, "method"] = rows.loc[prefixed, "run"] + ":" + rows.loc[prefixed, "method"]
+    return rows, runs, sources
