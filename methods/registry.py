@@ -6,7 +6,14 @@ from methods.base import register
 
 register("panet", "methods.panet:PANet", "training-free PANet: masked-average fg/bg prototypes, cosine x 20")
 register("patchcore", "methods.patchcore:PatchCore", "few-shot PatchCore: memory bank of defect-free support patches, 1-NN distance")
+register("panet-resize", "methods.panet:PANet", "training-free PANet, query and supports resized (longest side 518)", resolution="resize")
+register("patchcore-resize", "methods.patchcore:PatchCore", "few-shot PatchCore, query and supports resized (longest side 518)", resolution="resize")
 register("seggpt", "methods.seggpt:SegGPT", "SegGPT in-context painting (transformers SegGptForImageSegmentation), k-shot feature ensemble, channel-max score")
+register("sofs", "methods.sofs.inference:SOFS", "SOFS (arXiv 2407.21351): non-resizing crops/tiles, intensity downsampling, abnormal prior, learned head")
+register("sofs-no-nonresize", "methods.sofs.inference:SOFS", "SOFS ablation: whole query and supports resized to 518", non_resizing=False)
+register("sofs-no-intensity", "methods.sofs.inference:SOFS", "SOFS ablation: bilinear support-mask downsampling", intensity_downsampling=False)
+register("sofs-no-prior", "methods.sofs.inference:SOFS", "SOFS ablation: abnormal-prior input channels zeroed (same weights)", abnormal_prior=False)
+register("sofs-no-fad", "methods.sofs.inference:SOFS", "SOFS ablation: no abnormal-prior fallback for defect-free supports", fad_fallback=False)
 
 # Outside packages add methods by naming modules that call methods.base.register(...).
 import importlib as _importlib

@@ -1,0 +1,85 @@
+"""``train_sofs``: the click command behind ``bench.py train sofs``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from methods.sofs.data import EpisodeConfig
+from methods.sofs.train import TrainConfig
+
+DEFAULTS = TrainConfig()
+EPISODE = EpisodeConfig()
+
+
+@click.command("sofs")
+@click.option("--dataset", required=True, help='Dataset path, or "synthetic[:seed]" (embedded default).')
+@click.option("--fold", default=DEFAULTS.fold, show_default=True, help="Fold whose objects are the training (base) classes.")
+@click.option("--backbone", default=DEFAULTS.backbone, show_default=True, help="Backbone architecture (harness.features.ARCHS).")
+@click.option("--backbone-weights", type=click.Path(dir_okay=False, path_type=Path),
+              default=DEFAULTS.backbone_weights, show_default=True)
+@click.option("--layers", default="5,6,7,8,9,10", show_default=True, help="Hooked backbone blocks.")
+@click.option("--reduce-dim", type=int, default=DEFAULTS.reduce_dim, show_default=True)
+@click.option("--steps", type=int, default=DEFAULTS.steps, show_default=True, help="Optimizer steps (poly schedule length).")
+@click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True, help="Episodes per forward pass.")
+@click.option("--accumulate", type=int, default=DEFAULTS.accumulate, show_default=True,
+              help="Forward passes per optimizer step (effective batch = batch-size x accumulate; reference 28).")
+@click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True, help="Base LR (transformer); the rest gets 2x.")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/sofs_train"), show_default=True)
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt if present.")
+@click.option("--device", default="auto", show_default=True, help='"auto", "cpu", "cuda", "cuda:1" ...')
+@click.option("--smooth-r", type=float, default=DEFAULTS.smooth_r, show_default=True,
+              help="eta of the normal-query Dice term (reference train.sh: 1, 1, 1e5 for splits 0, 1, 2).")
+@click.option("--alpha", type=float, default=EPISODE.alpha, show_default=True,
+              help="Probability of a non-defect-anchored query crop.")
+@click.option("--area-resize-ratio", type=float, default=EPISODE.area_resize_ratio, show_default=True,
+              help="Defect-area ratio above which an image is resized whole instead of cropped.")
+@click.option("--shot", type=int, default=EPISODE.shot, show_default=True, help="Support images per episode (K).")
+@click.option("--s-in-shot", type=int, default=EPISODE.s_in_shot, show_default=True, help="Crops per support image (S).")
+@click.option("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every, show_default=True)
+@click.option("--variants", type=int, default=EPISODE.variants, show_default=True,
+              help="0: fresh random crop + augmentation every time; N: N fixed views per image (features cacheable).")
+@click.option("--cache-mb", type=int, default=DEFAULTS.cache_mb, show_default=True, help="Feature cache for --variants > 0.")
+@click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option("--abnormal-prior/--no-abnormal-prior", default=True, show_default=True, help="Abnormal-prior input channels.")
+@click.option("--intensity-downsampling/--no-intensity-downsampling", default=True, show_default=True)
+@click.option("--stop-after", type=int, default=None, help="Stop after this many steps in this call (resume continues).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_sofs(dataset, fold, backbone, backbone_weights, layers, reduce_dim, steps, batch_size, accumulate,
+               lr, seed, out, resume, device, smooth_r, alpha, area_resize_ratio, shot, s_in_shot,
+               checkpoint_every, variants, cache_mb, augment, abnormal_prior, intensity_downsampling,
+               stop_after, quiet):
+    """Meta-train the SOFS head on the base classes of DATASET (episodic, spec §3)."""
+    import torch
+
+    from datasets.base import DatasetError, load_dataset
+    from methods.base import MethodError
+    from methods.sofs.train import train
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        layer_ids = tuple(int(x) for x in layers.replace(" ", ",").split(",") if x)
+    except ValueError:
+        raise click.BadParameter(f"not a list of integers: {layers!r}", param_hint="--layers") from None
+    config = TrainConfig(
+        backbone=backbone, backbone_weights=str(backbone_weights), layers=layer_ids,
+        reduce_dim=reduce_dim, fold=fold, steps=steps, batch_size=batch_size, accumulate=accumulate,
+        lr=lr, seed=seed, smooth_r=smooth_r, abnormal_prior=abnormal_prior,
+        intensity_downsampling=intensity_downsampling, checkpoint_every=checkpoint_every,
+        cache_mb=cache_mb, device=device,
+        episode=EpisodeConfig(shot=shot, s_in_shot=s_in_shot, area_resize_ratio=area_resize_ratio,
+                              alpha=alpha, augment=augment, variants=variants),
+    )
+    try:
+        data = load_dataset(dataset)
+        result = train(data, config, out, resume=resume, stop_after=stop_after, progress=not quiet)
+    except (DatasetError, MethodError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"step {result.step}/{steps}; head: {result.head_path}  "
+               f"(use: --weights sofs={result.head_path})")
+
+
+if __name__ == "__main__":
+    train_sofs()

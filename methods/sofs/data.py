@@ -1,0 +1,290 @@
+"""SOFS image pipeline (spec §1.2, §2.1) and training episode sampling (spec §3).
+
+Shared by inference and training: defect-anchored native-resolution crops, resize-longest-518 +
+ImageNet normalisation + bottom/right zero padding. Training only: query crops anchored on a
+non-defect pixel with probability alpha, augmentations, and a deterministic episode sampler whose
+randomness is a pure function of ``(seed, sample index)``, so a resumed run replays exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from torchvision.transforms import InterpolationMode
+
+from harness.features import IMAGENET_MEAN, images_to_tensor
+from harness.tiling import Tile, pad_bottom_right, resize_image, resize_mask_fraction, resized_shape
+from methods.base import MethodError
+
+MASK_BINARY_THRESHOLD = 0.1  # resized masks are divided by their max, then > 0.1 (spec §1.2)
+ROTATION_FILL = [round(255 * m) for m in IMAGENET_MEAN]  # rotated corners normalise to ~0
+
+
+# ------------------------------------------------------------------------------------------
+# Crops and model inputs (train and test)
+
+
+def area_fraction(mask: np.ndarray) -> float:
+    """Defect-area ratio r = #defect pixels / (H * W) at native resolution."""
+    return float(np.count_nonzero(mask)) / mask.size
+
+
+def random_pixel(rng: np.random.Generator, mask: np.ndarray, defect: bool) -> tuple[int, int] | None:
+    """A uniformly random pixel with ``mask == defect`` (``None`` if there is none)."""
+    flat = mask.reshape(-1)
+    for _ in range(32):  # rejection sampling is fast when the wanted pixels are common
+        index = int(rng.integers(flat.size))
+        if bool(flat[index]) == defect:
+            return divmod(index, mask.shape[1])
+    candidates = np.flatnonzero(flat == defect)
+    if candidates.size == 0:
+        return None
+    return divmod(int(candidates[rng.integers(candidates.size)]), mask.shape[1])
+
+
+def crop_window(rng: np.random.Generator, anchor: tuple[int, int], height: int, width: int, crop: int) -> Tile:
+    """A ``min(crop, H) x min(crop, W)`` window containing ``anchor`` at a uniformly random offset.
+
+    The reference draws the offset in [0, crop] and can leave the anchor one pixel outside the
+    window (spec §2.1, off-by-one); here the anchor is always inside.
+    """
+    tile_h, tile_w = min(crop, height), min(crop, width)
+    top = int(np.clip(anchor[0] - rng.integers(tile_h), 0, height - tile_h))
+    left = int(np.clip(anchor[1] - rng.integers(tile_w), 0, width - tile_w))
+    return Tile(top, left, tile_h, tile_w)
+
+
+def support_views(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    mask: np.ndarray,
+    s_in_shot: int,
+    crop_size: int,
+    area_resize_ratio: float,
+    non_resizing: bool = True,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The S native-resolution views of one support image (spec §2.1, test mode).
+
+    Large defect (r > ratio) or resizing policy: the whole image, the same object S times.
+    Small defect: S crops, each around a random defect pixel. Defect-free support (FAD mode, not
+    handled by the reference): S crops around uniformly random pixels.
+    """
+    if not non_resizing or area_fraction(mask) > area_resize_ratio:
+        return [(image, mask)] * s_in_shot
+    views = []
+    for _ in range(s_in_shot):
+        anchor = random_pixel(rng, mask, defect=True) if mask.any() else (
+            int(rng.integers(mask.shape[0])), int(rng.integers(mask.shape[1])))
+        tile = crop_window(rng, anchor, *mask.shape, crop_size)
+        views.append((tile.crop(image), tile.crop(mask)))
+    return views
+
+
+def resize_longest(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resize so the longest side is ``size``; a resized mask is re-binarised at 0.1 of its max."""
+    shape = resized_shape(*image.shape[:2], size)
+    image = resize_image(image, shape)
+    if mask is not None and mask.shape != shape:
+        fraction = resize_mask_fraction(mask, shape)
+        peak = fraction.max()
+        mask = fraction > MASK_BINARY_THRESHOLD * peak if peak > 0 else np.zeros(shape, bool)
+    return image, mask
+
+
+def model_input(
+    image: np.ndarray, mask: np.ndarray | None, size: int = 518
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """uint8 ``[h, w, 3]`` (+ bool mask) -> normalised image ``[3, S, S]``, mask ``[1, S, S]``,
+    and the unpadded ``(h', w')``; padding is 0 in normalised space (the mean colour)."""
+    image, mask = resize_longest(image, mask, size)
+    shape = image.shape[:2]
+    tensor = torch.from_numpy(pad_bottom_right(images_to_tensor([image])[0].permute(1, 2, 0).numpy(), size))
+    mask = np.zeros(shape, bool) if mask is None else mask
+    mask_tensor = torch.from_numpy(pad_bottom_right(mask.astype(np.float32), size))
+    return tensor.permute(2, 0, 1).contiguous(), mask_tensor[None], shape
+
+
+def episode_seed(support_images: Sequence[np.ndarray], support_masks: Sequence[np.ndarray], seed: int) -> int:
+    """A seed that is a pure function of the supports (so a re-run crops identically)."""
+    digest = hashlib.blake2b(str(seed).encode(), digest_size=8)
+    for image, mask in zip(support_images, support_masks):
+        digest.update(str(image.shape).encode())
+        digest.update(np.ascontiguousarray(image).tobytes())
+        digest.update(np.packbits(np.asarray(mask, bool)).tobytes())
+    return int.from_bytes(digest.digest(), "little")
+
+
+# ------------------------------------------------------------------------------------------
+# Training augmentations (spec §3)
+
+
+def augment(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ColorJitter(0.4, 0.4, 0.4, 0.1) p0.3 -> rotation U(-10, 10) p0.5 -> Gaussian blur 5x5
+    (sigma 1.1, as cv2 derives it) p0.3 -> horizontal flip p0.5. A rotation that would push every
+    defect pixel out of the view is skipped (the reference then trains on an empty support)."""
+    img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    msk = torch.from_numpy(np.ascontiguousarray(mask))[None]
+    if rng.random() < 0.3:
+        factors = {"b": rng.uniform(0.6, 1.4), "c": rng.uniform(0.6, 1.4),
+                   "s": rng.uniform(0.6, 1.4), "h": rng.uniform(-0.1, 0.1)}
+        for op in rng.permutation(["b", "c", "s", "h"]):
+            adjust = {"b": TF.adjust_brightness, "c": TF.adjust_contrast,
+                      "s": TF.adjust_saturation, "h": TF.adjust_hue}[op]
+            img = adjust(img, float(factors[op]))
+    if rng.random() < 0.5:
+        angle = float(rng.uniform(-10, 10))
+        rotated_mask = TF.rotate(msk.to(torch.uint8), angle, InterpolationMode.NEAREST, fill=[0]).bool()
+        if rotated_mask.any() or not msk.any():
+            img = TF.rotate(img, angle, InterpolationMode.BILINEAR, fill=ROTATION_FILL)
+            msk = rotated_mask
+    if rng.random() < 0.3:
+        img = TF.gaussian_blur(img, [5, 5], [1.1, 1.1])
+    if rng.random() < 0.5:
+        img, msk = img.flip(-1), msk.flip(-1)
+    return img.permute(1, 2, 0).contiguous().numpy(), msk[0].numpy()
+
+
+# ------------------------------------------------------------------------------------------
+# Training episodes
+
+
+@dataclass(frozen=True)
+class EpisodeConfig:
+    shot: int = 1  # K support images
+    s_in_shot: int = 4  # S views per support image
+    crop_size: int = 518
+    crop_ratio: tuple[float, float] = (1.0, 1.0)  # train crop = int(crop_size * U(crop_ratio))
+    image_size: int = 518
+    area_resize_ratio: float = 0.01
+    alpha: float = 0.3  # probability of a non-defect-anchored query crop
+    augment: bool = True
+    variants: int = 0  # > 0: each (image, role) has this many fixed views (features cacheable)
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One network input of an episode: a (possibly augmented) crop or resized image.
+
+    ``key`` identifies identical views (same record, role and RNG seed) for feature caching.
+    """
+
+    record: int
+    role: str  # "query" or "support"
+    seed: tuple[int, ...]
+
+    @property
+    def key(self) -> tuple:
+        return (self.record, self.role, self.seed)
+
+
+@dataclass
+class EpisodeBatch:
+    query_images: torch.Tensor  # [B, 3, S, S]
+    query_masks: torch.Tensor  # [B, 1, S, S]
+    support_images: torch.Tensor  # [B, n, 3, S, S]
+    support_masks: torch.Tensor  # [B, n, 1, S, S]
+
+
+ImageReader = Callable[[object], np.ndarray]
+
+
+class EpisodeSampler:
+    """Episodes over the defective records of one fold (spec §3 "Episode sampling").
+
+    One epoch = every (class, image) record once as query, in a permutation seeded by
+    ``(seed, epoch)``; supports are K other images of the same class (without replacement when
+    enough exist, else with replacement); classes with a single image are never queried (the
+    reference loops forever on them). Sample ``i``'s randomness is ``default_rng([seed, i])``.
+    """
+
+    def __init__(self, dataset, fold: str, config: EpisodeConfig, seed: int,
+                 read_image: ImageReader | None = None, read_mask: ImageReader | None = None):
+        if read_image is None or read_mask is None:
+            from datasets import base as dataset_base  # written in parallel; imported lazily
+
+            read_image = read_image or dataset_base.read_image
+            read_mask = read_mask or dataset_base.read_mask
+        folds = getattr(dataset, "folds", {}) or {}
+        objects = set(folds.get(fold, ()))
+        self.records = [
+            r for r in dataset.records
+            if not r.is_normal and (r.object in objects if objects else r.split == fold)
+        ]
+        by_class: dict[str, list[int]] = defaultdict(list)
+        for index, record in enumerate(self.records):
+            by_class[record.class_id].append(index)
+        self.by_class = dict(by_class)
+        self.queries = [i for i, r in enumerate(self.records) if len(self.by_class[r.class_id]) > 1]
+        if not self.queries:
+            raise MethodError(f"fold '{fold}' has no class with two or more defective images")
+        self.config = config
+        self.seed = seed
+        self._read_image, self._read_mask = read_image, read_mask
+        self._load = lru_cache(maxsize=32)(self._load_uncached)
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def _load_uncached(self, record: int) -> tuple[np.ndarray, np.ndarray]:
+        rec = self.records[record]
+        return np.asarray(self._read_image(rec), np.uint8), np.asarray(self._read_mask(rec), bool)
+
+    def plan(self, index: int) -> tuple[ViewSpec, list[ViewSpec]]:
+        """Query view + n = K * S support views of sample ``index`` (no image is read)."""
+        epoch, position = divmod(index, len(self.queries))
+        query = self.queries[np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.queries))[position]]
+        rng = np.random.default_rng([self.seed, index])
+        others = [i for i in self.by_class[self.records[query].class_id] if i != query]
+        k, s = self.config.shot, self.config.s_in_shot
+        chosen = rng.choice(others, size=k, replace=len(others) < k)
+        views = self.config.variants
+        query_seed = (int(rng.integers(views)),) if views else (index, 0)
+        supports = []
+        for slot, record in enumerate(int(c) for c in chosen):
+            if views:
+                seeds = [(int(v),) for v in rng.choice(views, size=s, replace=views < s)]
+            else:
+                seeds = [(index, 1 + slot * s + j) for j in range(s)]
+            if self._is_large(record):
+                seeds = [seeds[0]] * s  # one resized view, repeated S times
+            supports += [ViewSpec(record, "support", seed) for seed in seeds]
+        return ViewSpec(query, "query", query_seed), supports
+
+    def _is_large(self, record: int) -> bool:
+        return area_fraction(self._load(record)[1]) > self.config.area_resize_ratio
+
+    def render(self, view: ViewSpec) -> tuple[torch.Tensor, torch.Tensor]:
+        """A view -> (image ``[3, S, S]``, mask ``[1, S, S]``)."""
+        cfg = self.config
+        rng = np.random.default_rng([self.seed, view.record, int(view.role == "query"), *view.seed])
+        image, mask = self._load(view.record)
+        if not self._is_large(view.record):
+            defect = view.role == "support" or rng.random() >= cfg.alpha
+            anchor = random_pixel(rng, mask, defect) or random_pixel(rng, mask, not defect)
+            crop = int(cfg.crop_size * rng.uniform(*cfg.crop_ratio))
+            tile = crop_window(rng, anchor, *mask.shape, crop)
+            image, mask = tile.crop(image), tile.crop(mask)
+        if cfg.augment:
+            image, mask = augment(rng, image, mask)
+        tensor, mask_tensor, _ = model_input(image, mask, cfg.image_size)
+        return tensor, mask_tensor
+
+    def batch(self, indices: Sequence[int]) -> EpisodeBatch:
+        """Render samples (no feature cache) -> :class:`EpisodeBatch`."""
+        queries, supports = [], []
+        for index in indices:
+            query, support = self.plan(index)
+            queries.append(self.render(query))
+            supports.append([self.render(v) for v in support])
+        return EpisodeBatch(
+            torch.stack([q[0] for q in queries]),
+            torch.stack([q[1] for q in queries]),
+            torch.stack([torch.stack([v[0] for v in s]) for s in supports]),
+            torch.stack([torch.stack([v[1] for v in s]) for s in supports]),
+        )

@@ -1,0 +1,172 @@
+"""SOFS as a sofs-bench Method: non-resizing support crops, tiled query, learned head + FAD fallback.
+
+Per episode (spec §2.1 test mode, decisions in README.md):
+* supports: each support image gives S views: S native-resolution crops around random defect
+  pixels (small defect, r <= area_resize_ratio) or the whole image resized to 518, repeated S
+  times (large defect); crop positions come from an RNG seeded by the support pixels and ``seed``;
+* query: resized whole to 518 when *all* supports are large-defect, else tiled at native
+  resolution (518 tiles, last row/column snapped to the border), tiles run ``nd_batch_size`` at a
+  time against support features computed once;
+* output: sigmoid probabilities (not hard labels) averaged in tile overlaps / resized bilinearly,
+  so the score map is continuous in [0, 1]; the native threshold is 0.5.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from harness.features import ARCHS, ViTFeatures
+from harness.tiling import resize_map, resized_shape, stitch, tile_grid
+from methods.base import MethodError, WeightSpec
+from methods.sofs.checkpoint import build_head, load_backbone, read_checkpoint
+from methods.sofs.data import area_fraction, episode_seed, model_input, support_views
+from methods.sofs.model import SOFSModel, SupportContext, probability
+
+DEFAULT_CHECKPOINT = "methods/weights/sofs_synthetic.pt"
+DEFAULT_BACKBONE = "methods/weights/vit_tiny14_seed0.pt"
+
+
+@dataclass(frozen=True)
+class SOFSConfig:
+    backbone: str = ""  # harness ARCHS name; "" = the checkpoint's (released file: dinov2_vitb14)
+    layers: tuple[int, ...] = ()  # hooked blocks; () = the checkpoint's (released: 5..10)
+    image_size: int = 518
+    crop_size: int = 518
+    s_in_shot: int = 4
+    area_resize_ratio: float = 0.01
+    nd_batch_size: int = 4
+    non_resizing: bool = True  # off: whole query and supports resized to 518
+    intensity_downsampling: bool = True  # off: bilinear support-mask downsampling
+    abnormal_prior: bool = True  # off: the head's abnormal-prior input channels are zeroed
+    fad_fallback: bool = True  # off: defect-free supports still go through the learned head
+    seed: int = 54
+    device: str = "auto"  # "auto" = cuda when available
+
+
+class SOFS:
+    """SOFS (arXiv 2407.21351): few-shot small-defect segmentation with a frozen DINOv2-style ViT."""
+
+    Config = SOFSConfig
+    threshold = 0.5
+    weight_specs = (
+        WeightSpec(
+            "checkpoint",
+            "a SOFS head trained by `bench.py train sofs`, or the released SOFS_model.pth from the "
+            "Google Drive link in the SOFS README (github.com/zhangzilongc/SOFS; pair it with the "
+            "DINOv2 ViT-B/14 backbone)",
+            default=DEFAULT_CHECKPOINT,
+        ),
+        WeightSpec(
+            "backbone",
+            "the shipped random-feature ViT (methods/weights/vit_tiny14_seed0.pt), or DINOv2 "
+            "ViT-B/14 `dinov2_vitb14_pretrain.pth` from Meta's dinov2 release (timm format also "
+            "accepted; the released SOFS_model.pth works too, it contains the backbone)",
+            default=DEFAULT_BACKBONE,
+        ),
+    )
+
+    def __init__(self, config: SOFSConfig, weights: dict[str, Path]):
+        self.config = config
+        path = Path(weights["checkpoint"])
+        state, hparams = read_checkpoint(path)
+        arch = _agree("backbone", config.backbone, hparams.get("backbone"), path)
+        layers = tuple(_agree("layers", tuple(config.layers), tuple(hparams.get("layers", ())), path))
+        if arch not in ARCHS:
+            raise MethodError(f"{path}: unknown backbone '{arch}'; known: {', '.join(ARCHS)}")
+        head = build_head(state, {**hparams, "layers": list(layers)}, path)
+        features = ViTFeatures(load_backbone(arch, Path(weights["backbone"])), layers)
+        if features.embed_dim * len(layers) != head.cfg.fea_dim:
+            raise MethodError(
+                f"{path}: head expects {head.cfg.fea_dim} feature channels, backbone '{arch}' "
+                f"gives {len(layers)} x {features.embed_dim}"
+            )
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+        )
+        self.model = SOFSModel(
+            features, head, config.intensity_downsampling, prior_input=config.abnormal_prior
+        ).to(self.device).eval()
+        self.hparams = hparams
+
+    # --------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        support_images: Sequence[np.ndarray],
+        support_masks: Sequence[np.ndarray],
+        query_image: np.ndarray,
+    ) -> np.ndarray:
+        """Defect probability, float32 ``[H, W]`` in [0, 1] at the query's original size."""
+        cfg = self.config
+        masks = [np.asarray(m, bool) for m in support_masks]
+        if not support_images or len(support_images) != len(masks):
+            raise ValueError("SOFS needs one mask per support image and at least one support")
+        context = self._support_context(support_images, masks)
+        height, width = query_image.shape[:2]
+        resize_query = not cfg.non_resizing or all(area_fraction(m) > cfg.area_resize_ratio for m in masks)
+        if resize_query:
+            (score,) = self._tile_probabilities([query_image], context)
+            shape = resized_shape(height, width, cfg.image_size)
+            score_map = resize_map(score[: shape[0], : shape[1]], (height, width))
+        else:
+            tiles = tile_grid(height, width, cfg.crop_size)
+            scores = self._tile_probabilities([t.crop(query_image) for t in tiles], context)
+            maps = []
+            for tile, score in zip(tiles, scores):
+                shape = resized_shape(tile.height, tile.width, cfg.image_size)
+                maps.append(resize_map(score[: shape[0], : shape[1]], (tile.height, tile.width)))
+            score_map = stitch(maps, tiles, height, width)
+        return np.clip(score_map, 0.0, 1.0).astype(np.float32)
+
+    def _support_context(self, images: Sequence[np.ndarray], masks: list[np.ndarray]) -> SupportContext:
+        """K support images -> context of n = K * S views (each distinct view encoded once)."""
+        cfg = self.config
+        rng = np.random.default_rng(episode_seed(images, masks, cfg.seed))
+        views = []
+        for image, mask in zip(images, masks):
+            views += support_views(rng, np.asarray(image, np.uint8), mask, cfg.s_in_shot,
+                                   cfg.crop_size, cfg.area_resize_ratio, cfg.non_resizing)
+        slot: dict[int, int] = {}  # a resized support is one object repeated S times
+        inputs = []
+        for image, mask in views:
+            if id(image) not in slot:
+                slot[id(image)] = len(inputs)
+                inputs.append(model_input(image, mask, cfg.image_size))
+        encoded = self._encode(torch.stack([x[0] for x in inputs]).to(self.device))
+        index = torch.tensor([slot[id(v[0])] for v in views], device=self.device)
+        features = [f[index] for f in encoded]  # L x [n, C, h, w]
+        masks = torch.stack([x[1] for x in inputs]).to(self.device)[index]  # [n, 1, S, S]
+        return self.model.support_context(features, masks[None])  # N = 1 support set
+
+    def _encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        chunks = [self.model.encode(images[i : i + self.config.nd_batch_size])
+                  for i in range(0, len(images), self.config.nd_batch_size)]
+        return [torch.cat(layer) for layer in zip(*chunks)]
+
+    def _tile_probabilities(self, tiles: list[np.ndarray], context: SupportContext) -> list[np.ndarray]:
+        """Tiles (uint8, any size <= crop) -> probability maps ``[518, 518]`` (padding included)."""
+        cfg = self.config
+        out = []
+        for start in range(0, len(tiles), cfg.nd_batch_size):
+            chunk = tiles[start : start + cfg.nd_batch_size]
+            batch = torch.stack([model_input(t, None, cfg.image_size)[0] for t in chunk])
+            output = self.model.query(self.model.encode(batch.to(self.device)), context)
+            prob = probability(output, context.mask_weight, cfg.image_size, cfg.fad_fallback)
+            out += list(prob.float().cpu().numpy())
+        return out
+
+
+def _agree(name: str, configured, from_checkpoint, path: Path):
+    """A shape option: the configured value, else the checkpoint's; a conflict is a user error."""
+    if configured and from_checkpoint and configured != from_checkpoint:
+        raise MethodError(
+            f"{path}: checkpoint was trained with {name}={from_checkpoint}, option says {configured}"
+        )
+    if not configured and not from_checkpoint:
+        raise MethodError(f"{path}: checkpoint does not record '{name}'; pass it as an option")
+    return configured or from_checkpoint

@@ -1,0 +1,48 @@
+"""Mixed normal Dice + CE loss of SOFS (spec §2.4), at the 37 x 37 patch resolution."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DICE_SMOOTH = 1e-5
+LOG_EPS = 1e-6
+
+
+def patch_target(query_mask: torch.Tensor, patch: int = 14, threshold: float = 0.1,
+                 intensity: bool = True) -> torch.Tensor:
+    """``[B, 1, 518, 518]`` binary -> ``[B, 37, 37]`` float {0, 1}: patch defect fraction > 0.1.
+
+    A patch needs more than 10 % (>= 20 of 196) defect pixels to be a positive target (spec §7.1).
+    """
+    mask = query_mask.float()
+    if intensity:
+        fraction = F.avg_pool2d(mask, patch, patch)
+    else:
+        size = (mask.shape[-2] // patch, mask.shape[-1] // patch)
+        fraction = F.interpolate(mask, size=size, mode="bilinear", align_corners=False)
+    return (fraction[:, 0] > threshold).float()
+
+
+def mixed_normal_dice(prob: torch.Tensor, target: torch.Tensor, smooth_r: float) -> torch.Tensor:
+    """Mean over episodes of the per-episode Dice term; prob, target ``[B, h, w]``.
+
+    defective (sum y > 0): 1 - (2 sum(y p) + 1e-5) / (sum y + sum p + 1e-5)
+    normal    (sum y = 0): 1 - 1 / (eta sum p + 1)   with eta = ``smooth_r``
+    """
+    intersection = (prob * target).flatten(1).sum(1)
+    gt_area = target.flatten(1).sum(1)
+    pred_area = prob.flatten(1).sum(1)
+    defective = 1 - (2 * intersection + DICE_SMOOTH) / (gt_area + pred_area + DICE_SMOOTH)
+    normal = 1 - 1 / (smooth_r * pred_area + 1)
+    return torch.where(gt_area > 0, defective, normal).mean()
+
+
+def binary_ce(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """-mean[y log(p + 1e-6) + (1 - y) log(1 - p + 1e-6)] over all pixels of all episodes."""
+    return -(target * torch.log(prob + LOG_EPS) + (1 - target) * torch.log(1 - prob + LOG_EPS)).mean()
+
+
+def sofs_loss(prob: torch.Tensor, target: torch.Tensor, smooth_r: float = 1e5,
+              dice_weight: float = 1.0, ce_weight: float = 0.01) -> torch.Tensor:
+    """dice_weight * mixed normal Dice + ce_weight * CE; prob = sigmoid(logits) ``[B, 37, 37]``."""
+    return dice_weight * mixed_normal_dice(prob, target, smooth_r) + ce_weight * binary_ce(prob, target)

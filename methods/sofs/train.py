@@ -1,0 +1,278 @@
+"""Episodic meta-training of the SOFS head on the base classes of a dataset (spec §3).
+
+Recipe: AdamW (betas 0.9/0.999, weight decay 0.01); two LR groups, ``query_semantic_transformer``
+at the base LR and every other learned layer at ``lr_multiple`` x; poly schedule per iteration,
+``lr * (1 - it / steps) ** 0.9`` with ``it`` starting at 1 (as the reference); gradient
+accumulation to an effective batch of ``batch_size * accumulate`` episodes (28 = 7 GPUs x 4 in
+the reference); dropout active; backbone frozen, eval mode, no grad.
+
+Every random draw is a pure function of ``(seed, step, micro-batch)`` (data: sample index, see
+``EpisodeSampler``; dropout: ``torch.manual_seed`` per micro-batch), and a checkpoint holds the
+head, the optimizer state and the step, so a run killed after a checkpoint and resumed reaches
+the same parameters as an uninterrupted one.
+
+Files in ``out``: ``checkpoint.pt`` (resume state, one atomic file), ``sofs_head.pt`` (the head
++ hparams, what the ``sofs`` method loads) and ``train_state.json`` (step, losses, options).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from harness.features import ViTFeatures
+from methods.base import REPO_ROOT, MethodError
+from methods.sofs.checkpoint import atomic_save, file_sha256, hparams_of, load_backbone, save_head
+from methods.sofs.data import EpisodeConfig, EpisodeSampler, ViewSpec
+from methods.sofs.loss import patch_target, sofs_loss
+from methods.sofs.model import HeadConfig, SOFSHead, SOFSModel
+
+TRAIN_FORMAT = "sofs-bench/sofs-train/1"
+# Options that may change between a run and its resumption (they do not change the result).
+RESUMABLE_CHANGES = {"checkpoint_every", "device", "cache_mb"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    backbone: str = "vit_tiny14"
+    backbone_weights: str = "methods/weights/vit_tiny14_seed0.pt"
+    layers: tuple[int, ...] = (5, 6, 7, 8, 9, 10)
+    reduce_dim: int = 256
+    fold: str = "base"
+    steps: int = 1000
+    batch_size: int = 4
+    accumulate: int = 7
+    lr: float = 1e-5
+    lr_multiple: float = 2.0
+    weight_decay: float = 0.01
+    poly_power: float = 0.9
+    seed: int = 54
+    smooth_r: float = 1e5
+    dice_weight: float = 1.0
+    ce_weight: float = 0.01
+    target_threshold: float = 0.1
+    abnormal_prior: bool = True
+    intensity_downsampling: bool = True
+    episode: EpisodeConfig = field(default_factory=EpisodeConfig)
+    checkpoint_every: int = 50
+    cache_mb: int = 0  # feature cache for fixed views (episode.variants > 0); 0 = none
+    device: str = "cpu"
+
+    def as_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+@dataclass
+class TrainResult:
+    head_path: Path
+    step: int
+    losses: list[float]
+
+
+class FeatureCache:
+    """LRU of backbone features of fixed views, bounded in megabytes."""
+
+    def __init__(self, max_mb: int):
+        self.max_bytes = max_mb * 2**20
+        self.used = 0
+        self.items: OrderedDict[tuple, tuple[list[torch.Tensor], torch.Tensor]] = OrderedDict()
+
+    def get(self, key: tuple):
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        return None
+
+    def put(self, key: tuple, features: list[torch.Tensor], mask: torch.Tensor) -> None:
+        size = sum(f.numel() * f.element_size() for f in features) + mask.numel()
+        if self.max_bytes <= 0 or size > self.max_bytes:
+            return
+        while self.used + size > self.max_bytes and self.items:
+            _, (old, old_mask) = self.items.popitem(last=False)
+            self.used -= sum(f.numel() * f.element_size() for f in old) + old_mask.numel()
+        self.items[key] = (features, mask)
+        self.used += size
+
+
+def build_training_model(config: TrainConfig) -> tuple[SOFSModel, dict[str, Any]]:
+    backbone_path = Path(config.backbone_weights).expanduser()
+    if not backbone_path.is_absolute() and not backbone_path.exists():
+        backbone_path = REPO_ROOT / backbone_path  # the shipped default, from any working dir
+    if not backbone_path.exists():
+        raise MethodError(f"{backbone_path}: backbone weights file not found")
+    features = ViTFeatures(load_backbone(config.backbone, backbone_path), config.layers)
+    torch.manual_seed(config.seed)  # PyTorch default init of the head, seeded
+    head = SOFSHead(HeadConfig(
+        backbone_dim=features.embed_dim, num_layers=len(config.layers), reduce_dim=config.reduce_dim,
+        transformer_dim=config.reduce_dim, abnormal_prior=config.abnormal_prior,
+    ))
+    model = SOFSModel(features, head, config.intensity_downsampling).to(torch.device(config.device))
+    hparams = hparams_of(
+        head, config.backbone, config.layers,
+        intensity_downsampling=config.intensity_downsampling,
+        backbone_sha256=file_sha256(backbone_path),
+        train_options=json.dumps(config.as_json()),
+    )
+    return model, hparams
+
+
+def make_optimizer(model: SOFSModel, config: TrainConfig) -> torch.optim.AdamW:
+    """Group 0: ``query_semantic_transformer`` at lr; group 1: the rest at lr * lr_multiple."""
+    transformer, rest = [], []
+    for name, param in model.head.named_parameters():
+        (transformer if name.startswith("query_semantic_transformer.") else rest).append(param)
+    return torch.optim.AdamW(
+        [{"params": transformer, "lr": config.lr}, {"params": rest, "lr": config.lr * config.lr_multiple}],
+        lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay,
+    )
+
+
+def poly_factor(step: int, config: TrainConfig) -> float:
+    """LR factor before optimizer step ``step`` (0-based); iteration ``it = step + 1``."""
+    return max(0.0, 1.0 - (step + 1) / config.steps) ** config.poly_power
+
+
+def _views_features(
+    model: SOFSModel, sampler: EpisodeSampler, views: Sequence[ViewSpec],
+    cache: FeatureCache | None, device: torch.device, chunk: int,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Backbone features L x ``[V, C, h, w]`` and masks ``[V, 1, S, S]`` of views (each distinct
+    view rendered and encoded once; fixed views go through the cache)."""
+    fixed = sampler.config.variants > 0
+    distinct = list(OrderedDict.fromkeys(v.key for v in views))
+    by_key = {v.key: v for v in views}
+    found: dict[tuple, tuple[list[torch.Tensor], torch.Tensor]] = {}
+    missing = []
+    for key in distinct:
+        hit = cache.get(key) if cache is not None else None
+        if hit is not None:
+            found[key] = hit
+        else:
+            missing.append(key)
+    for start in range(0, len(missing), chunk):
+        keys = missing[start : start + chunk]
+        rendered = [sampler.render(by_key[k]) for k in keys]
+        encoded = model.encode(torch.stack([r[0] for r in rendered]).to(device))
+        for i, key in enumerate(keys):
+            # fixed views are stored in fp16 and always rounded, so cache hits change nothing
+            feats = [f[i : i + 1].half().float() if fixed else f[i : i + 1] for f in encoded]
+            mask = rendered[i][1][None].bool()
+            found[key] = (feats, mask)
+            if cache is not None and fixed:
+                cache.put(key, [f.half() for f in feats], mask)
+    features = [torch.cat([found[v.key][0][layer].float().to(device) for v in views])
+                for layer in range(len(model.backbone.layers))]
+    masks = torch.cat([found[v.key][1] for v in views]).float().to(device)
+    return features, masks
+
+
+def micro_batch_loss(
+    model: SOFSModel, sampler: EpisodeSampler, indices: Sequence[int], config: TrainConfig,
+    cache: FeatureCache | None = None,
+) -> torch.Tensor:
+    """Loss of B episodes: features of the query and n support views, head, mixed Dice + CE."""
+    device = next(model.head.parameters()).device
+    plans = [sampler.plan(i) for i in indices]
+    n = len(plans[0][1])
+    views = [q for q, _ in plans] + [v for _, supports in plans for v in supports]
+    features, masks = _views_features(model, sampler, views, cache, device, chunk=8)
+    batch = len(plans)
+    query_features = [f[:batch] for f in features]
+    support_features = [f[batch:] for f in features]
+    support_masks = masks[batch:].view(batch, n, *masks.shape[1:])
+    context = model.support_context(support_features, support_masks)
+    output = model.query(query_features, context)
+    target = patch_target(masks[:batch], model.patch, config.target_threshold, config.intensity_downsampling)
+    return sofs_loss(torch.sigmoid(output.logits), target, config.smooth_r, config.dice_weight, config.ce_weight)
+
+
+def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    current = config.as_json()
+    changed = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
+    if changed:
+        key = changed[0]
+        raise MethodError(
+            f"{path}: holds a run with {key}={saved.get(key)!r}, not {current[key]!r}; "
+            f"use --no-resume or another --out"
+        )
+
+
+def train(
+    dataset, config: TrainConfig, out: Path, resume: bool = True, stop_after: int | None = None,
+    progress: bool = True, read_image=None, read_mask=None,
+) -> TrainResult:
+    """Train (or resume) and write checkpoints to ``out``; ``stop_after``: at most this many
+    optimizer steps in this call (a time-boxed run; resume continues it)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sampler = EpisodeSampler(dataset, config.fold, config.episode, config.seed, read_image, read_mask)
+    model, hparams = build_training_model(config)
+    optimizer = make_optimizer(model, config)
+    step, losses = 0, []
+    checkpoint_path = out / "checkpoint.pt"
+    if resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        if state.get("format") != TRAIN_FORMAT:
+            raise MethodError(f"{checkpoint_path}: not a sofs-bench SOFS training checkpoint")
+        _check_resumable(json.loads(state["config"]), config, checkpoint_path)
+        model.head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, losses = int(state["step"]), json.loads(state["losses"])
+    cache = FeatureCache(config.cache_mb) if config.episode.variants > 0 and config.cache_mb > 0 else None
+    model.train()
+    bar = _progress(progress, config.steps, step)
+    done_here = 0
+    while step < config.steps and (stop_after is None or done_here < stop_after):
+        for group, scale in zip(optimizer.param_groups, (1.0, config.lr_multiple)):
+            group["lr"] = config.lr * scale * poly_factor(step, config)
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for micro in range(config.accumulate):
+            torch.manual_seed(config.seed * 1_000_003 + step * 1_009 + micro)  # dropout
+            first = (step * config.accumulate + micro) * config.batch_size
+            loss = micro_batch_loss(model, sampler, range(first, first + config.batch_size), config, cache)
+            (loss / config.accumulate).backward()
+            total += loss.item() / config.accumulate
+        optimizer.step()
+        step += 1
+        done_here += 1
+        losses.append(total)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.4f}")
+        finished = step == config.steps or (stop_after is not None and done_here >= stop_after)
+        if step % config.checkpoint_every == 0 or finished:
+            _save(out, model, optimizer, step, losses, config, hparams)
+    if bar is not None:
+        bar.close()
+    return TrainResult(out / "sofs_head.pt", step, losses)
+
+
+def _save(out: Path, model: SOFSModel, optimizer, step: int, losses: list[float],
+          config: TrainConfig, hparams: dict[str, Any]) -> None:
+    head_state = {k: v.detach().cpu().clone() for k, v in model.head.state_dict().items()}
+    atomic_save({
+        "format": TRAIN_FORMAT, "step": step, "head": head_state,
+        "optimizer": optimizer.state_dict(), "config": json.dumps(config.as_json()),
+        "losses": json.dumps(losses),
+    }, out / "checkpoint.pt")
+    save_head(out / "sofs_head.pt", model.head, {**hparams, "train_step": step})
+    summary = {"step": step, "steps": config.steps, "last_loss": losses[-1] if losses else None,
+               "losses": losses, "config": config.as_json(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    tmp = out / "train_state.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(out / "train_state.json")
+
+
+def _progress(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train sofs", unit="step")
