@@ -79,7 +79,11 @@ def load_vit(arch: str, weights: Path, img_size: int = 518) -> nn.Module:
     model = build_vit(arch, img_size)
     state = read_state_dict(Path(weights))
     state = {k: v.float() for k, v in checkpoint_filter_fn(state, model).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches: a checkpoint of another model size
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise BackboneError(f"{weights}: does not match backbone '{arch}' ({first})") from None
     # A head or final norm the checkpoint lacks is harmless (features are pre-norm block outputs);
     # any missing block weight means the file is for another architecture.
     missing = [k for k in missing if not k.startswith(("head", "fc_norm", "norm."))]

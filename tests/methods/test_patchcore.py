@@ -1,0 +1,83 @@
+"""Few-shot PatchCore on a tiny random ViT (vit_micro14): shapes, anomaly map, deployable threshold."""
+import numpy as np
+import pytest
+import torch
+
+from methods.base import MethodSpec, Prediction
+from methods.patchcore import gaussian_blur, greedy_coreset
+from tests.methods.test_panet import micro_weights, textured_image, with_defect  # noqa: F401 (fixture)
+
+
+def build(micro_weights, **options):
+    return MethodSpec("patchcore", {"backbone": "vit_micro14", **options}, {"backbone": str(micro_weights)}).build()
+
+
+@pytest.mark.parametrize("resolution", ["native", "resize"])
+def test_score_map_shape_range_and_threshold(micro_weights, resolution):
+    image, mask = with_defect(textured_image(600, 1030), 280, 500, 40)
+    prediction = build(micro_weights, resolution=resolution).predict([image], [mask], image)
+    assert isinstance(prediction, Prediction)
+    assert prediction.score_map.shape == (600, 1030)
+    assert prediction.score_map.dtype == np.float32
+    assert 0.0 <= prediction.score_map.min() and prediction.score_map.max() <= 1.0
+    assert np.isfinite(prediction.threshold) and 0.0 <= prediction.threshold <= 1.0
+
+
+@pytest.mark.parametrize("resolution", ["native", "resize"])
+def test_query_equal_to_support_is_normal_except_a_pasted_patch(micro_weights, resolution):
+    support, mask = with_defect(textured_image(600, 1030), 100, 100, 42)
+    query, pasted = with_defect(support, 420, 700, 56, colour=(20, 40, 220))  # not in the bank
+    prediction = build(micro_weights, resolution=resolution).predict([support], [mask], query)
+    score_map = prediction.score_map
+    far = np.ones_like(mask)
+    far[40:200, 40:200] = False  # the support's own defect (excluded from the bank)
+    far[360:540, 640:820] = False  # the pasted patch and its blur
+    assert np.quantile(score_map[far], 0.99) < 0.02
+    assert score_map[pasted].mean() > 0.1
+    # an identical copy scores ~0, but the threshold is fitted on unseen normal patches
+    assert (score_map[pasted] > prediction.threshold).mean() > 0.9
+    assert (score_map[far] > prediction.threshold).mean() < 0.01
+
+
+def test_threshold_uses_support_data_only(micro_weights):
+    method = build(micro_weights)
+    support_a, mask_a = with_defect(textured_image(300, 400, seed=1), 40, 40, 28)
+    support_b, mask_b = with_defect(textured_image(300, 400, seed=2), 200, 300, 28)
+    queries = [textured_image(300, 400, seed=3), with_defect(textured_image(300, 400, seed=4), 100, 100, 40)[0]]
+    for supports, masks in (([support_a], [mask_a]), ([support_a, support_b], [mask_a, mask_b])):
+        thresholds = {method.predict(supports, masks, query).threshold for query in queries}
+        assert len(thresholds) == 1
+        assert np.isfinite(thresholds.pop())
+
+
+def test_normal_supports_use_every_token(micro_weights):
+    method = build(micro_weights)
+    normal = [textured_image(200, 280, seed=s) for s in (5, 6)]
+    empty = [np.zeros((200, 280), bool)] * 2
+    supports = [method._support(image, mask) for image, mask in zip(normal, empty)]
+    assert all(s["normal"].all() for s in supports)
+    prediction = method.predict(normal, empty, textured_image(200, 280, seed=7))
+    assert np.isfinite(prediction.threshold)
+    assert (prediction.score_map > prediction.threshold).mean() < 0.05
+
+
+def test_defect_tokens_are_kept_out_of_the_bank(micro_weights):
+    method = build(micro_weights)
+    image, mask = with_defect(textured_image(140, 140), 60, 60, 1)  # one pixel
+    support = method._support(image, mask)
+    assert (~support["normal"]).sum() == 1
+
+
+def test_coreset_weights_and_blur(micro_weights):
+    features = torch.nn.functional.normalize(torch.randn(300, 200), dim=1)
+    chosen = greedy_coreset(features, 30)
+    assert len(set(chosen.tolist())) == 30
+    constant = np.full((50, 70), 0.3, np.float32)
+    np.testing.assert_allclose(gaussian_blur(constant, 4.0), constant, atol=1e-6)
+    impulse = np.zeros((41, 41), np.float32)
+    impulse[20, 20] = 1
+    blurred = gaussian_blur(impulse, 4.0)
+    assert blurred.sum() == pytest.approx(1.0, abs=1e-5) and blurred.argmax() == 20 * 41 + 20
+    image, mask = with_defect(textured_image(200, 300), 50, 50, 28)
+    prediction = build(micro_weights, coreset_ratio=0.25).predict([image], [mask], image)
+    assert prediction.score_map.shape == (200, 300)
