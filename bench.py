@@ -78,11 +78,11 @@ def manifest_options(func):
         click.option("--dataset", default="synthetic", show_default=True, help="Dataset folder, or 'synthetic' (the embedded default)."),
         click.option("--format", "dataset_format", default="auto", show_default=True, help="folder | opendomain | mvtec | vision | defect_spectrum | auto"),
         click.option("--shots", default="1", show_default=True, help="Comma-separated shot counts, e.g. 1,5."),
-        click.option("--seeds", default=5, show_default=True, help="Support re-draws per query (report mean ± std)."),
+        click.option("--seeds", type=int, default=None, help="Support re-draws per query (report mean ± std). Default 5; 1 on the embedded synthetic default."),
         click.option("--normal-fraction", default=0.2, show_default=True, help="Fraction of episodes with a defect-free query."),
         click.option("--fad", is_flag=True, help="Few-shot anomaly detection: supports are defect-free images."),
         click.option("--fold", default=None, help="Objects to evaluate: a fold of the dataset ('novel' by default when it has one; 'all' for every object)."),
-        click.option("--max-queries-per-class", type=int, default=None, help="Cap queries per class (quick runs)."),
+        click.option("--max-queries-per-class", type=int, default=None, help="Cap queries per class (quick runs). Default: all; 4 on the embedded synthetic default."),
         click.option("--episode-seed", default=0, show_default=True, help="Base seed of support sampling."),
     ]
     for option in reversed(options):
@@ -90,9 +90,21 @@ def manifest_options(func):
     return func
 
 
-def manifest_settings(shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed):
+# The no-argument run on the embedded default is a smoke benchmark that must finish in minutes on
+# 2 CPUs; any user dataset gets the full protocol (all queries, 5 support draws).
+SYNTHETIC_QUICK = {"seeds": 1, "max_queries_per_class": 4}
+
+
+def manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed):
     from harness.run import ManifestSettings
 
+    quick = str(dataset).startswith("synthetic")
+    if seeds is None:
+        seeds = SYNTHETIC_QUICK["seeds"] if quick else 5
+    if max_queries_per_class is None and quick:
+        max_queries_per_class = SYNTHETIC_QUICK["max_queries_per_class"]
+    if seeds < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--seeds")
     return ManifestSettings(parse_ints(shots, "--shots"), seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed)
 
 
@@ -109,7 +121,7 @@ def cli():
 @click.option("--overwrite", type=click.Choice(["never", "missing", "always"]), default="missing", show_default=True, help="missing: resume, compute only what is not stored.")
 @click.option("--executor", type=click.Choice(["ray", "inline"]), default="ray", show_default=True, help="inline runs without Ray (debugging).")
 @click.option("--address", default=None, help="Join this Ray cluster (default $RAY_ADDRESS, else a local one on 127.0.0.1).")
-@click.option("--workers", default=1, show_default=True, help="Ray actors per method (each loads the method once).")
+@click.option("--workers", type=int, default=None, help="Ray actors per method, each loading the method once (default: one per GPU slot, else one per CPU up to 4 CPUs, else one per 2 CPUs).")
 @click.option("--cpus-per-worker", type=float, default=None, help="Default: cluster CPUs / workers.")
 @click.option("--gpus-per-worker", type=float, default=0.0, show_default=True, help="May be fractional (a scheduling label: Ray does not isolate memory).")
 @click.option("--chunk-size", type=int, default=None, help="Episodes per work unit / Parquet part (default 4-64 by run size).")
@@ -130,7 +142,7 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
             methods=method_specs(methods, weights, sets),
             dataset=dataset,
             dataset_format=dataset_format,
-            manifest=manifest_settings(shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed),
+            manifest=manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed),
             manifest_path=manifest_path,
             out=out,
             overwrite=overwrite,
@@ -185,7 +197,7 @@ def episodes_build(dataset, dataset_format, shots, seeds, normal_fraction, fad, 
     with user_errors():
         data = load_dataset(dataset, dataset_format)
         config = RunConfig(methods=[], dataset=dataset, dataset_format=dataset_format,
-                           manifest=manifest_settings(shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed))
+                           manifest=manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed))
         manifest = load_or_build_manifest(config, data)
         path = write_manifest(manifest, Path(out))
     normal = sum(e.query_is_normal for e in manifest.episodes)
@@ -202,11 +214,20 @@ def report(runs, out, per_class, size_edges, bootstrap):
     """Tables (md/csv/tex), size-stratified mIoU, false alarms, plots and one HTML file."""
     from harness.report import build_report
 
-    edges = tuple(float(v) for v in size_edges.split(","))
+    try:
+        edges = tuple(float(v) for v in size_edges.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{size_edges}' is not a comma-separated list of numbers", param_hint="--size-edges") from None
     with user_errors():
-        result = build_report(list(runs), out or runs[0] / "report", per_class=per_class, size_edges=edges, bootstrap=bootstrap)
-    click.echo(result.summary_markdown if hasattr(result, "summary_markdown") else "")
-    click.echo(f"report: {result.html_path}")
+        try:
+            result = build_report(list(runs), out or runs[0] / "report", per_class=per_class,
+                                  size_edges=edges, bootstrap=bootstrap)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(result.tables["summary"].display.to_markdown(index=False))
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"\nreport: {result.html_path}  (tables: {result.out_dir})")
 
 
 @cli.command("methods")

@@ -47,7 +47,7 @@ class RunConfig:
     overwrite: str = "missing"  # never | missing | always
     executor: str = "ray"  # ray | inline
     address: str | None = None
-    workers: int = 1
+    workers: int | None = None  # None: auto from the cluster's resources
     cpus_per_worker: float | None = None
     gpus_per_worker: float = 0.0
     chunk_size: int | None = None
@@ -156,13 +156,13 @@ def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
         raise RunError(f"{run_dir}: was scored with other evaluation settings {previous['eval_settings']}; use another --out")
     write_manifest(manifest, store.manifest_dir)
 
-    workers = max(1, config.workers)
+    executor = make_executor(config)
+    workers = getattr(executor, "workers", 1)
     chunk_size = config.chunk_size or previous.get("chunk_size") or choose_chunk_size(len(manifest.episodes), workers)
     if previous.get("chunk_size") not in (None, chunk_size):
         raise RunError(f"{run_dir}: was chunked by {previous['chunk_size']} episodes; drop --chunk-size to resume")
     chunks = [tuple(manifest.episodes[i : i + chunk_size]) for i in range(0, len(manifest.episodes), chunk_size)]
 
-    executor = make_executor(config, workers)
     run_id = previous.get("run_id") or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{manifest.manifest_id[:8]}"
     stored_methods = dict(previous.get("methods", {}))
     record = {
@@ -259,9 +259,15 @@ def count_stored(store: RunStore, methods: Sequence[str], planned_per_method: in
             "ok": int(len(frame)) - failed}
 
 
-def make_executor(config: RunConfig, workers: int):
-    import os
+def auto_workers(resources: dict, gpus_per_worker: float) -> int:
+    """One worker per GPU slot; on CPUs one per core up to 4 cores, then one per 2 cores."""
+    if gpus_per_worker > 0:
+        return max(1, int(resources.get("GPU", 0.0) // gpus_per_worker + 1e-9))
+    cpus = int(resources.get("CPU", 1.0))
+    return max(1, cpus if cpus <= 4 else cpus // 2)
 
+
+def make_executor(config: RunConfig):
     if config.executor == "inline":
         return InlineExecutor(threads=int(config.cpus_per_worker) if config.cpus_per_worker else None)
     if config.executor != "ray":
@@ -269,7 +275,10 @@ def make_executor(config: RunConfig, workers: int):
     from harness.ray_executor import RayExecutor, check_resources, connect
 
     resources = connect(config.address)
-    cpus = config.cpus_per_worker or max(1.0, float(int(resources.get("CPU", os.cpu_count() or 1) // workers)))
+    workers = config.workers or auto_workers(resources, config.gpus_per_worker)
+    if workers < 1:
+        raise RunError("--workers must be at least 1")
+    cpus = config.cpus_per_worker or max(1.0, float(int(resources.get("CPU", 1.0) // workers)))
     check_resources(resources, workers, cpus, config.gpus_per_worker)
     executor = RayExecutor(workers, cpus, config.gpus_per_worker)
     executor.resources = resources

@@ -1,0 +1,81 @@
+"""The command line as a user meets it: help, methods, manifests, dataset checks, real data."""
+import numpy as np
+import pytest
+from PIL import Image
+from click.testing import CliRunner
+
+import tests.toy_methods  # noqa: F401
+from bench import cli
+from tests.conftest import REAL_DATA
+from tests.toy_methods import make_folder_dataset
+
+
+@pytest.fixture()
+def runner():
+    return CliRunner()
+
+
+def test_methods_lists_availability(runner):
+    result = runner.invoke(cli, ["methods"])
+    assert result.exit_code == 0, result.output
+    assert "panet" in result.output and "patchcore" in result.output and "sofs" in result.output
+    seggpt = result.output.split("seggpt ")[1].split("\n")[1]
+    assert "needs weights" in seggpt and "--weights seggpt=PATH" in seggpt
+
+
+def test_missing_weights_fail_before_any_work(runner, tmp_path):
+    dataset = make_folder_dataset(tmp_path / "data")
+    result = runner.invoke(cli, ["run", "--methods", "panet,seggpt", "--dataset", str(dataset),
+                                 "--executor", "inline", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "--weights seggpt=PATH" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_weights_for_unlisted_method_is_a_usage_error(runner, tmp_path):
+    result = runner.invoke(cli, ["run", "--methods", "panet", "--weights", "seggpt=/x", "--executor", "inline"])
+    assert result.exit_code == 2 and "seggpt" in result.output
+
+
+def test_episodes_build_is_byte_identical(runner, tmp_path):
+    dataset = make_folder_dataset(tmp_path / "data")
+    outputs = []
+    for name in ("a", "b"):
+        result = runner.invoke(cli, ["episodes", "build", "--dataset", str(dataset), "--shots", "1,2",
+                                     "--seeds", "3", "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        (parquet,) = (tmp_path / name).glob("*.parquet")
+        outputs.append(parquet.read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+def test_datasets_check_reports_problems_with_files(runner, tmp_path):
+    dataset = make_folder_dataset(tmp_path / "data")
+    good = runner.invoke(cli, ["datasets", "check", str(dataset)])
+    assert good.exit_code == 0, good.output
+    wrong_size = np.zeros((40, 40), dtype=np.uint8)
+    wrong_size[5:9, 5:9] = 255
+    Image.fromarray(wrong_size).save(dataset / "spot" / "masks" / "spot_0.png")
+    bad = runner.invoke(cli, ["datasets", "check", str(dataset)])
+    assert bad.exit_code == 1
+    assert "spot_0.png: error: mask is 40x40" in bad.output
+
+
+def test_report_cli_writes_html(runner, tmp_path):
+    dataset = make_folder_dataset(tmp_path / "data")
+    run = runner.invoke(cli, ["run", "--methods", "toy-bright", "--dataset", str(dataset), "--executor", "inline",
+                              "--seeds", "2", "--out", str(tmp_path / "run")])
+    assert run.exit_code == 0, run.output
+    assert "mIoU" in (tmp_path / "run" / "summary.md").read_text()
+    report = runner.invoke(cli, ["report", str(tmp_path / "run"), "--bootstrap", "50"])
+    assert report.exit_code == 0, report.output
+    assert (tmp_path / "run" / "report" / "report.html").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(not (REAL_DATA / "magnetic_tile").is_dir(), reason="../shared/real-data absent")
+def test_run_on_real_magnetic_tile(runner, tmp_path):
+    result = runner.invoke(cli, ["run", "--methods", "panet", "--dataset", str(REAL_DATA / "magnetic_tile"),
+                                 "--executor", "inline", "--seeds", "1", "--max-queries-per-class", "1",
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "panet" in result.output and "failed    0" in result.output
