@@ -121,10 +121,10 @@ def cli():
 @click.option("--overwrite", type=click.Choice(["never", "missing", "always"]), default="missing", show_default=True, help="missing: resume, compute only what is not stored.")
 @click.option("--executor", type=click.Choice(["ray", "inline"]), default="ray", show_default=True, help="inline runs without Ray (debugging).")
 @click.option("--address", default=None, help="Join this Ray cluster (default $RAY_ADDRESS, else a local one on 127.0.0.1).")
-@click.option("--workers", type=int, default=None, help="Ray actors per method, each loading the method once (default: one per GPU slot, else one per CPU up to 4 CPUs, else one per 2 CPUs).")
-@click.option("--cpus-per-worker", type=float, default=None, help="Default: cluster CPUs / workers.")
-@click.option("--gpus-per-worker", type=float, default=0.0, show_default=True, help="May be fractional (a scheduling label: Ray does not isolate memory).")
-@click.option("--chunk-size", type=int, default=None, help="Episodes per work unit / Parquet part (default 4-64 by run size).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Ray actors per method, each loading the method once (default: one per GPU slot, else one per CPU up to 4 CPUs, else one per 2 CPUs).")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None, help="Default: cluster CPUs / workers.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True, help="May be fractional (a scheduling label: Ray does not isolate memory).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Episodes per work unit / Parquet part (default 4-64 by run size).")
 @click.option("--weights", multiple=True, help="METHOD[.KEY]=PATH, e.g. seggpt=/w/seggpt-vit-large or sofs.backbone=dinov2_vitb14_pretrain.pth.")
 @click.option("--set", "sets", multiple=True, help="METHOD.OPTION=VALUE, e.g. panet.resolution=resize.")
 @click.option("--save-predictions", is_flag=True, help="Keep each episode's score map as an 8-bit PNG at native size.")
@@ -159,7 +159,8 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
         summary = execute(config)
     click.echo(f"\nrun folder: {summary.run_dir}  (manifest {summary.manifest_id}, {summary.episodes} episodes per method, {summary.elapsed_s:.0f} s)")
     for m in summary.methods:
-        click.echo(f"  {m.method:<22} computed {m.ok + m.failed:>5}  already stored {m.skipped:>5}  failed {m.failed:>4}")
+        click.echo(f"  {m.method:<22} computed {m.ok + m.failed:>5}  already stored {m.skipped:>5}  failed {m.failed:>4}"
+                   + (f"  not stored (worker failures) {m.lost}" if m.lost else ""))
         for status, count in list(m.errors.items())[:3]:
             click.echo(f"      {count} x {status}")
     if make_report:

@@ -86,6 +86,7 @@ class RayExecutor:
         in_flight: int = 2,
         max_attempts: int = 3,
         wait_timeout_s: float = 30.0,
+        start_timeout_s: float = 600.0,
     ):
         self.workers = workers
         self.cpus_per_worker = cpus_per_worker
@@ -93,6 +94,8 @@ class RayExecutor:
         self.in_flight = in_flight
         self.max_attempts = max_attempts
         self.wait_timeout_s = wait_timeout_s
+        self.start_timeout_s = start_timeout_s
+        self.lost: list = []  # (WorkUnit, reason) of chunks that kept killing workers
 
     def run(self, job: MethodJob, dataset, settings: EvalSettings, progress) -> None:
         import ray
@@ -109,6 +112,7 @@ class RayExecutor:
             remote_worker.remote(job.spec, dataset_ref, job.context, settings, job.predictions_dir, threads)
             for _ in range(min(self.workers, max(1, len(job.units))))
         ]
+        self._wait_until_ready(job, actors)
         queue = deque(job.units)
         pending: dict = {}  # ObjectRef -> (actor index, WorkUnit)
         load = [0] * len(actors)
@@ -135,9 +139,44 @@ class RayExecutor:
                         if unit.attempt < self.max_attempts:
                             queue.append(WorkUnit(unit.method, unit.chunk_index, unit.episodes, unit.attempt + 1))
                             continue
-                        rows = [error_row(job.context, e, describe_error(exc)) for e in unit.episodes]
+                        # Not stored: the chunk is not the episodes' fault, a re-run retries it.
+                        self.lost.append((unit, describe_error(exc)))
+                        continue
                     job.done_rows(unit, rows)
                     progress(len(rows), rows)
         finally:
             for actor in actors:
                 ray.kill(actor)
+
+    def _wait_until_ready(self, job: MethodJob, actors: list) -> None:
+        """Surface a constructor failure (bad weights ...) or an unschedulable actor as one line."""
+        import ray
+
+        try:
+            ray.get([actor.ready.remote() for actor in actors], timeout=self.start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            for actor in actors:
+                ray.kill(actor)
+            raise ClusterError(
+                f"method '{job.spec.name}': {len(actors)} workers did not start within {self.start_timeout_s:.0f} s "
+                f"(each needs {self.cpus_per_worker:g} CPU and {self.gpus_per_worker:g} GPU on one node; "
+                "lower --workers or --cpus-per-worker)"
+            ) from None
+        except ray.exceptions.RayError as exc:
+            for actor in actors:
+                ray.kill(actor)
+            cause = _creation_cause(exc)
+            raise ClusterError(f"method '{job.spec.name}' failed to start on a Ray worker: {cause}") from None
+
+
+def _creation_cause(exc: BaseException) -> str:
+    """The user-facing line inside a Ray actor-creation error (e.g. a BackboneError message)."""
+    cause = getattr(exc, "cause", None) or getattr(getattr(exc, "error_msg", None), "cause", None)
+    if isinstance(cause, BaseException):
+        cause = getattr(cause, "cause", None) or cause
+        return f"{type(cause).__name__}: {cause}".strip().splitlines()[0]
+    text = str(exc)
+    for line in text.splitlines():
+        if "Error:" in line and "ray::" not in line:
+            return line.strip()
+    return text.strip().splitlines()[-1] if text.strip() else type(exc).__name__

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from harness import provenance
 from harness.runner import EvalSettings, InlineExecutor, MethodJob, RowContext, WorkUnit
-from harness.store import RunStore, StoreError
+from harness.store import RunStore, StoreError, partition_value
 from methods.base import MethodError, MethodSpec, REPO_ROOT
 
 
@@ -63,6 +63,7 @@ class MethodSummary:
     skipped: int = 0  # already stored before this invocation
     ok: int = 0
     failed: int = 0
+    lost: int = 0  # episodes of chunks that kept killing workers: not stored, a re-run retries them
     errors: dict = field(default_factory=dict)  # status -> count (first few)
 
 
@@ -76,7 +77,7 @@ class RunSummary:
 
     @property
     def failed(self) -> int:
-        return sum(m.failed for m in self.methods)
+        return sum(m.failed + m.lost for m in self.methods)
 
 
 def default_fold(dataset) -> str | None:
@@ -127,6 +128,13 @@ def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
     from harness.episodes import write_manifest
 
     started = time.time()
+    if not config.methods:
+        raise RunError("no method given (--methods)")
+    if config.chunk_size is not None and config.chunk_size < 1:
+        raise RunError(f"--chunk-size must be at least 1, got {config.chunk_size}")
+    for spec in config.methods:
+        if partition_value(spec.name) != spec.name:
+            raise RunError(f"method name '{spec.name}' cannot be a results folder name (use letters, digits, _ . + -)")
     # Fail before any work: every method's options and weights must be usable.
     identities = {}
     for spec in config.methods:
@@ -146,6 +154,8 @@ def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
     run_dir = Path(config.out) if config.out else Path(config.results_root) / f"{dataset.name}-{manifest.manifest_id[:8]}"
     store = RunStore(run_dir)
     previous = store.read_json()
+    if not previous and any(store.done_chunks(spec.name) for spec in config.methods):
+        raise RunError(f"{run_dir}: holds episode parts but no run.json; cannot tell how they were chunked, use another --out")
     if previous and previous.get("manifest_id") not in (None, manifest.manifest_id):
         raise RunError(
             f"{run_dir}: holds manifest {previous['manifest_id']}, this command makes {manifest.manifest_id}; "
@@ -179,11 +189,17 @@ def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
         "git": provenance.git_info(),
         "packages": provenance.package_versions(),
         "hardware": provenance.hardware(),
+        "status": "running",
+        "ended_at": None,
         "executor": {"name": executor.name, "workers": workers, "cpus_per_worker": getattr(executor, "cpus_per_worker", None),
                      "gpus_per_worker": config.gpus_per_worker, "cluster_resources": getattr(executor, "resources", None)},
         "started_at": previous.get("started_at") or datetime.now(timezone.utc).isoformat(),
-        "invocations": previous.get("invocations", 0) + 1,
     }
+    # Each invocation (first run, resumes) is recorded, so a resumed run shows every code version.
+    earlier = previous.get("invocations") if isinstance(previous.get("invocations"), list) else []
+    record["invocations"] = [*earlier, {
+        "started_at": datetime.now(timezone.utc).isoformat(), "command": config.command,
+        "git_sha": record["git"]["sha"], "git_dirty": record["git"]["dirty"], "host": record["hardware"]["hostname"]}]
 
     jobs, summaries = [], []
     for spec in config.methods:
@@ -213,11 +229,17 @@ def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
 
     total = sum(len(u.episodes) for job in jobs for u in job.units)
     progress = make_progress(total, progress_out)
+    record["status"] = "interrupted"
     try:
-        for job in jobs:
+        for job, summary in zip(jobs, summaries):
             if job.units:
                 progress.set_description(job.spec.name)
                 executor.run(job, dataset, config.settings, progress.update_rows)
+            for unit, reason in getattr(executor, "lost", []):
+                if unit.method == job.spec.name:
+                    summary.lost += len(unit.episodes)
+                    summary.errors[f"not stored, re-run to retry: {reason}"] = len(unit.episodes)
+        record["status"] = "complete" if not any(s.lost for s in summaries) else "incomplete"
     finally:
         progress.close()
         record["ended_at"] = datetime.now(timezone.utc).isoformat()
@@ -253,7 +275,7 @@ def count_stored(store: RunStore, methods: Sequence[str], planned_per_method: in
         frame = read_run(store.run_dir, columns=["method", "status"])
     except (StoreError, OSError):
         return {"planned": planned_per_method * len(methods), "done": 0, "failed": 0}
-    frame = frame[frame["method"].isin([m for m in methods])]
+    frame = frame[frame["method"].isin([partition_value(m) for m in methods])]
     failed = int((frame["status"] != "ok").sum())
     return {"planned": planned_per_method * len(methods), "done": int(len(frame)), "failed": failed,
             "ok": int(len(frame)) - failed}

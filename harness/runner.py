@@ -135,6 +135,10 @@ class EpisodeWorker:
     def _mask(self, image_id: str) -> np.ndarray:
         return self.cache.get(("mask", image_id), lambda: self._read_mask(self.records[image_id]))
 
+    def ready(self) -> str:
+        """Answered once the constructor (weights loading) has finished."""
+        return self.worker_name
+
     def run_chunk(self, unit: WorkUnit) -> list[dict]:
         return [self.run_episode(episode) for episode in unit.episodes]
 

@@ -86,7 +86,7 @@ class RunStore:
 
     def write_json(self, record: dict) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_json.with_name(".run.json.tmp")
+        tmp = self.run_json.with_name(f".run.json.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
         os.replace(tmp, self.run_json)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from methods.base import register
+from methods.base import MethodError, register
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class BrightConfig:
     sleep_s: float = 0.0
     crash_width: int = 0  # raise on queries of this width
     die_once_marker: str = ""  # os._exit(1) on the first call if this file does not exist yet
+    fail_init: str = ""  # raise MethodError(fail_init) in the constructor (e.g. unreadable weights)
 
 
 class Bright:
@@ -27,6 +28,8 @@ class Bright:
     threshold = 0.5
 
     def __init__(self, config: BrightConfig, weights):
+        if config.fail_init:
+            raise MethodError(config.fail_init)
         self.config = config
 
     def predict(self, support_images, support_masks, query_image):

@@ -158,3 +158,34 @@ def test_infeasible_gpu_request_is_refused_up_front(tmp_path, ray_cluster):
         execute(config(dataset, tmp_path / "run", executor="ray", gpus_per_worker=0.5), progress_out=None)
     with pytest.raises(ClusterError, match="workers"):
         execute(config(dataset, tmp_path / "run2", executor="ray", workers=4, cpus_per_worker=1), progress_out=None)
+
+
+@pytest.mark.ray
+def test_ray_worker_start_failure_is_one_clear_error(tmp_path, ray_cluster):
+    from harness.ray_executor import ClusterError
+
+    dataset = make_folder_dataset(tmp_path / "data")
+    with pytest.raises(ClusterError, match="weights.pt: truncated file"):
+        execute(config(dataset, tmp_path / "run", executor="ray", workers=2, cpus_per_worker=1,
+                       options={"fail_init": "weights.pt: truncated file"}), progress_out=None)
+    assert not list((tmp_path / "run").glob("episodes/*/part-*.parquet"))
+
+
+def test_run_json_records_completion_and_invocations(tmp_path):
+    import json
+
+    dataset = make_folder_dataset(tmp_path / "data")
+    summary = execute(config(dataset, tmp_path / "run"), progress_out=None)
+    execute(config(dataset, tmp_path / "run"), progress_out=None)
+    record = json.loads((summary.run_dir / "run.json").read_text())
+    assert record["status"] == "complete" and record["ended_at"]
+    assert len(record["invocations"]) == 2
+    assert record["counts"] == {"planned": summary.episodes, "done": summary.episodes, "failed": 0, "ok": summary.episodes}
+    assert record["methods"]["toy-bright"]["config_hash"]
+    assert record["manifest_id"] == summary.manifest_id and record["git"]["sha"]
+
+
+def test_bad_method_name_and_chunk_size_are_refused(tmp_path):
+    dataset = make_folder_dataset(tmp_path / "data")
+    with pytest.raises(RunError, match="chunk-size"):
+        execute(config(dataset, tmp_path / "run", chunk_size=0), progress_out=None)
