@@ -12,7 +12,7 @@ import os
 from collections import deque
 from pathlib import Path
 
-from harness.runner import EpisodeWorker, EvalSettings, MethodJob, WorkUnit, describe_error, error_row
+from harness.runner import EpisodeWorker, EvalSettings, MethodJob, describe_error, error_row
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,7 +97,7 @@ class RayExecutor:
         self.start_timeout_s = start_timeout_s
         self.lost: list = []  # (WorkUnit, reason) of chunks that kept killing workers
 
-    def run(self, job: MethodJob, dataset, settings: EvalSettings, progress) -> None:
+    def run(self, job: MethodJob, settings: EvalSettings, progress) -> None:
         import ray
 
         remote_worker = ray.remote(EpisodeWorker).options(
@@ -106,10 +106,9 @@ class RayExecutor:
             max_restarts=-1,
             max_task_retries=0,
         )
-        dataset_ref = ray.put(dataset)
         threads = max(1, int(self.cpus_per_worker))
         actors = [
-            remote_worker.remote(job.spec, dataset_ref, job.context, settings, job.predictions_dir, threads)
+            remote_worker.remote(job.spec, job.context, settings, job.predictions_dir, threads)
             for _ in range(min(self.workers, max(1, len(job.units))))
         ]
         self._wait_until_ready(job, actors)
@@ -137,7 +136,7 @@ class RayExecutor:
                         # System failure (actor died or restarting, worker crashed, OOM kill):
                         # requeue; the actor restarts and reloads the method.
                         if unit.attempt < self.max_attempts:
-                            queue.append(WorkUnit(unit.method, unit.chunk_index, unit.episodes, unit.attempt + 1))
+                            queue.append(unit.retry())
                             continue
                         # Not stored: the chunk is not the episodes' fault, a re-run retries it.
                         self.lost.append((unit, describe_error(exc)))

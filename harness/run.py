@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness import provenance
-from harness.runner import EvalSettings, InlineExecutor, MethodJob, RowContext, WorkUnit
+from harness.runner import EvalSettings, InlineExecutor, MethodJob, RowContext, WorkUnit, make_unit
 from harness.store import RunStore, StoreError, partition_value
 from methods.base import MethodError, MethodSpec, REPO_ROOT
 
@@ -147,7 +147,8 @@ def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
     manifest = load_or_build_manifest(config, dataset)
     if not manifest.episodes:
         raise RunError(f"{config.dataset}: the manifest has no episodes (check --fold and the dataset's classes)")
-    missing = {i for e in manifest.episodes for i in (*e.support_ids, e.query_id)} - set(dataset.by_id())
+    by_id = dataset.by_id()
+    missing = {i for e in manifest.episodes for i in (*e.support_ids, e.query_id)} - set(by_id)
     if missing:
         raise RunError(f"manifest {manifest.manifest_id} names {len(missing)} images not in {config.dataset} (e.g. {sorted(missing)[0]})")
 
@@ -218,7 +219,7 @@ def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
         stored_methods[spec.name] = {**identity, "config_hash": config_hash}
         summary = MethodSummary(spec.name, planned=len(manifest.episodes))
         summary.skipped = sum(len(chunks[i]) for i in done if i < len(chunks))
-        units = [WorkUnit(spec.name, i, chunk) for i, chunk in enumerate(chunks) if i not in done]
+        units = [make_unit(spec.name, i, chunk, by_id) for i, chunk in enumerate(chunks) if i not in done]
         context = RowContext(run_id, manifest.manifest_id, dataset.name, config_hash, options_json)
         predictions = str(store.predictions_dir / spec.name) if config.save_predictions else None
         jobs.append(MethodJob(spec, context, units, predictions, make_writer(store, summary)))
@@ -234,7 +235,7 @@ def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
         for job, summary in zip(jobs, summaries):
             if job.units:
                 progress.set_description(job.spec.name)
-                executor.run(job, dataset, config.settings, progress.update_rows)
+                executor.run(job, config.settings, progress.update_rows)
             for unit, reason in getattr(executor, "lost", []):
                 if unit.method == job.spec.name:
                     summary.lost += len(unit.episodes)

@@ -1,7 +1,7 @@
 """Episode execution: a worker that turns episodes into rows, and two executors (inline, Ray).
 
-The worker holds one method instance (weights loaded once) and the dataset's records; given a
-chunk of episodes it reads the images, calls ``predict``, computes the metrics and returns small
+The worker holds one method instance (weights loaded once); given a chunk of episodes and the
+records of the images they name, it reads the images, calls ``predict``, computes the metrics and returns small
 row dicts. It never writes Parquet: the driver does (``harness.store``). The runner knows no
 method by name. Application errors (a bad image, a method exception) become rows whose
 ``status`` is the error; system failures (a dead Ray worker) requeue the chunk.
@@ -14,7 +14,7 @@ import socket
 import time
 import traceback
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from harness.metrics import episode_metrics
-from harness.records import Episode
+from harness.records import Episode, ImageRecord
 from harness.schema import METRIC_COLUMNS
 from methods.base import MethodSpec, as_prediction
 
@@ -49,10 +49,21 @@ class RowContext:
 
 @dataclass(frozen=True)
 class WorkUnit:
+    """A chunk of episodes plus the records of every image they name (plain data, no dataset)."""
+
     method: str
     chunk_index: int
     episodes: tuple[Episode, ...]
+    records: tuple[ImageRecord, ...]
     attempt: int = 1
+
+    def retry(self) -> "WorkUnit":
+        return replace(self, attempt=self.attempt + 1)
+
+
+def make_unit(method: str, chunk_index: int, episodes: Sequence[Episode], by_id: dict[str, ImageRecord]) -> WorkUnit:
+    ids = sorted({i for e in episodes for i in (*e.support_ids, e.query_id)})
+    return WorkUnit(method, chunk_index, tuple(episodes), tuple(by_id[i] for i in ids))
 
 
 def episode_fields(episode: Episode) -> dict:
@@ -108,7 +119,6 @@ class EpisodeWorker:
     def __init__(
         self,
         method_spec: MethodSpec,
-        dataset,
         context: RowContext,
         settings: EvalSettings,
         predictions_dir: str | None = None,
@@ -122,7 +132,7 @@ class EpisodeWorker:
 
         self._read_image, self._read_mask = read_image, read_mask
         self.method = method_spec.build()
-        self.records = dataset.by_id()
+        self.records: dict[str, ImageRecord] = {}
         self.context = context
         self.settings = settings
         self.predictions_dir = Path(predictions_dir) if predictions_dir else None
@@ -140,6 +150,7 @@ class EpisodeWorker:
         return self.worker_name
 
     def run_chunk(self, unit: WorkUnit) -> list[dict]:
+        self.records = {record.image_id: record for record in unit.records}
         return [self.run_episode(episode) for episode in unit.episodes]
 
     def run_episode(self, episode: Episode) -> dict:
@@ -218,10 +229,8 @@ class InlineExecutor:
     def __init__(self, threads: int | None = None):
         self.threads = threads
 
-    def run(self, job: MethodJob, dataset, settings: EvalSettings, progress) -> None:
-        worker = EpisodeWorker(
-            job.spec, dataset, job.context, settings, job.predictions_dir, self.threads
-        )
+    def run(self, job: MethodJob, settings: EvalSettings, progress) -> None:
+        worker = EpisodeWorker(job.spec, job.context, settings, job.predictions_dir, self.threads)
         for unit in job.units:
             rows = worker.run_chunk(unit)
             job.done_rows(unit, rows)
