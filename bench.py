@@ -92,7 +92,7 @@ def manifest_options(func):
 
 # The no-argument run on the embedded default is a smoke benchmark that must finish in minutes on
 # 2 CPUs; any user dataset gets the full protocol (all queries, 5 support draws).
-SYNTHETIC_QUICK = {"seeds": 1, "max_queries_per_class": 4}
+SYNTHETIC_QUICK = {"seeds": 1, "max_queries_per_class": 4}  # and --save-predictions
 
 
 def manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed):
@@ -127,7 +127,7 @@ def cli():
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Episodes per work unit / Parquet part (default 4-64 by run size).")
 @click.option("--weights", multiple=True, help="METHOD[.KEY]=PATH, e.g. seggpt=/w/seggpt-vit-large or sofs.backbone=dinov2_vitb14_pretrain.pth.")
 @click.option("--set", "sets", multiple=True, help="METHOD.OPTION=VALUE, e.g. panet.resolution=resize.")
-@click.option("--save-predictions", is_flag=True, help="Keep each episode's score map as an 8-bit PNG at native size.")
+@click.option("--save-predictions/--no-save-predictions", default=None, help="Keep each episode's score map as an 8-bit PNG at native size (for report overlays and threshold sweeps). Default: off; on for the embedded synthetic default.")
 @click.option("--min-area", default=1, show_default=True, help="A predicted component counts for image-level alarms from this many pixels.")
 @click.option("--report/--no-report", "make_report", default=True, show_default=True, help="Write the comparison table when done.")
 def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed,
@@ -137,6 +137,8 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
     from harness.run import RunConfig, execute
     from harness.runner import EvalSettings
 
+    if save_predictions is None:
+        save_predictions = str(dataset).startswith("synthetic")
     with user_errors():
         config = RunConfig(
             methods=method_specs(methods, weights, sets),

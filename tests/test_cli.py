@@ -79,3 +79,20 @@ def test_run_on_real_magnetic_tile(runner, tmp_path):
                                  "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "panet" in result.output and "failed    0" in result.output
+
+
+def test_seggpt_runs_end_to_end_with_a_saved_tiny_model(runner, tmp_path):
+    import torch
+    from transformers import SegGptConfig, SegGptForImageSegmentation
+
+    torch.manual_seed(0)
+    config = SegGptConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, mlp_dim=64, image_size=[64, 32],
+                          patch_size=8, pretrain_image_size=32, decoder_hidden_size=8, merge_index=1,
+                          intermediate_hidden_state_indices=[1, 3], drop_path_rate=0.0)
+    SegGptForImageSegmentation(config).save_pretrained(tmp_path / "seggpt-tiny")
+    dataset = make_folder_dataset(tmp_path / "data")
+    result = runner.invoke(cli, ["run", "--methods", "seggpt,toy-bright", "--weights", f"seggpt={tmp_path / 'seggpt-tiny'}",
+                                 "--set", "seggpt.resolution=native", "--dataset", str(dataset), "--executor", "inline",
+                                 "--seeds", "1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "seggpt" in result.output and "failed    0" in result.output
