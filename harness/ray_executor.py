@@ -9,6 +9,7 @@ satisfy makes Ray wait forever.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from pathlib import Path
 
@@ -115,9 +116,19 @@ class RayExecutor:
         queue = deque(job.units)
         pending: dict = {}  # ObjectRef -> (actor index, WorkUnit)
         load = [0] * len(actors)
+        alive = [True] * len(actors)
+        suspect: set[int] = set()  # actors that failed a task: wait for their restart first
         try:
             while queue or pending:
+                for index in sorted(suspect):
+                    if not any(i == index for i, _ in pending.values()):
+                        alive[index] = self._restarted(actors[index])
+                        suspect.discard(index)
+                if not any(alive):
+                    raise ClusterError(f"method '{job.spec.name}': every Ray worker died and none restarted")
                 for index, actor in enumerate(actors):
+                    if not alive[index] or index in suspect:
+                        continue
                     while queue and load[index] < self.in_flight:
                         unit = queue.popleft()
                         pending[actor.run_chunk.remote(unit)] = (index, unit)
@@ -135,6 +146,7 @@ class RayExecutor:
                     except ray.exceptions.RayError as exc:
                         # System failure (actor died or restarting, worker crashed, OOM kill):
                         # requeue; the actor restarts and reloads the method.
+                        suspect.add(index)
                         if unit.attempt < self.max_attempts:
                             queue.append(unit.retry())
                             continue
@@ -146,6 +158,21 @@ class RayExecutor:
         finally:
             for actor in actors:
                 ray.kill(actor)
+
+    def _restarted(self, actor) -> bool:
+        """Wait until a failed actor has restarted (and reloaded its method); False if it is gone."""
+        import ray
+
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                return True
+            except ray.exceptions.ActorUnavailableError:
+                time.sleep(0.5)  # still restarting
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                return False
+        return False
 
     def _wait_until_ready(self, job: MethodJob, actors: list) -> None:
         """Surface a constructor failure (bad weights ...) or an unschedulable actor as one line."""
