@@ -210,7 +210,7 @@ def episodes_build(dataset, dataset_format, shots, seeds, normal_fraction, fad, 
 @cli.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Report folder (default <first run>/report).")
-@click.option("--per-class", is_flag=True, help="Also write per-class tables.")
+@click.option("--per-class/--no-per-class", default=True, show_default=True, help="Also write the per-class table.")
 @click.option("--size-edges", default="0.001,0.003,0.01,0.05", show_default=True, help="GT area-fraction bin edges.")
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for confidence intervals.")
 def report(runs, out, per_class, size_edges, bootstrap):

@@ -20,6 +20,18 @@ from harness.report.aggregate import Aggregates  # noqa: E402
 _DPI = 110
 
 
+
+def _percent_ylim(ax) -> None:
+    """0-100 % when values reach 20 %, else zoom so near-zero methods stay distinguishable."""
+    top = max((np.nanmax(np.asarray(line.get_ydata(), float)) for line in ax.get_lines()
+               if len(line.get_ydata())), default=0.0)
+    for collection in ax.collections:
+        offsets = np.asarray(collection.get_offsets(), float)
+        if offsets.size:
+            top = max(top, np.nanmax(offsets[:, 1]))
+    top = 0.0 if not np.isfinite(top) else top
+    ax.set_ylim(0, 100 if top >= 20 else max(1.0, 1.25 * top))
+
 def series_label(row, keys: list[str]) -> str:
     """``method k-shot`` (+ dataset prefix when the report spans datasets)."""
     label = f"{row['method']} {row['shots']}-shot"
@@ -54,7 +66,7 @@ def size_curve(agg: Aggregates, path: Path) -> Path:
     ax.set_xticks(x, labels)
     ax.set_xlabel("GT defect area (fraction of image)")
     ax.set_ylabel("mIoU (%)")
-    ax.set_ylim(0, 100)
+    _percent_ylim(ax)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title("mIoU vs defect size (@stored threshold: native / deployable per method)")
@@ -81,7 +93,7 @@ def false_alarm_vs_miou(agg: Aggregates, path: Path) -> Path:
     ax.set_xlabel("image false-alarm rate on normal queries (%)")
     ax.set_ylabel("mIoU (%)")
     ax.set_xlim(-5, 105)
-    ax.set_ylim(0, 100)
+    _percent_ylim(ax)
     ax.grid(alpha=0.3)
     if data["false_alarm_rate"].isna().all():
         ax.text(50, 50, "no normal queries in these runs", ha="center", color="grey")
@@ -133,7 +145,7 @@ def threshold_sweep(agg: Aggregates, path: Path, prediction_sweeps: dict | None 
     ax.set_xlabel("score threshold")
     ax.set_ylabel("pooled foreground IoU (%)")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 100)
+    _percent_ylim(ax)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Threshold sweep: pooled IoU (★ = oracle max; dotted = stored threshold)")
