@@ -123,6 +123,21 @@ def mask_pixel_count(path: Path, mask_value: int | None = None) -> int:
     return int(class_pixels(load_mask_values(Path(path)), mask_value).sum())
 
 
+def defect_image_size(image: Path, mask: Path, log: "SkipLog",
+                      empty_problem: str = "empty mask") -> tuple[int, int] | None:
+    """``(width, height)`` of a defect image whose mask has defect pixels; ``None`` after logging
+    why the pair is left out (empty mask, unreadable file)."""
+    try:
+        width, height = image_size(image)
+        if mask_pixel_count(mask) == 0:
+            log.skip("empty_masks", mask, empty_problem)
+            return None
+    except DatasetError as exc:
+        log.skip("unreadable_files", image, str(exc))
+        return None
+    return width, height
+
+
 def _short(exc: Exception) -> str:
     return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from harness.records import ImageRecord
 
-from .base import (Dataset, DatasetError, SkipLog, find_mask, image_size, list_images,
-                   mask_pixel_count)
+from .base import (Dataset, DatasetError, SkipLog, defect_image_size, find_mask, image_size,
+                   list_images)
 
 
 def _is_object(folder: Path) -> bool:
@@ -50,14 +50,10 @@ def _defect_records(obj_dir: Path, defect_dir: Path, log: SkipLog) -> list[Image
         if mask is None:
             log.skip("missing_masks", image, "no ground_truth mask for this defect image")
             continue
-        try:
-            width, height = image_size(image)
-            if mask_pixel_count(mask) == 0:
-                log.skip("empty_masks", mask, "empty mask")
-                continue
-        except DatasetError as exc:
-            log.skip("unreadable_files", image, str(exc))
+        size = defect_image_size(image, mask, log)
+        if size is None:
             continue
+        width, height = size
         records.append(ImageRecord(
             image_id=f"{obj_dir.name}/{defect_dir.name}/{image.stem}", path=str(image),
             mask_path=str(mask), category=defect_dir.name, object=obj_dir.name, split="test",

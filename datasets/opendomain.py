@@ -17,8 +17,8 @@ from pathlib import Path
 
 from harness.records import ImageRecord
 
-from .base import (Dataset, DatasetError, SkipLog, find_mask, image_size, list_images,
-                   mask_pixel_count)
+from .base import (Dataset, DatasetError, SkipLog, defect_image_size, find_mask, image_size,
+                   list_images, mask_pixel_count)
 
 CATEGORY = "defect"
 QUERY_LABEL_DIRS = ("mask", "true_label")
@@ -45,14 +45,10 @@ def _support_records(obj_dir: Path, log: SkipLog) -> list[ImageRecord]:
         if mask is None:
             log.skip("missing_masks", image, "support image without support/mask/<stem>_mask.png")
             continue
-        try:
-            width, height = image_size(image)
-            if mask_pixel_count(mask) == 0:
-                log.skip("empty_masks", mask, "empty support mask")
-                continue
-        except DatasetError as exc:
-            log.skip("unreadable_files", image, str(exc))
+        size = defect_image_size(image, mask, log, "empty support mask")
+        if size is None:
             continue
+        width, height = size
         records.append(ImageRecord(
             image_id=f"{obj_dir.name}/support/{image.stem}", path=str(image), mask_path=str(mask),
             category=CATEGORY, object=obj_dir.name, split="support", width=width, height=height))
