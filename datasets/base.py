@@ -123,6 +123,14 @@ def mask_pixel_count(path: Path, mask_value: int | None = None) -> int:
     return int(class_pixels(load_mask_values(Path(path)), mask_value).sum())
 
 
+def object_dirs(root: Path, is_object) -> list[Path]:
+    """``[root]`` when ``root`` itself is one object folder, else its child folders that are."""
+    root = Path(root)
+    if is_object(root):
+        return [root]
+    return [c for c in sorted(root.iterdir()) if c.is_dir() and is_object(c)]
+
+
 def defect_image_size(image: Path, mask: Path, log: "SkipLog",
                       empty_problem: str = "empty mask") -> tuple[int, int] | None:
     """``(width, height)`` of a defect image whose mask has defect pixels; ``None`` after logging

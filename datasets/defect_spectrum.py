@@ -15,8 +15,8 @@ import numpy as np
 
 from harness.records import ImageRecord
 
-from .base import (IMAGE_SUFFIXES, Dataset, DatasetError, SkipLog, load_mask_values, find_mask,
-                   image_size)
+from .base import (IMAGE_SUFFIXES, Dataset, DatasetError, SkipLog, find_mask, image_size,
+                   load_mask_values, object_dirs)
 
 # sofs-spec §4.2: test objects of the three DS folds; a fold's train set is the other two.
 TEST_FOLDS = {
@@ -34,9 +34,7 @@ def _is_object(folder: Path) -> bool:
 
 
 def _object_dirs(root: Path) -> list[Path]:
-    if _is_object(root):
-        return [root]
-    return [c for c in sorted(root.iterdir()) if c.is_dir() and _is_object(c)]
+    return object_dirs(root, _is_object)
 
 
 def detect(root: Path) -> bool:

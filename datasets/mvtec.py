@@ -12,7 +12,7 @@ from pathlib import Path
 from harness.records import ImageRecord
 
 from .base import (Dataset, DatasetError, SkipLog, defect_image_size, find_mask, image_size,
-                   list_images)
+                   list_images, object_dirs)
 
 
 def _is_object(folder: Path) -> bool:
@@ -20,9 +20,7 @@ def _is_object(folder: Path) -> bool:
 
 
 def _object_dirs(root: Path) -> list[Path]:
-    if _is_object(root):
-        return [root]
-    return [c for c in sorted(root.iterdir()) if c.is_dir() and _is_object(c)]
+    return object_dirs(root, _is_object)
 
 
 def detect(root: Path) -> bool:

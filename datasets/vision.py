@@ -26,7 +26,7 @@ from skimage.draw import polygon as draw_polygon
 
 from harness.records import ImageRecord
 
-from .base import Dataset, DatasetError, SkipLog
+from .base import Dataset, DatasetError, SkipLog, object_dirs
 
 COCO_FILE = "_annotations.coco.json"
 SPLITS = ("train", "val")
@@ -53,12 +53,12 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "unnamed"
 
 
+def _is_object(folder: Path) -> bool:
+    return any((folder / split / COCO_FILE).is_file() for split in SPLITS)
+
+
 def _object_dirs(root: Path) -> list[Path]:
-    def is_object(folder: Path) -> bool:
-        return any((folder / split / COCO_FILE).is_file() for split in SPLITS)
-    if is_object(root):
-        return [root]
-    return [c for c in sorted(root.iterdir()) if c.is_dir() and is_object(c)]
+    return object_dirs(root, _is_object)
 
 
 def detect(root: Path) -> bool:
