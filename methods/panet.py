@@ -39,6 +39,7 @@ class PANet:
     """
 
     threshold = 0.5
+    threshold_protocol = "native"
     weight_specs = (backbone_weight_spec("panet"),)
     scaler = 20.0
 

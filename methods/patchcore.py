@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from methods._common import Backbone, BackboneConfig, TiledFeatures, backbone_we
 from methods.base import MethodError, Prediction
 
 QUERY_CHUNK = 1024  # query tokens per cdist call
+EXCLUSION_CANDIDATES = 64  # nearest bank rows checked against the exclusion radius first
 
 
 class PatchCore:
@@ -27,6 +28,13 @@ class PatchCore:
       ``d / 2`` in [0, 1] (fixed and linear, so scores compare across episodes), bilinearly
       upsampled to the original size (tiles stitched), then a Gaussian blur sigma = 4 px at the
       original resolution (separable, truncate 4, edge replicated). Image score = max.
+    * Calibration (``score_scale="support"``, default): the map is divided by the episode's
+      support-fitted threshold t, ``s = r / (r + t)`` (monotone, so t maps to 0.5 and the
+      decision ``s > 0.5`` equals ``r > t``). Raw distances of different objects live on different
+      scales (textured surfaces are far from their own nearest neighbours everywhere), so pooled
+      pixel AUROC over episodes ranks raw ``d / 2`` maps badly even where each episode's map is
+      good; the calibrated map is comparable across episodes. ``"fixed"``: the raw ``d / 2`` map
+      with the fitted threshold t returned as is.
     * Threshold (deployable, §3.4 protocol 4, no query labels): the support's defect-free pixels
       are scored through the same pipeline against a bank that excludes them -- leave-one-image-out
       when k >= 2; when k = 1, each token against the same image's bank minus the tokens within
@@ -39,7 +47,8 @@ class PatchCore:
     at the original resolution rather than the 224 input.
     """
 
-    threshold = 0.5  # only used if no defect-free support pixel exists; predict() fits its own
+    threshold = 0.5  # calibrated maps: the fitted threshold maps to 0.5 (raw maps: predict() returns its own)
+    threshold_protocol = "deployable"  # fitted per episode on the support's defect-free pixels
     weight_specs = (backbone_weight_spec("patchcore"),)
 
     @dataclass
@@ -49,10 +58,13 @@ class PatchCore:
         exclusion_radius: int = 1  # k = 1 threshold: tokens excluded around each scored token
         blur_sigma: float = 4.0
         seed: int = 0  # coreset start point and projection
+        score_scale: Literal["support", "fixed"] = "support"  # support: map / (map + fitted threshold)
 
     def __init__(self, config: Config, weights: dict[str, Path]):
         if not 0 < config.coreset_ratio <= 1:
             raise MethodError(f"coreset_ratio must be in (0, 1], got {config.coreset_ratio}")
+        if config.score_scale not in ("support", "fixed"):
+            raise MethodError(f"score_scale '{config.score_scale}' unknown; use support or fixed")
         if not 0 < config.threshold_quantile <= 1:
             raise MethodError(f"threshold_quantile must be in (0, 1], got {config.threshold_quantile}")
         self.config = config
@@ -83,7 +95,11 @@ class PatchCore:
         query = self.embed(feats)
         distances = _nearest_distance(query.reshape(-1, query.shape[-1]), bank).reshape(query.shape[:3])
         score_map = self._to_score_map(feats, distances)
-        return Prediction(score_map, self.fit_threshold(supports))
+        fitted = self.fit_threshold(supports)
+        if self.config.score_scale == "fixed" or fitted is None:
+            return Prediction(score_map, fitted)
+        calibrated = score_map / (score_map + max(fitted, 1e-6))
+        return Prediction(calibrated.astype(np.float32), 0.5)
 
     def _support(self, image: np.ndarray, mask: np.ndarray) -> dict:
         feats = self.backbone.extract(image)
@@ -148,15 +164,28 @@ def _nearest_distance(
 
     With ``centres`` (``[N, 2]`` / ``[M, 2]`` pixel positions), bank rows closer than ``reach``
     (Chebyshev) to the query row are excluded; a row with no bank row left gets distance 2 (max).
+    Exclusion looks at the ``EXCLUSION_CANDIDATES`` nearest rows first and falls back to all rows
+    only for a query whose candidates were all excluded, so the result is the same as masking the
+    whole distance matrix, without building an ``[n, M]`` gap matrix.
     """
-    out = torch.empty(len(query))
+    out = torch.full((len(query),), float("inf"))
+    if bank.numel() == 0:
+        return out.clamp(max=2.0)
     for start in range(0, len(query), QUERY_CHUNK):
-        chunk = query[start : start + QUERY_CHUNK]
-        distances = torch.cdist(chunk[None], bank[None])[0]  # [n, M]
-        if centres is not None:
-            gap = (centres[start : start + QUERY_CHUNK, None, :] - bank_centres[None]).abs().amax(-1)
-            distances = distances.masked_fill(gap < reach, float("inf"))
-        out[start : start + len(chunk)] = distances.min(dim=1).values if bank.numel() else float("inf")
+        rows = slice(start, start + QUERY_CHUNK)
+        distances = torch.cdist(query[rows][None], bank[None])[0]  # [n, M]
+        if centres is None:
+            out[rows] = distances.min(dim=1).values
+            continue
+        count = min(EXCLUSION_CANDIDATES, distances.shape[1])
+        nearest, index = distances.topk(count, dim=1, largest=False)  # [n, c]
+        near = (centres[rows, None, :] - bank_centres[index]).abs().amax(-1) < reach  # [n, c]
+        best = nearest.masked_fill(near, float("inf")).min(dim=1).values
+        lost = (near.all(dim=1) & (count < distances.shape[1])).nonzero().flatten()
+        for row in lost.tolist():  # rare: every candidate lies within reach
+            gap = (centres[start + row] - bank_centres).abs().amax(-1)
+            best[row] = distances[row].masked_fill(gap < reach, float("inf")).min()
+        out[rows] = best
     return out.clamp(max=2.0)
 
 

@@ -262,6 +262,8 @@ _CHOICES = {
 class SegGPT:
     """SegGPT in-context painting: k prompts (support image + defect mask) -> query defect score map."""
 
+    threshold_protocol = "native"
+
     Config = SegGPTConfig
     weight_specs = (
         WeightSpec(

@@ -5,8 +5,10 @@ Own format (``torch.save`` of plain data, loadable with ``weights_only=True``)::
     {"format": "sofs-bench/sofs-head/1", "hparams": {...}, "state_dict": {name: tensor}}
 
 ``hparams`` carries what is needed to rebuild the shapes: ``backbone`` (an ``ARCHS`` name),
-``layers``, ``reduce_dim``, ``transformer_dim``, ``num_heads``, ``num_stages``, ``mlp_ratio``,
-``temperature``, ``abnormal_prior`` (plus provenance such as training options).
+``layers``, ``level_dims`` (per-level widths, CNN backbones only), ``image_size`` (the model
+input side, a multiple of the backbone's coarsest stride; 518 when absent), ``reduce_dim``,
+``transformer_dim``, ``num_heads``, ``num_stages``, ``mlp_ratio``, ``temperature``,
+``abnormal_prior`` (plus provenance such as training options).
 
 Reference layout (the released checkpoint, a state dict of the whole ``SOFS`` module, possibly
 ``module.``-prefixed by DDP): ``backbone.*`` (DINOv2, skipped here; see :func:`load_backbone`)
@@ -32,6 +34,7 @@ import torch
 from torch import nn
 
 from methods.base import MethodError
+from harness.features import FeatureExtractor
 from methods.sofs.model import HeadConfig, SOFSHead
 
 FORMAT = "sofs-bench/sofs-head/1"
@@ -82,13 +85,17 @@ def head_config_from_state(state: Mapping[str, torch.Tensor], hparams: Mapping[s
     prior_channels = int(state["query_merge_semantic.0.weight"].shape[1]) - 2 * reduce_dim
     stages = {int(m.group(1)) for k in state if (m := re.match(r"query_semantic_transformer\.sa_layers\.(\d+)\.", k))}
     hidden = int(state["query_semantic_transformer.sa_layers.0.ffn.layers.0.weight"].shape[0])
-    if fea_dim % num_layers or prior_channels not in (num_layers, 2 * num_layers):
+    level_dims = tuple(int(d) for d in hparams.get("level_dims") or ())
+    if level_dims and sum(level_dims) != fea_dim:
+        raise ValueError(f"level widths {level_dims} do not add up to fea_dim {fea_dim}")
+    if (not level_dims and fea_dim % num_layers) or prior_channels not in (num_layers, 2 * num_layers):
         raise ValueError(
             f"fea_dim {fea_dim} / {prior_channels} prior channels do not fit {num_layers} layers"
         )
     return HeadConfig(
-        backbone_dim=fea_dim // num_layers,
+        backbone_dim=0 if level_dims else fea_dim // num_layers,
         num_layers=num_layers,
+        level_dims=level_dims,
         reduce_dim=reduce_dim,
         transformer_dim=transformer_dim,
         num_heads=int(hparams.get("num_heads", 4)),
@@ -105,7 +112,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-        raise CheckpointError(f"{path}: cannot read as a SOFS checkpoint ({type(exc).__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: cannot read as a SOFS checkpoint ({type(exc).__name__}: {first})") from None
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
         return dict(raw["state_dict"]), dict(raw["hparams"])
     for key in ("model", "state_dict"):
@@ -127,11 +135,13 @@ def build_head(state: Mapping[str, torch.Tensor], hparams: Mapping[str, Any], pa
     return head
 
 
-def hparams_of(head: SOFSHead, backbone: str, layers, **extra: Any) -> dict[str, Any]:
+def hparams_of(head: SOFSHead, backbone: str, layers, image_size: int = 518, **extra: Any) -> dict[str, Any]:
     cfg = head.cfg
     return {
         "backbone": backbone,
         "layers": [int(i) for i in layers],
+        "level_dims": [int(d) for d in cfg.level_dims],
+        "image_size": int(image_size),
         "reduce_dim": cfg.reduce_dim,
         "transformer_dim": cfg.transformer_dim,
         "num_heads": cfg.num_heads,
@@ -166,27 +176,34 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_backbone(arch: str, path: Path) -> nn.Module:
-    """Frozen backbone from a DINOv2/timm file, or from the ``backbone.*`` keys of a whole
-    reference SOFS checkpoint (so ``SOFS_model.pth`` can serve as both weights)."""
-    from harness.features import BackboneError, build_vit, load_vit, read_state_dict
+def load_backbone(arch: str, path: Path | None, layers) -> FeatureExtractor:
+    """Frozen feature levels of ``arch`` from its weights file (None: the backbone's default
+    file), or from the ``backbone.*`` keys of a whole reference SOFS checkpoint (so
+    ``SOFS_model.pth`` can serve as both weights)."""
+    from harness.features import BackboneError, ViTFeatures, arch_of, make_features
 
-    path = Path(path)
     try:
-        state = read_state_dict(path)  # strips "backbone." / "module."
-        if not is_reference_layout(state):
-            return load_vit(arch, path)
-        from timm.models.vision_transformer import checkpoint_filter_fn
-
-        model = build_vit(arch)
-        state = {k: v for k, v in state.items() if not k.startswith(REFERENCE_PREFIX)}
-        state = {k: v.float() for k, v in checkpoint_filter_fn(state, model).items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith(("head", "fc_norm", "norm."))]
-        if missing or unexpected:
-            raise BackboneError(f"{path}: backbone keys do not match '{arch}' "
-                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        model.requires_grad_(False)
-        return model.eval()
+        if path is None or arch_of(arch).family != "vit":
+            return make_features(arch, path, layers)
+        return ViTFeatures(_load_reference_vit(arch, Path(path)), layers, arch).eval()
     except BackboneError as exc:
         raise CheckpointError(str(exc)) from None
+
+
+def _load_reference_vit(arch: str, path: Path) -> nn.Module:
+    from harness.features import BackboneError, build_vit, load_vit, read_state_dict
+
+    state = read_state_dict(path)  # strips "backbone." / "module."
+    if not is_reference_layout(state):
+        return load_vit(arch, path)
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    model = build_vit(arch)
+    state = {k: v for k, v in state.items() if not k.startswith(REFERENCE_PREFIX)}
+    state = {k: v.float() for k, v in checkpoint_filter_fn(state, model).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(("head", "fc_norm", "norm."))]
+    if missing or unexpected:
+        raise BackboneError(f"{path}: backbone keys do not match '{arch}' "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.requires_grad_(False).eval()

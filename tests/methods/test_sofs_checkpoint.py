@@ -106,6 +106,6 @@ def test_backbone_from_whole_released_file(tmp_path):
     state.update(reference_state_dict(fea_dim=192, r=8, d=8))
     path = tmp_path / "SOFS_model.pth"
     torch.save(state, path)
-    model = load_backbone("vit_micro14", path)
+    model = load_backbone("vit_micro14", path, (5, 6)).model
     torch.testing.assert_close(model.blocks[3].mlp.fc1.weight, state["backbone.blocks.3.mlp.fc1.weight"])
     assert vit is not model

@@ -1,0 +1,119 @@
+"""The console summary after ``bench.py run``: pixel AUROC equals a hand count (and the report's),
+the threshold column tells fixed from support-fitted thresholds, low AUROC gets a warning line."""
+from __future__ import annotations
+
+import math
+import os
+from datetime import datetime, timezone
+
+os.environ.setdefault("MPLCONFIGDIR", "/tmp/mpl")
+
+import pandas as pd
+import pytest
+
+from harness.report.aggregate import aggregate
+from harness.schema import EPISODE_SCHEMA, HIST_BINS
+from harness.store import RunStore
+from harness.summary import auroc_warnings, summary_frame, summary_table
+
+H = W = 10  # 100 pixels per query
+
+
+def _hist(counts: dict[int, int]) -> list[int]:
+    hist = [0] * HIST_BINS
+    for b, n in counts.items():
+        hist[b] += n
+    return hist
+
+
+def _row(method: str, episode: str, pos: dict[int, int], neg: dict[int, int], *, threshold: float = 0.5,
+         normal: bool = False, status: str = "ok", repeat: int = 0) -> dict:
+    """One schema row whose histograms are ``pos`` / ``neg`` (bin -> pixels); counts at bin 32."""
+    n_pos, n_neg = sum(pos.values()), sum(neg.values())
+    assert n_pos + n_neg == H * W
+    tp = sum(n for b, n in pos.items() if b >= 32)
+    fp = sum(n for b, n in neg.items() if b >= 32)
+    row = {f.name: None for f in EPISODE_SCHEMA}
+    row.update(run_id="run", manifest_id="m1", episode_id=episode, method_config_hash="h", method_options="{}",
+               dataset="toy", object="obj", category="scratch", class_id="obj/scratch", shots=1, seed=repeat,
+               repeat=repeat, query_id=episode, support_ids=["s0"], query_is_normal=normal,
+               support_is_normal=False, height=H, width=W, gt_area_px=n_pos, gt_area_frac=n_pos / (H * W),
+               size_bin="normal" if normal else "", gt_components=int(n_pos > 0), gt_comp_areas=[n_pos] if n_pos else [],
+               gt_comp_hit=[tp > 0] if n_pos else [], pred_area_px=tp + fp, pred_components=int(tp + fp > 0),
+               fp_components=int(fp > 0), fp_comp_areas=[fp] if fp else [], threshold=threshold, tp=tp, fp=fp,
+               fn=n_pos - tp, tn=n_neg - fp, iou_fg=None, image_positive=tp + fp > 0, max_score=0.9,
+               score_hist_pos=_hist(pos), score_hist_neg=_hist(neg), status=status, latency_s=0.1, load_s=0.01,
+               worker="w0", finished_at=datetime(2025, 1, 1, tzinfo=timezone.utc), method=method)
+    return row
+
+
+def make_rows() -> pd.DataFrame:
+    """``good``: fixed 0.5, AUROC 75 % by hand; ``fitted``: thresholds 0.3 / 0.45, AUROC 50 %."""
+    rows = [
+        # defective: positives 3 @ bin 40 + 1 @ bin 10; negatives 94 @ bin 5 + 2 @ bin 40
+        _row("good", "g0", {40: 3, 10: 1}, {5: 94, 40: 2}),
+        # normal query: negatives only, 98 @ bin 5 + 2 @ bin 40
+        _row("good", "g1", {}, {5: 98, 40: 2}, normal=True),
+        # a failed row with another threshold enters neither the AUROC nor the label
+        _row("good", "g2", {63: 50}, {0: 50}, threshold=0.9, status="error: RuntimeError: boom"),
+        # defective: positives 4 @ bin 10; negatives 48 @ bin 5 + 48 @ bin 40
+        _row("fitted", "f0", {10: 4}, {5: 48, 40: 48}, threshold=0.3),
+        _row("fitted", "f1", {}, {5: 50, 40: 50}, threshold=0.45, normal=True),
+    ]
+    return pd.DataFrame(rows)
+
+
+def _hand_auroc(pos: dict[int, int], neg: dict[int, int]) -> float:
+    """P(score_pos > score_neg) + P(tie) / 2 over bins, pixels of one bin tied."""
+    n_pos, n_neg = sum(pos.values()), sum(neg.values())
+    wins = sum(p * (sum(n for c, n in neg.items() if c < b) + neg.get(b, 0) / 2) for b, p in pos.items())
+    return wins / (n_pos * n_neg)
+
+
+def test_pixel_auroc_matches_hand_count_and_report():
+    rows = make_rows()
+    numbers = summary_frame(rows).set_index("method")
+    # good, pooled over its ok queries: pos 3 @ 40, 1 @ 10; neg 192 @ 5, 4 @ 40
+    good = _hand_auroc({40: 3, 10: 1}, {5: 192, 40: 4})
+    assert good == pytest.approx((3 * (192 + 4 / 2) + 1 * 192) / (4 * 196))
+    assert numbers.loc["good", "pixel_AUROC"] == pytest.approx(good)
+    assert numbers.loc["fitted", "pixel_AUROC"] == pytest.approx(0.5)
+    # same definition as the full report's pixel AUROC
+    report = aggregate(rows).summary.set_index("method")["pixel_auroc"]
+    for method in ("good", "fitted"):
+        assert numbers.loc[method, "pixel_AUROC"] == pytest.approx(report[method])
+
+
+def test_pixel_auroc_nan_without_positives_or_negatives():
+    rows = make_rows()
+    rows = rows[rows["query_is_normal"] | (rows["method"] != "good")]  # good keeps only its normal query
+    numbers = summary_frame(rows).set_index("method")
+    assert math.isnan(numbers.loc["good", "pixel_AUROC"])
+    assert auroc_warnings(summary_frame(rows[rows["method"] == "good"])) == []
+
+
+def test_threshold_label_fixed_vs_fitted():
+    numbers = summary_frame(make_rows()).set_index("method")
+    assert numbers.loc["good", "threshold"] == "fixed 0.5"
+    assert numbers.loc["fitted", "threshold"] == "support-fitted (deployable)"
+
+
+def test_warning_only_below_60_percent():
+    lines = auroc_warnings(summary_frame(make_rows()))
+    assert lines == ["warning: fitted (1-shot) pixel AUROC 50.0 % < 60 %: its features carry (almost) no "
+                     "defect signal on this data (chance = 50 %)"]
+
+
+def test_summary_table_from_store_has_new_columns(tmp_path):
+    rows = make_rows()
+    store = RunStore(tmp_path / "run")
+    for method, group in rows.groupby("method"):
+        store.write_part(method, 0, group.drop(columns="method").to_dict("records"))
+    table = summary_table([tmp_path / "run"]).set_index("method")
+    columns = list(table.columns)
+    assert columns[columns.index("mIoU %") + 1] == "pixel AUROC %"
+    assert "mIoU % (native thr.)" not in columns
+    assert table.loc["good", "threshold"] == "fixed 0.5"
+    assert table.loc["good", "pixel AUROC %"] == f"{100 * _hand_auroc({40: 3, 10: 1}, {5: 192, 40: 4}):.1f}"
+    assert table.loc["fitted", "threshold"] == "support-fitted (deployable)"
+    assert table.loc["fitted", "pixel AUROC %"] == "50.0"
