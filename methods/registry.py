@@ -13,6 +13,7 @@ register("sofs", "methods.sofs.inference:SOFS", "SOFS (arXiv 2407.21351): non-re
 register("sofs-no-nonresize", "methods.sofs.inference:SOFS", "SOFS ablation: whole query and supports resized to 518", non_resizing=False)
 register("sofs-no-intensity", "methods.sofs.inference:SOFS", "SOFS ablation: bilinear support-mask downsampling", intensity_downsampling=False)
 register("sofs-no-prior", "methods.sofs.inference:SOFS", "SOFS ablation: abnormal-prior input channels zeroed (same weights)", abnormal_prior=False)
+register("sofs-prior", "methods.sofs.inference:SOFS", "SOFS's training-free abnormal prior alone (the head's input and FAD map): 1 - max cosine to the support's normal tokens", output="prior")
 register("sofs-no-fad", "methods.sofs.inference:SOFS", "SOFS ablation: no abnormal-prior fallback for defect-free supports", fad_fallback=False)
 
 # Outside packages add methods by naming modules that call methods.base.register(...).

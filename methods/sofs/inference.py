@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ class SOFSConfig:
     intensity_downsampling: bool = True  # off: bilinear support-mask downsampling
     abnormal_prior: bool = True  # off: the head's abnormal-prior input channels are zeroed
     fad_fallback: bool = True  # off: defect-free supports still go through the learned head
+    output: Literal["head", "prior"] = "head"  # prior: the training-free abnormal prior (the FAD map) for every episode
     seed: int = 54
     device: str = "auto"  # "auto" = cuda when available
 
@@ -78,6 +79,8 @@ class SOFS:
         return read_checkpoint(resolved["checkpoint"])[1].get("backbone", "")
 
     def __init__(self, config: SOFSConfig, weights: dict[str, Path]):
+        if config.output not in ("head", "prior"):
+            raise MethodError(f"output '{config.output}' unknown; use head or prior")
         self.config = config
         path = Path(weights["checkpoint"])
         state, hparams = read_checkpoint(path)
@@ -169,7 +172,8 @@ class SOFS:
             chunk = tiles[start : start + cfg.nd_batch_size]
             batch = torch.stack([model_input(t, None, self.image_size)[0] for t in chunk])
             output = self.model.query(self.model.encode(batch.to(self.device)), context)
-            prob = probability(output, context.mask_weight, self.image_size, cfg.fad_fallback)
+            weight = context.mask_weight if cfg.output == "head" else torch.zeros_like(context.mask_weight)
+            prob = probability(output, weight, self.image_size, cfg.fad_fallback or cfg.output == "prior")
             out += list(prob.float().cpu().numpy())
         return out
 
