@@ -113,6 +113,12 @@ def test_fad_fallback_equals_abnormal_prior(method):
     assert np.abs(no_fad - score).max() > 1e-3
 
 
+def test_prior_output_is_the_abnormal_prior_of_a_defective_support(method):
+    support, mask, query = defect_episode(300, 400)
+    prior = make_method(output="prior").predict([support], [mask], query)
+    np.testing.assert_allclose(prior, _expected_prior(method, support, mask, query), atol=1e-5)
+
+
 def test_ablation_non_resizing_off_resizes_query_and_supports(monkeypatch):
     ablated = make_method(non_resizing=False)
     calls = _spy_tiles(monkeypatch, ablated)
