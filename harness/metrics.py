@@ -102,7 +102,11 @@ def episode_metrics(
     * ``gt_area_frac = |gt| / (H W)``; ``size_bin`` = :func:`size_bin_label` of it, ``"normal"`` if
       ``|gt| = 0``;
     * ``gt_comp_areas[j]`` = pixels of GT component j (8-connected, in ``skimage.measure.label``
-      order); ``gt_comp_hit[j]`` = at least one predicted pixel inside component j;
+      order); ``gt_comp_hit[j]`` = at least one predicted pixel inside component j ("touch" rule);
+      ``gt_comp_pred_px[j]`` = predicted pixels inside component j (the ">= 50 %" rule and any other
+      overlap rule are derived from it);
+    * ``pro_overlap_sum[i]`` = sum over GT components of the fraction of the component's pixels
+      whose score bin is ``>= i`` (:func:`pro_overlap_sum`; AUPRO's sufficient statistic);
     * ``pred_components`` = predicted components; ``fp_components`` / ``fp_comp_areas`` = those
       with no GT pixel (false-positive blobs);
     * ``iou_fg = tp / (tp + fp + fn)``, ``None`` when the denominator is 0;
@@ -124,7 +128,7 @@ def episode_metrics(
     tn = total - tp - fp - fn
     denominator = tp + fp + fn
 
-    gt_areas, gt_hit_counts = _component_areas_and_overlap(gt, pred)
+    gt_areas, gt_hit_counts, gt_hists = gt_component_stats(gt, pred, score_map, hist_bins)
     pred_areas, pred_gt_counts = _component_areas_and_overlap(pred, gt)
     is_fp_blob = pred_gt_counts == 0
     hist_pos, hist_neg = score_histograms(score_map, gt, hist_bins)
@@ -139,6 +143,7 @@ def episode_metrics(
         "gt_components": int(gt_areas.size),
         "gt_comp_areas": gt_areas.tolist(),
         "gt_comp_hit": (gt_hit_counts > 0).tolist(),
+        "gt_comp_pred_px": gt_hit_counts.tolist(),
         "pred_area_px": pred_area,
         "pred_components": int(pred_areas.size),
         "fp_components": int(np.count_nonzero(is_fp_blob)),
@@ -153,7 +158,33 @@ def episode_metrics(
         "max_score": float(score_map.max()) if total else 0.0,
         "score_hist_pos": hist_pos.tolist(),
         "score_hist_neg": hist_neg.tolist(),
+        "pro_overlap_sum": pro_overlap_sum(gt_hists, gt_areas).tolist(),
     }
+
+
+def gt_component_stats(gt: np.ndarray, pred: np.ndarray, score_map: np.ndarray,
+                       bins: int = HIST_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per 8-connected GT component: area, predicted pixels inside, score histogram.
+
+    Returns int64 ``[n]``, ``[n]`` and ``[n, bins]`` (bins as :func:`score_histograms`); labels
+    only the bounding box of ``gt``, histogram in row chunks of bounded memory.
+    """
+    rows = np.flatnonzero(gt.any(axis=1))
+    if rows.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, bins), np.int64)
+    cols = np.flatnonzero(gt.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    labels, count = label(gt[box], connectivity=2, return_num=True)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    overlap = np.bincount(labels[pred[box]], minlength=count + 1)[1:]
+    scores = score_map[box]
+    hist = np.zeros((count + 1) * bins, np.int64)
+    step = max(1, _HIST_CHUNK_PX // max(scores.shape[1], 1))
+    for top in range(0, scores.shape[0], step):
+        chunk = np.clip(scores[top : top + step].astype(np.float64), 0.0, 1.0)
+        bin_index = np.minimum((chunk * bins).astype(np.int64), bins - 1)
+        hist += np.bincount((labels[top : top + step] * bins + bin_index).ravel(), minlength=(count + 1) * bins)
+    return areas.astype(np.int64), overlap.astype(np.int64), hist.reshape(count + 1, bins)[1:]
 
 
 def _component_areas_and_overlap(mask: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -335,3 +366,130 @@ def iou_sweep_from_hist(hist_pos, hist_neg) -> tuple[np.ndarray, np.ndarray]:
     union = (tp + fp + (n_pos - tp)).astype(np.float64)
     iou = np.divide(tp, union, out=np.full(tp.shape, np.nan), where=union > 0)
     return np.arange(bins + 1, dtype=np.float64) / bins, iou
+
+
+# ------------------------------------------------------------------------------------------------
+# component hit rules
+
+
+COMPONENT_HIT_RULES = {
+    "touch": "a GT component counts as found when >= 1 predicted pixel lies inside it",
+    "half": "a GT component counts as found when >= 50 % of its pixels are predicted",
+}
+
+
+def component_found(areas, pred_px, rule: str) -> np.ndarray:
+    """bool ``[n]``: GT components found under ``rule`` (:data:`COMPONENT_HIT_RULES`).
+
+    ``areas`` / ``pred_px``: pixels of each component and predicted pixels inside it
+    (``gt_comp_areas`` / ``gt_comp_pred_px``). ``"half"`` is ``2 * pred_px >= area``.
+    """
+    areas, pred_px = np.asarray(areas, np.int64), np.asarray(pred_px, np.int64)
+    if rule == "touch":
+        return pred_px > 0
+    if rule == "half":
+        return 2 * pred_px >= areas
+    raise ValueError(f"component hit rule '{rule}' unknown; use one of {', '.join(COMPONENT_HIT_RULES)}")
+
+
+def component_recall(areas, pred_px, rule: str) -> float:
+    """Found GT components / all GT components, pooled over the given components (nan when none)."""
+    found = component_found(areas, pred_px, rule)
+    return _ratio(int(found.sum()), found.size)
+
+
+# ------------------------------------------------------------------------------------------------
+# AUPRO (per-region overlap, MVTec AD / anomalib)
+
+AUPRO_FPR_LIMIT = 0.3
+
+
+def pro_overlap_sum(comp_hists: np.ndarray, comp_areas: np.ndarray) -> np.ndarray:
+    """float64 ``[B]``: entry i = ``Σ_j (pixels of component j in score bins >= i) / area_j``.
+
+    ``comp_hists [n, B]``: score histogram of each GT component's pixels. Summed over episodes
+    and divided by the number of components, it is the PRO curve at the bin-edge thresholds.
+    """
+    comp_hists = np.asarray(comp_hists, np.float64)
+    if comp_hists.shape[0] == 0:
+        return np.zeros(comp_hists.shape[1] if comp_hists.ndim == 2 else HIST_BINS)
+    above = np.cumsum(comp_hists[:, ::-1], axis=1)[:, ::-1]  # [n, B]
+    return (above / np.asarray(comp_areas, np.float64)[:, None]).sum(axis=0)
+
+
+def pro_curve(overlap_sum, n_components: int, hist_neg) -> tuple[np.ndarray, np.ndarray]:
+    """PRO against FPR at the bin-edge thresholds, FPR ascending: ``(fpr [B + 1], pro [B + 1])``.
+
+    ``overlap_sum [B]``: pooled ``pro_overlap_sum``; ``n_components``: GT components it sums over;
+    ``hist_neg [B]``: pooled GT-negative pixels (defective and normal queries). Predicting bins
+    ``>= i``: ``PRO_i`` = mean over components of the fraction of its pixels predicted (MVTec AD's
+    per-region overlap), ``FPR_i`` = fraction of negative pixels predicted; point i = B predicts nothing.
+    """
+    neg = pooled_hist(hist_neg).astype(np.float64)
+    pro = np.append(np.asarray(overlap_sum, np.float64), 0.0) / n_components
+    fpr = np.append(np.cumsum(neg[::-1])[::-1], 0) / neg.sum()
+    return fpr[::-1], pro[::-1]
+
+
+def aupro(overlap_sum, n_components: int, hist_neg, fpr_limit: float = AUPRO_FPR_LIMIT) -> float:
+    """Area under the PRO curve (:func:`pro_curve`) for FPR in ``[0, fpr_limit]``, / ``fpr_limit``.
+
+    Trapezoids between bin-edge thresholds; the segment crossing ``fpr_limit`` is cut there by
+    linear interpolation (as anomalib's AUPRO). nan without GT components or negative pixels.
+    """
+    if n_components == 0 or pooled_hist(hist_neg).sum() == 0:
+        return float("nan")
+    fpr, pro = pro_curve(overlap_sum, n_components, hist_neg)
+    area = 0.0
+    for x0, x1, y0, y1 in zip(fpr[:-1], fpr[1:], pro[:-1], pro[1:]):
+        if x0 >= fpr_limit:
+            break
+        if x1 > fpr_limit:  # cut the segment at the limit
+            y1 = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
+            x1 = fpr_limit
+        area += (x1 - x0) * (y0 + y1) / 2
+    return float(area / fpr_limit)
+
+
+# ------------------------------------------------------------------------------------------------
+# image level (per-episode max score, defective vs normal queries)
+
+
+def image_auroc(scores, is_defective) -> float:
+    """Exact AUROC of image scores: P(defective score > normal score) + P(tie) / 2. nan without both."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(is_defective, bool)
+    pos, neg = scores[labels], np.sort(scores[~labels])
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    below = np.searchsorted(neg, pos, side="left")
+    ties = np.searchsorted(neg, pos, side="right") - below
+    return float(np.sum(below + ties / 2) / (pos.size * neg.size))
+
+
+def _image_counts(scores, is_defective) -> tuple[np.ndarray, np.ndarray, int]:
+    """TP and FP when predicting scores ``>= t`` for each distinct score t, highest t first."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(is_defective, bool)
+    order = np.argsort(-scores, kind="stable")
+    scores, labels = scores[order], labels[order]
+    last_of_value = np.r_[scores[1:] != scores[:-1], True]
+    tp = np.cumsum(labels)[last_of_value]
+    fp = np.cumsum(~labels)[last_of_value]
+    return tp, fp, int(labels.sum())
+
+
+def image_ap(scores, is_defective) -> float:
+    """Average precision of image scores: ``Σ (R_k − R_{k−1}) P_k`` over distinct thresholds
+    (highest first, ``R_0 = 0``, no interpolation). nan without defective images."""
+    tp, fp, n_pos = _image_counts(scores, is_defective)
+    if n_pos == 0:
+        return float("nan")
+    recall = tp / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * tp / (tp + fp)))
+
+
+def image_f1max(scores, is_defective) -> float:
+    """Best F1 of ``score >= t`` over the distinct image scores t. nan without defective images."""
+    tp, fp, n_pos = _image_counts(scores, is_defective)
+    if n_pos == 0:
+        return float("nan")
+    return float(np.max(2 * tp / (2 * tp + fp + (n_pos - tp))))

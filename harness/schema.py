@@ -6,7 +6,11 @@ harness.metrics.episode_metrics, so every pooled number of the report is a group
 """
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version history (older parts stay readable: read_run fills columns they lack with nulls):
+#   1: initial schema.
+#   2: + gt_comp_pred_px (predicted pixels inside each GT component: the ">= 50 %" hit rule) and
+#      pro_overlap_sum (per score bin, summed over GT components: AUPRO). Null in version-1 rows.
 HIST_BINS = 64  # fixed bins of the score map over [0, 1] (bin i = [i/64, (i+1)/64), last closed)
 
 EPISODE_FIELDS = [
@@ -35,7 +39,10 @@ EPISODE_FIELDS = [
     pa.field("size_bin", pa.string()),  # by GT area fraction, default edges; "normal" for normal queries
     pa.field("gt_components", pa.int32()),
     pa.field("gt_comp_areas", pa.list_(pa.int64())),
-    pa.field("gt_comp_hit", pa.list_(pa.bool_())),
+    pa.field("gt_comp_hit", pa.list_(pa.bool_())),  # "touch" rule: >= 1 predicted pixel in the component
+    pa.field("gt_comp_pred_px", pa.list_(pa.int64())),  # v2: predicted pixels inside each GT component
+    # v2: [HIST_BINS]; entry i = sum over GT components of the fraction of its pixels in score bins >= i
+    pa.field("pro_overlap_sum", pa.list_(pa.float64())),
     pa.field("pred_area_px", pa.int64()),
     pa.field("pred_components", pa.int32()),
     pa.field("fp_components", pa.int32()),  # predicted components touching no GT pixel
@@ -65,6 +72,7 @@ EPISODE_SCHEMA = pa.schema(EPISODE_FIELDS, metadata={"schema_version": str(SCHEM
 EPISODE_SCHEMA_WITH_METHOD = EPISODE_SCHEMA.append(pa.field("method", pa.string()))
 METRIC_COLUMNS = [
     "height", "width", "gt_area_px", "gt_area_frac", "size_bin", "gt_components", "gt_comp_areas",
-    "gt_comp_hit", "pred_area_px", "pred_components", "fp_components", "fp_comp_areas", "threshold",
+    "gt_comp_hit", "gt_comp_pred_px", "pred_area_px", "pred_components", "fp_components", "fp_comp_areas", "threshold",
     "tp", "fp", "fn", "tn", "iou_fg", "image_positive", "max_score", "score_hist_pos", "score_hist_neg",
+    "pro_overlap_sum",
 ]

@@ -4,7 +4,9 @@ Thresholded numbers use the threshold stored per row; the ``threshold`` column s
 "fixed <t>" when every episode of the group used the same one (the method's native threshold),
 "support-fitted (deployable)" when it varies per episode (fitted on the support images).
 Columns: threshold, mIoU (mean ± std over support re-draws), pixel AUROC (threshold-free, pooled
-histograms of all ok queries, as in the full report), FB-IoU (pooled), mIoU per GT area-fraction
+histograms of all ok queries, as in the full report), FB-IoU (pooled), image AUROC (per-query max
+score, defective vs normal queries), AUPRO (<= 30 % FPR), component recall under the "touch" and
+">= 50 %" rules, mIoU per GT area-fraction
 bin, false-alarm rate / FP pixel rate on normal queries, episode counts. The full report
 (harness.report) adds confidence intervals, oracle metrics and plots.
 """
@@ -18,14 +20,15 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from harness.metrics import (auroc_from_hist, class_miou, false_alarm_stats, fb_iou, size_bin_label,
-                             size_bin_labels)
+from harness.metrics import (aupro, auroc_from_hist, class_miou, component_recall, false_alarm_stats, fb_iou,
+                             image_auroc, pooled_hist, size_bin_label, size_bin_labels)
 from harness.report.aggregate import threshold_protocol
 from harness.store import read_run
 
 COLUMNS = ["method", "shots", "status", "tp", "fp", "fn", "tn", "class_id", "repeat", "query_is_normal",
            "gt_area_frac", "image_positive", "fp_components", "latency_s", "threshold",
-           "score_hist_pos", "score_hist_neg"]
+           "score_hist_pos", "score_hist_neg", "max_score", "gt_comp_areas", "gt_comp_hit", "gt_comp_pred_px",
+           "pro_overlap_sum"]
 AUROC_WARNING_BELOW = 0.6  # pixel AUROC under this: the scores barely rank defect pixels first
 
 
@@ -66,6 +69,7 @@ def summary_frame(rows: pd.DataFrame, size_edges: Sequence[float] = (0.001, 0.00
             "pixel_AUROC": auroc_from_hist(ok["score_hist_pos"], ok["score_hist_neg"]),
             "FB-IoU": fb_iou(defective.tp, defective.fp, defective.fn, defective.tn) if len(defective) else float("nan"),
         }
+        record.update(region_numbers(ok))
         bins = defective["gt_area_frac"].map(lambda f: size_bin_label(f, size_edges))
         for label in labels:
             in_bin = defective[bins == label]
@@ -82,6 +86,33 @@ def summary_frame(rows: pd.DataFrame, size_edges: Sequence[float] = (0.001, 0.00
         )
         records.append(record)
     return pd.DataFrame.from_records(records)
+
+
+def _flat(column: pd.Series) -> np.ndarray:
+    items = [np.asarray(x) for x in column if x is not None]
+    return np.concatenate(items) if items else np.zeros(0)
+
+
+def region_numbers(ok: pd.DataFrame) -> dict[str, float]:
+    """Image AUROC (per-query max score), AUPRO (<= 30 % FPR) and component recall under both hit
+    rules ("touch", ">= 50 %"), from ok rows; AUPRO and ">= 50 %" only over schema-2 rows."""
+    normal = ok["query_is_normal"].astype(bool).to_numpy()
+    scored = ok["max_score"].notna().to_numpy()
+    defective = ok[~normal]
+    v2 = ok[ok["pro_overlap_sum"].notna().to_numpy()] if "pro_overlap_sum" in ok else ok.iloc[:0]
+    v2_defective = v2[~v2["query_is_normal"].astype(bool).to_numpy()]
+    has_px = defective["gt_comp_pred_px"].notna().to_numpy() if "gt_comp_pred_px" in ok else np.zeros(len(defective), bool)
+    overlap = np.sum([np.asarray(x, np.float64) for x in v2["pro_overlap_sum"]], axis=0) if len(v2) else np.zeros(0)
+    return {
+        "image_AUROC": image_auroc(ok["max_score"].to_numpy(np.float64)[scored], ~normal[scored]),
+        "AUPRO": aupro(overlap, len(_flat(v2_defective["gt_comp_areas"])), pooled_hist(v2["score_hist_neg"]))
+        if len(v2) else float("nan"),
+        "comp_recall_touch": float(np.mean(_flat(defective["gt_comp_hit"]).astype(bool)))
+        if len(_flat(defective["gt_comp_hit"])) else float("nan"),
+        "comp_recall_half": component_recall(_flat(defective["gt_comp_areas"][has_px]),
+                                             _flat(defective["gt_comp_pred_px"][has_px]), "half")
+        if has_px.any() else float("nan"),
+    }
 
 
 def declared_protocols(run_dir: Path) -> dict[str, str]:
@@ -115,6 +146,10 @@ def format_summary(numbers: pd.DataFrame) -> pd.DataFrame:
     ]
     table["pixel AUROC %"] = numbers["pixel_AUROC"].map(_pct)
     table["FB-IoU %"] = numbers["FB-IoU"].map(_pct)
+    table["image AUROC %"] = numbers["image_AUROC"].map(_pct)
+    table["AUPRO %"] = numbers["AUPRO"].map(_pct)
+    table["comp. recall touch / ≥50% %"] = [f"{_pct(a)} / {_pct(b)}" for a, b in
+                                            zip(numbers["comp_recall_touch"], numbers["comp_recall_half"])]
     for column in [c for c in numbers.columns if c.startswith("mIoU ") and c != "mIoU_std"]:
         table[column.replace("mIoU ", "mIoU@") + " %"] = numbers[column].map(_pct)
     table["false alarms % (normal q.)"] = numbers["false_alarm_rate"].map(_pct)

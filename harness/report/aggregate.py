@@ -9,6 +9,12 @@ Pooling rules (also written in the report's captions):
   unweighted mean over classes; then mean and std (ddof=0) over repeats.
 - FB-IoU, size-stratified mIoU, per-class IoU, oracle IoU, pixel AUROC/AP/F1-max, component
   recall and false alarms: pooled over all repeats.
+- Image AUROC / AP / F1-max: per-episode ``max_score`` of all ok queries, defective vs normal
+  (exact, ties counted half). AUPRO: ``pro_overlap_sum`` of the defective queries and the
+  negative histograms of all ok queries, FPR <= 30 %. Both component-hit rules ("touch": >= 1
+  predicted pixel; "half": >= 50 % of the component predicted). Schema-1 rows lack
+  ``pro_overlap_sum`` / ``gt_comp_pred_px``: AUPRO and the "half" rule use only the rows that
+  have them (nan when none does).
 - Only rows with ``status == "ok"`` enter a metric; the others are counted as failed.
 """
 from __future__ import annotations
@@ -143,13 +149,16 @@ def aggregate(rows: pd.DataFrame, *, size_edges=DEFAULT_SIZE_EDGES,
     summary = summary.merge(hist_metrics, on=keys, how="left")
     oracle = per_class.groupby(keys, observed=True)["oracle_iou"].mean().rename("oracle_miou")
     summary = summary.merge(oracle.reset_index(), on=keys, how="left")
+    summary = summary.merge(_image_and_region(rows, ok_mask, keys, groups), on=keys, how="left")
     summary = summary.merge(_false_alarms(normal, keys), on=keys, how="left")
     summary = summary.merge(_operational(scalars, ok, keys, declared_protocols or {}, run_rates or {}),
                             on=keys, how="left")
     return Aggregates(
         keys=keys, summary=summary, miou_by_repeat=miou_by_repeat,
         size_miou=_size_miou(defective, keys, size_edges),
-        component_recall=_component_recall(defective, comp_areas, comp_hits, keys, component_edges_px),
+        component_recall=_component_recall(defective, comp_areas, comp_hits, keys, component_edges_px,
+                                           rows["gt_comp_pred_px"][ok_mask][~normal_mask]
+                                           if "gt_comp_pred_px" in rows else None),
         per_class=per_class, pooled_hist=pooled_hist)
 
 
@@ -238,8 +247,55 @@ def _size_miou(defective: pd.DataFrame, keys: list[str], edges) -> pd.DataFrame:
     return out
 
 
+def _float_lists(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Non-null fixed-length float lists as ``([n, B] float64, bool [N] which rows had one)``."""
+    present = column.notna().to_numpy()
+    items = [np.asarray(x, np.float64) for x in column[present]]
+    return (np.stack(items) if items else np.zeros((0, HIST_BINS))), present
+
+
+def _image_and_region(rows: pd.DataFrame, ok_mask: np.ndarray, keys: list[str],
+                      groups: pd.DataFrame) -> pd.DataFrame:
+    """Per group: image AUROC / AP / F1-max, AUPRO, component recall under both hit rules."""
+    columns = keys + ["query_is_normal", "max_score", "gt_comp_areas", "gt_comp_hit"]
+    extra = [c for c in ("pro_overlap_sum", "gt_comp_pred_px") if c in rows]
+    ok = rows.loc[ok_mask, columns + extra]
+    out = []
+    for group, sub in ok.groupby(keys, sort=True, observed=True):
+        group = group if isinstance(group, tuple) else (group,)
+        normal = sub["query_is_normal"].to_numpy(bool)
+        scored = sub["max_score"].notna().to_numpy()
+        scores = sub["max_score"].to_numpy(np.float64)[scored]
+        labels = ~normal[scored]
+        entry = dict(zip(keys, group))
+        entry["image_auroc"] = metrics.image_auroc(scores, labels)
+        entry["image_ap"] = metrics.image_ap(scores, labels)
+        entry["image_f1_max"] = metrics.image_f1max(scores, labels)
+        areas, _ = flatten_lists(sub["gt_comp_areas"][~normal])
+        hits, _ = flatten_lists(sub["gt_comp_hit"][~normal])
+        entry["comp_recall_touch"] = metrics._ratio(int(hits.astype(bool).sum()), len(hits))
+        entry["comp_recall_half"] = entry["aupro"] = np.nan
+        if "gt_comp_pred_px" in sub:
+            has = sub["gt_comp_pred_px"].notna().to_numpy() & ~normal
+            pred_px, _ = flatten_lists(sub["gt_comp_pred_px"][has])
+            v2_areas, _ = flatten_lists(sub["gt_comp_areas"][has])
+            entry["comp_recall_half"] = metrics.component_recall(v2_areas, pred_px, "half")
+        if "pro_overlap_sum" in sub:
+            overlap, present = _float_lists(sub["pro_overlap_sum"])
+            v2 = sub[present]
+            neg = list_matrix(rows.loc[v2.index, "score_hist_neg"]).sum(axis=0)
+            n_components = len(flatten_lists(v2["gt_comp_areas"][~v2["query_is_normal"].to_numpy(bool)])[0])
+            if len(v2):
+                entry["aupro"] = metrics.aupro(overlap.sum(axis=0), n_components, neg)
+        out.append(entry)
+    names = ["image_auroc", "image_ap", "image_f1_max", "aupro", "comp_recall_touch", "comp_recall_half"]
+    return pd.DataFrame(out, columns=keys + names)
+
+
 def _component_recall(defective: pd.DataFrame, comp_areas: pd.Series, comp_hits: pd.Series,
-                      keys: list[str], edges_px) -> pd.DataFrame:
+                      keys: list[str], edges_px, comp_pred_px: pd.Series | None = None) -> pd.DataFrame:
+    """Recall per component-size bin under the "touch" rule (``recall``) and, over the rows that
+    store ``gt_comp_pred_px`` (schema >= 2), the "half" rule (``recall_half``, ``n_components_half``)."""
     labels = metrics.abs_size_bin_labels(tuple(edges_px))
     groups = defective[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
     codes = defective.groupby(keys, sort=True, observed=True).ngroup().to_numpy()
@@ -256,6 +312,19 @@ def _component_recall(defective: pd.DataFrame, comp_areas: pd.Series, comp_hits:
     out["n_hit"] = n_hit
     with np.errstate(invalid="ignore", divide="ignore"):
         out["recall"] = np.where(n_components > 0, n_hit / np.maximum(n_components, 1), np.nan)
+    n_half = np.zeros(size, np.int64)
+    n_found_half = np.zeros(size, np.int64)
+    if comp_pred_px is not None and len(comp_pred_px):
+        has = comp_pred_px.notna().to_numpy()
+        pred_px, parent_v2 = flatten_lists(comp_pred_px[has])
+        areas_v2, _ = flatten_lists(comp_areas[has])
+        cell_v2 = codes[has][parent_v2] * n_bins + np.searchsorted(np.asarray(edges_px, float), areas_v2, side="right")
+        n_half = np.bincount(cell_v2, minlength=size)
+        found = metrics.component_found(areas_v2, pred_px, "half")
+        n_found_half = np.bincount(cell_v2, weights=found.astype(float), minlength=size).astype(np.int64)
+    out["n_components_half"] = n_half
+    out["n_hit_half"] = n_found_half
+    out["recall_half"] = np.where(n_half > 0, n_found_half / np.maximum(n_half, 1), np.nan)
     return out
 
 

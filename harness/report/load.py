@@ -20,7 +20,7 @@ REPORT_COLUMNS = [
     "method", "episode_id", "dataset", "class_id", "shots", "repeat", "query_id", "query_is_normal",
     "height", "width", "gt_area_frac", "gt_comp_areas", "gt_comp_hit", "fp_components", "threshold",
     "tp", "fp", "fn", "tn", "iou_fg", "image_positive", "score_hist_pos", "score_hist_neg", "status",
-    "latency_s", "pred_path",
+    "latency_s", "pred_path", "max_score", "gt_comp_pred_px", "pro_overlap_sum",
 ]
 
 
@@ -94,3 +94,31 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[RunInfo], dict[s
         prefixed = rows["method"].isin(shared)
         rows.loc[prefixed, "method"] = rows.loc[prefixed, "run"] + ":" + rows.loc[prefixed, "method"]
     return rows, runs, sources
+
+
+def planned_episodes(run: RunInfo) -> int | None:
+    """Episodes per method the run's manifest planned (``run.json``), ``None`` when unknown."""
+    params = run.provenance.get("manifest_params") or {}
+    planned = params.get("n_episodes") if isinstance(params, dict) else None
+    return planned if isinstance(planned, int) and planned >= 0 else None
+
+
+def coverage_notes(rows: pd.DataFrame, sources: dict[str, MethodSource]) -> list[str]:
+    """One line per run: "N of M planned episodes stored", naming the incomplete methods."""
+    stored = rows.groupby("method", sort=False)["episode_id"].nunique()
+    by_run: dict[str, list[tuple[str, int, int | None]]] = {}
+    for label, source in sources.items():
+        by_run.setdefault(source.run.label, []).append((label, int(stored.get(label, 0)), planned_episodes(source.run)))
+    notes = []
+    for run_label, methods in by_run.items():
+        known = [(label, n, planned) for label, n, planned in methods if planned is not None]
+        if not known:
+            notes.append(f"{run_label}: planned episode count unknown (no run.json manifest_params)")
+            continue
+        total, planned = sum(n for _, n, _ in known), sum(p for _, _, p in known)
+        incomplete = [f"{label} ({n} of {p})" for label, n, p in known if n < p]
+        line = f"{run_label}: {total} of {planned} planned episodes stored"
+        if incomplete:
+            line += f"; incomplete: {', '.join(incomplete)} (run the same command to resume)"
+        notes.append(line)
+    return notes

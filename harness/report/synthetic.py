@@ -59,6 +59,7 @@ def make_synthetic_rows(n: int, seed: int = 0, n_classes: int = 40, normal_frac:
     comp_areas = np.maximum(1, (np.repeat(gt_area[e] / np.maximum(n_comp, 1), n_comp)
                                 * rng.uniform(0.5, 1.5, n_comp.sum()))).astype(np.int64)
     comp_hit = rng.random(n_comp.sum()) < np.repeat(recall, n_comp)
+    comp_pred_px = np.where(comp_hit, rng.integers(1, comp_areas + 1), 0).astype(np.int64)
     fp_components = np.where(fp > 0, rng.integers(1, 4, rows_n), 0).astype(np.int32)
     fp_areas = np.maximum(1, np.repeat(fp // np.maximum(fp_components, 1), fp_components)).astype(np.int64)
     bins = np.arange(HIST_BINS)
@@ -66,6 +67,9 @@ def make_synthetic_rows(n: int, seed: int = 0, n_classes: int = 40, normal_frac:
     separation = np.linspace(0.2, 4.0, HIST_BINS) ** (0.5 + 2 * recall[:, None])
     hist_pos = rng.poisson(separation) * (~is_normal[e])[:, None]
     hist_neg = rng.poisson(4000 * np.exp(-bins / 5.0), (rows_n, HIST_BINS))  # scores mostly low
+    # per-region overlap summed over components, falling from n_comp (bin 0) like the positives
+    pro_sum = n_comp[:, None] * (1 - np.cumsum(hist_pos, 1) / np.maximum(hist_pos.sum(1, keepdims=True), 1))
+    pro_sum = np.hstack([n_comp[:, None], pro_sum[:, :-1]]).astype(np.float64)
     deployable = method_index == n_methods - 1  # patchcore: threshold fitted per episode
     threshold = np.where(deployable, rng.uniform(0.3, 0.7, rows_n), 0.5)
     status = np.where(rng.random(rows_n) < 0.005, "error: RuntimeError: synthetic", "ok")
@@ -98,6 +102,8 @@ def make_synthetic_rows(n: int, seed: int = 0, n_classes: int = 40, normal_frac:
         "gt_components": pa.array(n_comp.astype(np.int32)),
         "gt_comp_areas": _list_array(comp_areas, n_comp, pa.int64()),
         "gt_comp_hit": _list_array(comp_hit, n_comp, pa.bool_()),
+        "gt_comp_pred_px": _list_array(comp_pred_px, n_comp, pa.int64()),
+        "pro_overlap_sum": _list_array(pro_sum.ravel(), np.full(rows_n, HIST_BINS), pa.float64()),
         "pred_area_px": pa.array(tp + fp),
         "pred_components": pa.array(fp_components + (tp > 0)),
         "fp_components": pa.array(fp_components),

@@ -63,6 +63,12 @@ def summary_table(agg: Aggregates, intervals: pd.DataFrame, paired: pd.DataFrame
     display["pixel AUROC (thr-free)"] = data["pixel_auroc"].map(_pct)
     display["pixel AP (thr-free)"] = data["pixel_ap"].map(_pct)
     display["F1-max (oracle)"] = data["f1_max"].map(_pct)
+    display["image AUROC (thr-free)"] = data["image_auroc"].map(_pct)
+    display["image AP (thr-free)"] = data["image_ap"].map(_pct)
+    display["image F1-max (oracle)"] = data["image_f1_max"].map(_pct)
+    display["AUPRO ≤30% FPR (thr-free)"] = data["aupro"].map(_pct)
+    display["comp. recall touch (@protocol)"] = data["comp_recall_touch"].map(_pct)
+    display["comp. recall ≥50% (@protocol)"] = data["comp_recall_half"].map(_pct)
     display["false-alarm rate (@protocol)"] = data["false_alarm_rate"].map(_pct)
     display["FP px rate (@protocol)"] = data["fp_pixel_rate"].map(
         lambda x: "–" if not np.isfinite(x) else f"{x:.2e}")
@@ -75,7 +81,11 @@ def summary_table(agg: Aggregates, intervals: pd.DataFrame, paired: pd.DataFrame
         f"95% CI: percentile bootstrap over episodes within (repeat, class), {n_resamples} resamples. "
         "FB-IoU: mean of fg and bg IoU pooled over all defective queries. Oracle mIoU: per class the "
         "IoU-max threshold of the pooled 64-bin score histogram (chosen on test labels: upper bound). "
-        "Pixel AUROC/AP/F1-max: from the summed histograms of all queries. False alarms: normal "
+        "Pixel AUROC/AP/F1-max: from the summed histograms of all queries. Image AUROC/AP/F1-max: "
+        "per-query max score, defective vs normal queries (exact; F1-max at the best image threshold). "
+        "AUPRO: area under per-region overlap vs pixel FPR up to 30 % FPR, / 0.3 (MVTec AD, anomalib), "
+        "at the 64 histogram bin edges. Component recall: GT components found, 'touch' = >= 1 "
+        "predicted pixel inside, '≥50%' = at least half of its pixels predicted. False alarms: normal "
         "queries only. @protocol: at the stored threshold of the row's protocol (native = the method's "
         "fixed threshold; deployable = fitted on support data per episode). Values in % except FP "
         "rates. Bold: best mIoU per shot; † = not significantly better than the runner-up (paired "
@@ -118,13 +128,19 @@ def size_table(agg: Aggregates) -> Table:
 def component_table(agg: Aggregates) -> Table:
     data = agg.component_recall.merge(agg.summary[agg.keys + ["threshold_protocol"]], on=agg.keys)
     data = data[data["n_components"] > 0]
-    display = _wide(data, agg.keys, "component_bin",
-                    lambda r: f"{_pct(r['recall'])} (n={int(r['n_components'])})")
-    caption = ("Component recall (@protocol): fraction of GT connected components hit by the "
-               "prediction, per absolute component area bin in pixels at native resolution "
-               "(half-open bins); n = GT components, all repeats pooled.")
+    display = _wide(data, agg.keys, "component_bin", _recall_cell)
+    caption = ("Component recall (@protocol): fraction of GT connected components found, per "
+               "absolute component area bin in pixels at native resolution (half-open bins), under "
+               "two rules: touch = at least one predicted pixel inside the component (flatters "
+               "over-prediction); ≥50% = at least half of the component's pixels predicted (only rows "
+               "of schema >= 2). n = GT components, all repeats pooled.")
     return Table("component_recall", "Component recall by absolute component size", caption,
                  display, data)
+
+
+def _recall_cell(r) -> str:
+    half = f" / ≥50% {_pct(r['recall_half'])}" if r.get("n_components_half", 0) > 0 else ""
+    return f"touch {_pct(r['recall'])}{half} (n={int(r['n_components'])})"
 
 
 def _wide(data: pd.DataFrame, keys: list[str], bin_column: str, cell) -> pd.DataFrame:
