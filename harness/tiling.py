@@ -1,8 +1,8 @@
 """Native-resolution tiling and stitching, plus the resize/pad helpers of the two resolution policies.
 
-``native``: tiles of the model input size at native resolution; tiles sit at stride = tile size and
-the last row/column is snapped to the bottom/right border (so it overlaps its neighbour), as in
-SOFS's non-resizing procedure. ``resize``: the whole image is resized to the model input.
+``native``: tiles of the model input size at native resolution; tiles sit at stride = tile size
+minus the optional overlap and the last row/column is snapped to the bottom/right border (so it
+overlaps its neighbour), as in SOFS's non-resizing procedure; overlapping maps are averaged. ``resize``: the whole image is resized to the model input.
 """
 from __future__ import annotations
 
@@ -25,21 +25,29 @@ class Tile:
         return array[self.top : self.top + self.height, self.left : self.left + self.width]
 
 
-def tile_grid(height: int, width: int, tile_size: int) -> list[Tile]:
+def tile_grid(height: int, width: int, tile_size: int, overlap: int = 0) -> list[Tile]:
     """Tiles of ``min(tile_size, H) x min(tile_size, W)`` covering an H x W image.
 
-    Rows start at 0, t, 2t, ... with the last one moved to ``H - t`` (same for columns), so
-    every tile lies inside the image and only the last row/column overlaps its neighbour.
+    Rows start at 0, s, 2s, ... with step ``s = t - overlap`` and the last one moved to ``H - t``
+    (same for columns), so every tile lies inside the image, neighbours share at least
+    ``overlap`` pixels, and with ``overlap = 0`` only the last row/column overlaps its neighbour.
+    A defect narrower than ``overlap`` lies wholly inside some tile along that axis wherever it
+    sits. Stitching (:func:`stitch`) averages the tiles' maps where they overlap.
     """
+    if not 0 <= overlap < tile_size:
+        raise ValueError(f"tile overlap must be in [0, tile size {tile_size}), got {overlap}")
     tile_h, tile_w = min(tile_size, height), min(tile_size, width)
-    tops = _starts(height, tile_h)
-    lefts = _starts(width, tile_w)
+    tops = _starts(height, tile_h, overlap)
+    lefts = _starts(width, tile_w, overlap)
     return [Tile(top, left, tile_h, tile_w) for top in tops for left in lefts]
 
 
-def _starts(length: int, tile: int) -> list[int]:
-    count = math.ceil(length / tile)
-    return [min(i * tile, length - tile) for i in range(count)]
+def _starts(length: int, tile: int, overlap: int = 0) -> list[int]:
+    if length <= tile:
+        return [0]
+    step = tile - min(overlap, tile - 1)
+    count = math.ceil((length - tile) / step) + 1
+    return [min(i * step, length - tile) for i in range(count)]
 
 
 def stitch(tile_maps: list[np.ndarray], tiles: list[Tile], height: int, width: int) -> np.ndarray:

@@ -6,7 +6,8 @@ patch-14 ViT, 8 for EfficientNet levels 2 + 3).
 Resolution policies (DESIGN.md):
 
 * ``native``: the image is cut into ``input_size`` tiles at native resolution (``tile_grid``: last
-  row/column snapped to the border). A tile is zero-padded (in normalised space, i.e. the mean
+  row/column snapped to the border; neighbours share at least ``tile_overlap`` pixels, and the
+  stitched map averages the tiles' upsampled maps where they overlap). A tile is zero-padded (in normalised space, i.e. the mean
   colour, as SOFS pads) at the bottom/right to a multiple of the coarsest stride, so an image smaller
   than ``input_size`` is a single tile at native pixels and is never upsampled.
 * ``resize``: the image is resized so its longest side is ``input_size`` and padded to a square.
@@ -54,6 +55,7 @@ class BackboneConfig:
     layers: tuple[int, ...] = ()  # feature levels (ViT blocks / EfficientNet stages); () = the backbone's default
     resolution: str = "native"  # "native" (tiles at native pixels) or "resize" (longest side -> input_size)
     input_size: int = 0  # tile side (native) or resized side; 0 = the backbone's tile size (ViT 518, CNN 512)
+    tile_overlap: int = 0  # native: minimum pixels shared by neighbouring tiles (maps averaged there)
     batch_size: int = 4  # tiles per backbone forward
     feature_cache_mb: int = 512  # LRU cache of backbone features across episodes (0 = off)
 
@@ -88,6 +90,8 @@ class Backbone:
     def __init__(self, config: BackboneConfig, weights: Path):
         if config.resolution not in RESOLUTIONS:
             raise MethodError(f"resolution '{config.resolution}' unknown; use one of {', '.join(RESOLUTIONS)}")
+        if config.tile_overlap < 0:
+            raise MethodError(f"tile_overlap must be >= 0 pixels, got {config.tile_overlap}")
         try:
             size = config.input_size or arch_of(config.backbone).tile_size
             self.features = make_features(config.backbone, weights, config.layers, img_size=size)
@@ -96,6 +100,8 @@ class Backbone:
         self.patch = self.features.stride  # pixels per grid cell
         self.align = self.features.pad_multiple  # inputs padded to a multiple of this
         self.input_size = _round_up(size, self.align)
+        if config.tile_overlap >= self.input_size:
+            raise MethodError(f"tile_overlap {config.tile_overlap} must be smaller than the tile size {self.input_size}")
         self.config = config
         self._cache: OrderedDict[str, TiledFeatures] = OrderedDict()
         self._cache_bytes = 0
@@ -116,7 +122,7 @@ class Backbone:
         height, width = image.shape[:2]
         size, patch, align = self.input_size, self.patch, self.align
         if self.config.resolution == "native":
-            tiles = tile_grid(height, width, size)
+            tiles = tile_grid(height, width, size, self.config.tile_overlap)
             content = (tiles[0].height, tiles[0].width)
             crops = [tile.crop(image) for tile in tiles]
             padded = (_round_up(content[0], align), _round_up(content[1], align))
