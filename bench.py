@@ -11,6 +11,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import shlex
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,11 +19,26 @@ from pathlib import Path
 import click
 
 DEFAULT_METHODS = "sofs,panet,patchcore"
+# Exit codes: 0 done; 1 a user error (one line on stderr); 2 bad command-line usage; 3 a run whose
+# episodes partly failed (rows kept); 130 interrupted by Ctrl-C; 143 terminated (SIGTERM).
+EXIT_INTERRUPTED = 130
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 @contextmanager
 def user_errors():
-    """Turn the project's user-facing errors into one-line Click errors (no traceback)."""
+    """Turn user-facing errors into one-line Click errors (no traceback).
+
+    Besides the project's own error types: any ``OSError`` (disk full, permissions), PIL decoding
+    error and pyarrow error reaching here becomes one line naming the file when it has one.
+    """
+    import pyarrow as pa
+    from PIL import Image
+
     from datasets.base import DatasetError
     from harness.features import BackboneError
     from harness.ray_executor import ClusterError
@@ -34,7 +50,28 @@ def user_errors():
     try:
         yield
     except (DatasetError, BackboneError, ClusterError, RunError, StoreError, MethodError, ManifestError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(_one_line(exc)) from None
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise click.ClickException(f"{where}{exc.strerror or _one_line(exc)}") from None
+    except (pa.ArrowException, Image.DecompressionBombError) as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {_one_line(exc)}") from None
+
+
+class BenchGroup(click.Group):
+    """Ctrl-C exits 130 with one line (Click's default is "Aborted!" and exit 1, like a data error)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: stored results are kept; run the same command to resume", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+
+
+def _terminate(signum, frame):
+    """SIGTERM unwinds like Ctrl-C (run.json written, Ray shut down), then exits 128 + 15."""
+    raise SystemExit(128 + signum)
 
 
 def parse_assignments(values: tuple[str, ...], what: str) -> dict[str, dict[str, str]]:
@@ -108,7 +145,7 @@ def manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_que
     return ManifestSettings(parse_ints(shots, "--shots"), seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def cli():
     """Few-shot small-defect segmentation benchmark: SOFS and baselines over episode manifests."""
 
@@ -130,13 +167,16 @@ def cli():
 @click.option("--save-predictions/--no-save-predictions", default=None, help="Keep each episode's score map as an 8-bit PNG at native size (for report overlays and threshold sweeps). Default: off; on for the embedded synthetic default.")
 @click.option("--min-area", default=1, show_default=True, help="A predicted component counts for image-level alarms from this many pixels.")
 @click.option("--report/--no-report", "make_report", default=True, show_default=True, help="Write the comparison table when done.")
+@click.option("--follow-links", is_flag=True, help="Read images/masks that resolve outside the dataset folder (symlinks, link stubs, '..' paths in manifest.csv); refused by default.")
+@click.option("--allow-replacement", is_flag=True, help="Let supports repeat when a class has fewer other images than --shots (default: refuse).")
 def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed,
         manifest_path, out, overwrite, executor, address, workers, cpus_per_worker, gpus_per_worker, chunk_size,
-        weights, sets, save_predictions, min_area, make_report):
+        weights, sets, save_predictions, min_area, make_report, follow_links, allow_replacement):
     """Run methods over the episodes of a dataset and store one Parquet row per episode."""
     from harness.run import RunConfig, execute
     from harness.runner import EvalSettings
 
+    signal.signal(signal.SIGTERM, _terminate)
     if save_predictions is None:
         save_predictions = str(dataset).startswith("synthetic")
     with user_errors():
@@ -155,6 +195,8 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
             gpus_per_worker=gpus_per_worker,
             chunk_size=chunk_size,
             save_predictions=save_predictions,
+            follow_links=follow_links,
+            allow_replacement=allow_replacement,
             settings=EvalSettings(min_area=min_area),
             command=shlex.join(["python", "bench.py", *sys.argv[1:]]),
         )
@@ -194,15 +236,18 @@ def episodes():
 @episodes.command("build")
 @manifest_options
 @click.option("--out", default=str(Path("results") / "manifests"), show_default=True, help="Folder for <id>.parquet + <id>.json.")
-def episodes_build(dataset, dataset_format, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed, out):
+@click.option("--follow-links", is_flag=True, help="Read images/masks that resolve outside the dataset folder.")
+@click.option("--allow-replacement", is_flag=True, help="Let supports repeat when a class has fewer other images than --shots.")
+def episodes_build(dataset, dataset_format, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed, out,
+                   follow_links, allow_replacement):
     """Build a content-hashed episode manifest (same inputs -> byte-identical files)."""
     from datasets.base import load_dataset
     from harness.episodes import write_manifest
     from harness.run import RunConfig, load_or_build_manifest
 
     with user_errors():
-        data = load_dataset(dataset, dataset_format)
-        config = RunConfig(methods=[], dataset=dataset, dataset_format=dataset_format,
+        data = load_dataset(dataset, dataset_format, follow_links=follow_links)
+        config = RunConfig(methods=[], dataset=dataset, dataset_format=dataset_format, allow_replacement=allow_replacement,
                            manifest=manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed))
         manifest = load_or_build_manifest(config, data)
         path = write_manifest(manifest, Path(out))
@@ -266,12 +311,13 @@ def datasets_group():
 @datasets_group.command("check")
 @click.argument("path")
 @click.option("--format", "dataset_format", default="auto", show_default=True)
-def datasets_check(path, dataset_format):
+@click.option("--follow-links", is_flag=True, help="Accept images/masks that resolve outside the dataset folder.")
+def datasets_check(path, dataset_format, follow_links):
     """Validate a dataset: counts, sizes, and every problem with its file."""
     from datasets.check import check_dataset, format_check_report
 
     with user_errors():
-        result = check_dataset(path, dataset_format)
+        result = check_dataset(path, dataset_format, follow_links=follow_links)
     click.echo(format_check_report(result))
     if result.has_errors:
         sys.exit(1)

@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass, field
+import struct
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from harness.records import ImageRecord
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 
+# Everything PIL raises for a file it cannot decode: truncated or foreign bytes, and a decompression
+# bomb (a small file declaring more than 2 x Image.MAX_IMAGE_PIXELS pixels).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError,
+                 Image.DecompressionBombError)
+# EXIF orientations 5-8 are 90-degree turns: the displayed width is the stored height.
+_TURNED_ORIENTATIONS = (5, 6, 7, 8)
+
 # Detection order: layouts with a distinctive marker first, the permissive generic one last.
-ADAPTERS = ("vision", "mvtec", "opendomain", "defect_spectrum", "folder")
+ADAPTERS = ("vision", "mvtec", "opendomain", "defect_spectrum", "visa", "severstal", "dagm", "kolektor", "folder")
 
 
 class DatasetError(Exception):
@@ -110,12 +118,27 @@ def find_mask(mask_dir: Path, stem: str, suffixes: tuple[str, ...] = ("", "_mask
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the file header only."""
+    """``(width, height)`` as displayed (after the EXIF orientation), from the file header only."""
     try:
         with Image.open(path) as img:
-            return img.size
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+            width, height = img.size
+            if _header_orientation(img) in _TURNED_ORIENTATIONS:
+                return height, width
+            return width, height
+    except DECODE_ERRORS as exc:
         raise DatasetError(f"{path}: unreadable image ({_short(exc)})") from None
+
+
+def _header_orientation(img: Image.Image) -> int | None:
+    """EXIF orientation known from the header (PNG's ``getexif`` would decode the pixels)."""
+    if img.format == "PNG":
+        raw = img.info.get("exif")
+        if not raw:
+            return None
+        exif = Image.Exif()
+        exif.load(raw)
+        return exif.get(0x0112)
+    return img.getexif().get(0x0112)
 
 
 def mask_pixel_count(path: Path, mask_value: int | None = None) -> int:
@@ -147,6 +170,8 @@ def defect_image_size(image: Path, mask: Path, log: "SkipLog",
 
 
 def _short(exc: Exception) -> str:
+    if isinstance(exc, Image.DecompressionBombError):
+        return "decompression bomb: " + str(exc).split(" pixels")[0].replace("Image size ", "") + " pixels declared"
     return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
 
 
@@ -154,13 +179,14 @@ def _short(exc: Exception) -> str:
 
 
 def read_image(record: ImageRecord) -> np.ndarray:
-    """Image as uint8 RGB ``[H, W, 3]``; grey, RGBA, palette and 16-bit files are converted."""
+    """Image as uint8 RGB ``[H, W, 3]`` as displayed: the EXIF orientation is applied, and grey,
+    RGBA, palette and 16-bit files are converted."""
     path = resolve_link_stub(Path(record.path))
     try:
         with Image.open(path) as img:
             img.load()
-            return _to_rgb8(img)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+            return _to_rgb8(ImageOps.exif_transpose(img))
+    except DECODE_ERRORS as exc:
         raise DatasetError(f"{path}: unreadable image ({_short(exc)})") from None
 
 
@@ -181,10 +207,12 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
 
 
 def load_mask_values(path: Path) -> np.ndarray:
-    """Mask file as a 2-D integer array of its stored values (palette indices stay indices)."""
+    """Mask file as a 2-D integer array of its stored values (palette indices stay indices),
+    turned by its EXIF orientation like the images."""
     try:
-        with Image.open(path) as img:
-            img.load()
+        with Image.open(path) as opened:
+            opened.load()
+            img = ImageOps.exif_transpose(opened)
             if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
                 # Colour masks (red on black ...): a pixel is marked if any channel is.
                 arr = np.asarray(img.convert("RGB")).max(axis=2)
@@ -192,7 +220,7 @@ def load_mask_values(path: Path) -> np.ndarray:
                 arr = np.asarray(img.convert("L"))
             else:
                 arr = np.asarray(img)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    except DECODE_ERRORS as exc:
         raise DatasetError(f"{path}: unreadable mask ({_short(exc)})") from None
     if arr.ndim == 3:
         arr = arr[..., 0]
@@ -200,12 +228,19 @@ def load_mask_values(path: Path) -> np.ndarray:
 
 
 def class_pixels(arr: np.ndarray, mask_value: int | None) -> np.ndarray:
-    """Boolean class map: ``== mask_value``, else > half range (> 0 for 0/1 masks)."""
+    """Boolean class map. The binarisation rule, for 8- and 16-bit masks alike:
+
+    * ``mask_value`` given (class-id masks): ``arr == mask_value``;
+    * a two-level mask (0 and one other value: 0/1, 0/255, 0/1000, 0/65535): any non-zero pixel;
+    * a graded mask (anti-aliased, JPEG-noisy): above half the range, ``> 127`` when its largest
+      value fits 8 bits, else ``> 32767``.
+    """
     if mask_value is not None:
         return arr == mask_value
     top = int(arr.max(initial=0))
-    if top <= 1:
-        return arr > 0
+    nonzero = arr > 0
+    if top <= 1 or not np.any(nonzero & (arr != top)):
+        return nonzero
     return arr > (127 if top <= 255 else 32767)
 
 
@@ -241,11 +276,13 @@ def detect_format(root: Path) -> str:
                        f"Defect Spectrum or SOFS open-domain folders")
 
 
-def load_dataset(spec: str, fmt: str = "auto") -> Dataset:
+def load_dataset(spec: str, fmt: str = "auto", follow_links: bool = False) -> Dataset:
     """Load a dataset from a path, or the embedded default with ``spec="synthetic"``.
 
     ``synthetic`` and ``synthetic:<seed>`` generate (once, cached) and read the procedural
-    dataset of ``datasets.synthetic``.
+    dataset of ``datasets.synthetic``. Records whose image or mask resolves (through a symlink, a
+    link stub or a ``..`` path in an index file) outside the dataset root are left out with their
+    reason, unless ``follow_links``.
     """
     spec = str(spec)
     if spec == "synthetic" or spec.startswith("synthetic:"):
@@ -261,7 +298,35 @@ def load_dataset(spec: str, fmt: str = "auto") -> Dataset:
         fmt = detect_format(root)
     elif fmt not in ADAPTERS:
         raise DatasetError(f"{root}: unknown format {fmt!r} (known: {', '.join(ADAPTERS)})")
-    return _adapter(fmt).load(root)
+    dataset = _adapter(fmt).load(root)
+    return dataset if follow_links else inside_root(dataset)
+
+
+def outside_root(path: Path | str, root: Path) -> Path | None:
+    """Where ``path`` really leads when that is outside ``root`` (after links and stubs), else ``None``."""
+    real = Path(os.path.realpath(resolve_link_stub(Path(path))))
+    real_root = Path(os.path.realpath(root))
+    return None if real == real_root or real_root in real.parents else real
+
+
+def inside_root(dataset: Dataset) -> Dataset:
+    """``dataset`` without the records whose image or mask leads outside its root (logged as skipped)."""
+    kept, log = [], SkipLog()
+    for record in dataset.records:
+        for path in (record.path, record.mask_path):
+            target = outside_root(path, dataset.root) if path else None
+            if target is not None:
+                log.skip("outside_root", path, f"leads outside the dataset root to {target} "
+                                               "(refused; --follow-links reads it)")
+                break
+        else:
+            kept.append(record)
+    if not log.items:
+        return dataset
+    meta = dict(dataset.meta)
+    meta["skipped"] = [*meta.get("skipped", []), *log.items]
+    meta["skipped_outside_root"] = len(log.items)
+    return replace(dataset, records=tuple(kept), meta=meta)
 
 
 class SkipLog:

@@ -19,7 +19,7 @@ from .base import DatasetError, load_dataset, load_mask_values, read_image, clas
 # Area-fraction bin edges, as the report's size-stratified mIoU (DESIGN.md "Metrics").
 AREA_EDGES = (0.001, 0.003, 0.01, 0.05)
 AREA_BINS = ("<0.1%", "0.1-0.3%", "0.3-1%", "1-5%", ">=5%")
-WARNING_REASONS = {"empty_masks"}
+WARNING_REASONS = {"empty_masks", "empty_folders"}
 
 
 @dataclass
@@ -90,8 +90,9 @@ class _Scanner:
             if values is not None and record.mask_value is None:
                 distinct = np.unique(values)
                 if distinct.size > 2:
+                    half = 127 if int(distinct[-1]) <= 255 else 32767
                     self.warning(path, f"non-binary mask ({distinct.size} distinct values, "
-                                       f"thresholded at >127)")
+                                       f"thresholded at >{half})")
             self.masks[path] = values
         return self.masks[path]
 
@@ -111,9 +112,9 @@ class _Scanner:
         return pixels / float(shape[0] * shape[1])
 
 
-def check_dataset(spec: str, fmt: str = "auto") -> CheckReport:
+def check_dataset(spec: str, fmt: str = "auto", follow_links: bool = False) -> CheckReport:
     """Load ``spec`` and scan every file; raises ``DatasetError`` only if nothing can be loaded."""
-    ds = load_dataset(spec, fmt)
+    ds = load_dataset(spec, fmt, follow_links=follow_links)
     scan = _Scanner()
     for item in ds.meta.get("skipped", []):
         text = f"{item['problem']} (left out)"

@@ -19,6 +19,8 @@ episode's class (``object/category``), or a normal record of the object when the
 
 A manifest is a Parquet file of episodes plus a JSON sidecar with the parameters, both named by the
 manifest's content hash, so the same data and parameters give the same id and the same bytes.
+With ``hash_content=True`` (what ``bench.py`` does) the parameters also hold ``data_sha256``, a hash
+of the bytes of every image and mask the episodes name: relabel one mask and the id changes.
 """
 from __future__ import annotations
 
@@ -254,6 +256,7 @@ def build_manifest(
     fold: str | None = None,
     max_queries_per_class: int | None = None,
     base_seed: int = 0,
+    hash_content: bool = False,
 ) -> Manifest:
     """Episodes of ``dataset`` (fields ``name, root, format, records, folds, meta``) under the SOFS protocol.
 
@@ -264,6 +267,7 @@ def build_manifest(
     :func:`_allocate_normal_queries`); a class gets at most as many as its object has normal
     images (one episode per normal image per (k, r)), none when the object has no normal images.
     Episodes are ordered by (k, r, class id, defective before normal, query id).
+    ``hash_content`` adds ``params["data_sha256"]`` (:func:`data_fingerprint`) to the hashed params.
     """
     shot_list = sorted({int(k) for k in shots})
     if not shot_list or shot_list[0] < 1:
@@ -307,7 +311,54 @@ def build_manifest(
         "n_defective_episodes": sum(not e.query_is_normal for e in episodes),
         "n_normal_episodes": sum(e.query_is_normal for e in episodes),
     }
+    if hash_content:
+        params["data_sha256"] = data_fingerprint(dataset.by_id(), named_ids(episodes))
     return Manifest(manifest_id_for(params, episodes), tuple(episodes), params)
+
+
+# ------------------------------------------------------------------------------------------------
+# data content
+
+
+def named_ids(episodes: Sequence[Episode]) -> list[str]:
+    return sorted({i for e in episodes for i in (*e.support_ids, e.query_id)})
+
+
+def data_fingerprint(by_id: dict[str, ImageRecord], image_ids: Sequence[str]) -> str:
+    """sha256 over (image id, image bytes hash, mask bytes hash, mask value) of ``image_ids``.
+
+    File hashes come from :class:`harness.provenance.ContentHashes` (cached by path, size and
+    mtime, so an unchanged dataset costs one ``stat`` per file). Link stubs are hashed by target.
+    """
+    from datasets.base import resolve_link_stub
+    from harness.provenance import ContentHashes
+
+    hashes = ContentHashes()
+    entries = []
+    for image_id in image_ids:
+        record = by_id[image_id]
+        files = [resolve_link_stub(Path(record.path))] + ([Path(record.mask_path)] if record.mask_path else [])
+        digests = []
+        for path in files:
+            try:
+                digests.append(hashes.digest(path))
+            except OSError as exc:
+                raise ManifestError(f"{path}: cannot read to hash the dataset ({exc.strerror or exc})") from None
+        entries.append([image_id, *digests, record.mask_value])
+    hashes.save()
+    return _sha256_hex(entries)
+
+
+def check_data_unchanged(manifest: Manifest, dataset) -> None:
+    """Refuse a manifest whose ``data_sha256`` no longer matches the dataset's files."""
+    expected = manifest.params.get("data_sha256")
+    by_id = dataset.by_id()
+    ids = named_ids(manifest.episodes)
+    if expected is None or any(i not in by_id for i in ids):
+        return  # built without content hashing, or ids missing (the runner names them)
+    if data_fingerprint(by_id, ids) != expected:
+        raise ManifestError(f"{dataset.root}: images or masks changed since manifest {manifest.manifest_id} "
+                            "was built; build a new manifest (bench.py episodes build)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,8 +367,12 @@ def build_manifest(
 
 def _atomic_write(path: Path, data: bytes) -> None:
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_bytes(data)
-    os.replace(temp, path)
+    try:
+        temp.write_bytes(data)
+        os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise ManifestError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def _episode_table(manifest: Manifest) -> pa.Table:
@@ -334,7 +389,10 @@ def write_manifest(manifest: Manifest, directory: str | os.PathLike) -> Path:
     Returns the Parquet path.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ManifestError(f"{directory}: cannot create ({exc.strerror or exc})") from None
     parquet_path = directory / f"{manifest.manifest_id}.parquet"
     sink = pa.BufferOutputStream()
     pq.write_table(_episode_table(manifest), sink, compression="zstd")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -173,6 +174,20 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
+def torch_load_problem(exc: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in a few words.
+
+    Torch's own text runs to several lines and suggests ``weights_only=False``, which would run
+    the file's code: wrong advice for a file that is not plain tensors, so it is not repeated.
+    """
+    text = " ".join(str(exc).split())
+    if "Weights only load failed" not in text:
+        return f"{type(exc).__name__}: {text.split('. ')[0][:160]}" if text else type(exc).__name__
+    detail = re.search(r"(Unsupported global: GLOBAL \S+|Unsupported operand \S+)", text)
+    kind = "holds Python objects besides tensors" if detail and "GLOBAL" in detail.group(1) else "not a torch tensor file"
+    return f"{kind}{f' ({detail.group(1)})' if detail else ''}; refused: only plain tensors are loaded"
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a plain state dict (weights_only), unwrapping common {"model": ...} containers."""
     path = Path(path)
@@ -181,8 +196,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise BackboneError(f"{path}: cannot read as a torch state dict ({type(exc).__name__}: {first})") from None
+        raise BackboneError(f"{path}: cannot read as a torch state dict ({torch_load_problem(exc)})") from None
     for key in ("model", "state_dict", "teacher"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

@@ -78,3 +78,57 @@ def hardware() -> dict:
     except ImportError:
         pass
     return info
+
+
+class ContentHashes:
+    """Fast content hashes of data files (blake2b-128), cached by real path + size + mtime.
+
+    The cache (``$SOFS_BENCH_CACHE/content-hashes.json``, else ``~/.cache/sofs-bench``) makes a
+    re-run over an unchanged dataset cost one ``stat`` per file; any rewrite of a file changes its
+    size or mtime and so is hashed again.
+    """
+
+    def __init__(self, cache_file: Path | None = None):
+        base = os.environ.get("SOFS_BENCH_CACHE") or os.path.expanduser("~/.cache/sofs-bench")
+        self.cache_file = Path(cache_file) if cache_file else Path(base) / "content-hashes.json"
+        self.entries: dict[str, list] | None = None
+        self.changed = False
+
+    def _load(self) -> dict[str, list]:
+        if self.entries is None:
+            try:
+                loaded = json.loads(self.cache_file.read_text())
+                self.entries = loaded if isinstance(loaded, dict) else {}
+            except (OSError, ValueError):
+                self.entries = {}  # no cache yet, or a damaged one: hash again
+        return self.entries
+
+    def digest(self, path: Path | str) -> str:
+        """Hex digest of the file's bytes; ``OSError`` propagates (the caller names the file)."""
+        real = os.path.realpath(path)
+        stat = os.stat(real)
+        key = [stat.st_size, stat.st_mtime_ns]
+        entries = self._load()
+        cached = entries.get(real)
+        if isinstance(cached, list) and cached[:2] == key and len(cached) == 3:
+            return cached[2]
+        digest = hashlib.blake2b(digest_size=16)
+        with open(real, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        entries[real] = [*key, digest.hexdigest()]
+        self.changed = True
+        return digest.hexdigest()
+
+    def save(self) -> None:
+        """Write the cache back (best effort: a read-only cache folder only costs re-hashing)."""
+        if not self.changed or self.entries is None:
+            return
+        tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp")
+        try:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.entries, separators=(",", ":")))
+            os.replace(tmp, self.cache_file)
+            self.changed = False
+        except OSError:
+            tmp.unlink(missing_ok=True)

@@ -5,10 +5,19 @@ One actor per worker slot holds an EpisodeWorker (weights loaded once). The driv
 ``max_attempts``), and turns a chunk that keeps killing workers into error rows. Resource requests
 are checked against the cluster before anything is submitted, because a request no node can
 satisfy makes Ray wait forever.
+
+A local cluster started here dies with the run: ``RayExecutor.close`` shuts it down (also on
+SIGTERM and Ctrl-C, which unwind through it), and its process ids are recorded in
+``$TMPDIR/sofs-bench-ray/<driver pid>.json`` so the next run reaps what a ``kill -9`` left behind.
 """
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -32,25 +41,116 @@ def local_ray_env() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *paths])
 
 
+_started_local = False  # this process started the local cluster it is connected to
+
+
+def _registry() -> Path:
+    return Path(tempfile.gettempdir()) / "sofs-bench-ray"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_ray_process(pid: int) -> bool:
+    try:
+        return b"ray" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def reap_orphans() -> int:
+    """Kill the Ray daemons of local clusters whose driver died without shutting them down.
+
+    Only processes this project recorded (same host, driver pid gone, command line still a Ray
+    one) are touched. Returns how many were killed.
+    """
+    killed = 0
+    for record_path in sorted(_registry().glob("*.json")):
+        try:
+            record = json.loads(record_path.read_text())
+            driver, pids, host = int(record["driver"]), [int(p) for p in record["pids"]], record["host"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if host != socket.gethostname() or _pid_alive(driver):
+            continue
+        for pid in pids:
+            if _pid_alive(pid) and _is_ray_process(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+                except OSError:
+                    pass
+        record_path.unlink(missing_ok=True)
+    return killed
+
+
+def _record_local_cluster() -> None:
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    processes = getattr(node, "all_processes", {}) or {}
+    pids = [info.process.pid for infos in processes.values() for info in infos
+            if getattr(info, "process", None) is not None]
+    try:
+        _registry().mkdir(parents=True, exist_ok=True)
+        (_registry() / f"{os.getpid()}.json").write_text(
+            json.dumps({"driver": os.getpid(), "host": socket.gethostname(), "pids": pids}))
+    except OSError:
+        pass  # best effort: only the reaping after a kill -9 is lost
+
+
+def shutdown_local() -> None:
+    """Shut down the local cluster this process started (no-op for a joined cluster)."""
+    global _started_local
+    if not _started_local:
+        return
+    import ray
+
+    ray.shutdown()
+    _started_local = False
+    (_registry() / f"{os.getpid()}.json").unlink(missing_ok=True)
+
+
+def started_local() -> bool:
+    return _started_local
+
+
 def connect(address: str | None, num_cpus: int | None = None) -> dict:
     """Join ``address`` (or $RAY_ADDRESS), or start a local cluster bound to 127.0.0.1."""
+    global _started_local
     local_ray_env()
     import ray
 
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
+        # ray.init installs its own SIGTERM handler (exit code 15); keep the caller's if it has one.
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGTERM) if main_thread else None
         try:
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
+                reap_orphans()
                 ray.init(
                     num_cpus=num_cpus,
                     include_dashboard=False,
                     _node_ip_address="127.0.0.1",
                     log_to_driver=False,
                 )
+                _started_local = True
+                _record_local_cluster()
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ClusterError(f"cannot connect to Ray at {address or 'a new local cluster'}: {exc}") from None
+        finally:
+            if callable(previous):
+                signal.signal(signal.SIGTERM, previous)
     return {k: float(v) for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
 
 
@@ -97,6 +197,12 @@ class RayExecutor:
         self.wait_timeout_s = wait_timeout_s
         self.start_timeout_s = start_timeout_s
         self.lost: list = []  # (WorkUnit, reason) of chunks that kept killing workers
+        self.owns_cluster = False  # set when the run's own connect started the local cluster
+
+    def close(self) -> None:
+        """End of the run: the local cluster its ``connect`` started (``owns_cluster``) goes down."""
+        if self.owns_cluster:
+            shutdown_local()
 
     def run(self, job: MethodJob, settings: EvalSettings, progress) -> None:
         import ray

@@ -1,7 +1,9 @@
 """One benchmark run end to end: dataset -> manifest -> executor -> store (+ run.json).
 
-Re-running the same command resumes: chunks whose Parquet part exists are skipped, so a killed
-run ends, after a re-run, with every episode exactly once.
+Re-running the same command resumes: chunks whose Parquet part verifies are skipped (a corrupt one
+is moved aside and recomputed), so a killed run ends, after a re-run, with every episode exactly
+once. One process writes a run folder at a time (``<run>/.lock``); a dataset whose image or mask
+bytes changed makes another manifest id, and resuming a run over changed data is refused.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +19,7 @@ from typing import Sequence
 
 from harness import provenance
 from harness.runner import EvalSettings, InlineExecutor, MethodJob, RowContext, WorkUnit, make_unit
-from harness.store import RunStore, StoreError, partition_value
+from harness.store import RunStore, StoreError, os_problem, partition_value
 from methods.base import MethodError, MethodSpec, REPO_ROOT
 
 
@@ -52,6 +55,8 @@ class RunConfig:
     gpus_per_worker: float = 0.0
     chunk_size: int | None = None
     save_predictions: bool = False
+    follow_links: bool = False  # read images/masks that resolve outside the dataset root
+    allow_replacement: bool = False  # let supports repeat when a class has fewer images than shots
     settings: EvalSettings = field(default_factory=EvalSettings)
     command: str = ""
 
@@ -104,16 +109,28 @@ def method_identity(spec: MethodSpec, weights: dict[str, Path]) -> tuple[str, st
     }
 
 
+def warn(text: str) -> None:
+    """A one-line warning on stderr (looked up at call time, so tests can capture it)."""
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
 def load_or_build_manifest(config: RunConfig, dataset):
-    from harness.episodes import build_manifest, read_manifest
+    """The manifest of ``--manifest``, or one built from the dataset with its content hash.
+
+    A built manifest whose supports would repeat (``--shots`` above the images a class has) is
+    refused unless ``config.allow_replacement``; a given manifest is checked against the data.
+    """
+    from harness.episodes import build_manifest, check_data_unchanged, read_manifest
 
     if config.manifest_path:
-        return read_manifest(Path(config.manifest_path))
+        manifest = read_manifest(Path(config.manifest_path))
+        check_data_unchanged(manifest, dataset)
+        return manifest
     settings = config.manifest
     fold = settings.fold if settings.fold is not None else default_fold(dataset)
     if fold == "all":
         fold = None
-    return build_manifest(
+    manifest = build_manifest(
         dataset,
         shots=settings.shots,
         seeds=settings.seeds,
@@ -122,12 +139,69 @@ def load_or_build_manifest(config: RunConfig, dataset):
         fold=fold,
         max_queries_per_class=settings.max_queries_per_class,
         base_seed=settings.base_seed,
+        hash_content=True,
     )
+    check_supports(manifest, config.allow_replacement)
+    return manifest
+
+
+def check_supports(manifest, allow_replacement: bool) -> None:
+    """Refuse (or, with ``allow_replacement``, warn about) episodes whose supports repeat."""
+    repeated = manifest.params.get("supports_with_replacement") or []
+    if not repeated:
+        return
+    shots = sorted({int(item.rsplit("@", 1)[1]) for item in repeated})
+    classes = sorted({item.rsplit("@", 1)[0] for item in repeated})
+    text = (f"--shots {','.join(map(str, shots))}: {len(classes)} class(es) have fewer other images than shots "
+            f"(e.g. {classes[0]}), so their supports would repeat")
+    if not allow_replacement:
+        raise RunError(f"{text}; lower --shots, or pass --allow-replacement to draw with replacement")
+    warn(f"{text}; drawn with replacement (--allow-replacement)")
+
+
+def record_skipped_inputs(dataset, run_dir: Path) -> Path | None:
+    """Write the dataset files the adapter left out to ``<run>/skipped_inputs.tsv``; one summary line."""
+    from harness.store import atomic_write_bytes
+
+    skipped = dataset.meta.get("skipped") or []
+    path = run_dir / "skipped_inputs.tsv"
+    if not skipped:
+        return None
+    lines = ["path\treason\tproblem"] + [
+        "\t".join(str(item.get(key, "")).replace("\t", " ").replace("\n", " ") for key in ("path", "reason", "problem"))
+        for item in skipped]
+    atomic_write_bytes(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    reasons = Counter(item.get("reason", "?") for item in skipped)
+    by_reason = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(reasons.items()))
+    warn(f"{len(skipped)} dataset file(s) left out ({by_reason}); list: {path}")
+    return path
+
+
+def check_resumable(store: RunStore, previous: dict, config: RunConfig, manifest) -> None:
+    """Refuse to add to a run folder made by another manifest, data, or evaluation settings."""
+    run_dir = store.run_dir
+    if not previous and any(store.part_files(spec.name) for spec in config.methods):
+        raise RunError(f"{run_dir}: holds episode parts but no run.json; cannot tell how they were chunked, use another --out")
+    if previous and previous.get("manifest_id") not in (None, manifest.manifest_id):
+        before = previous.get("manifest_params") or {}
+        ignore = ("data_sha256", "dataset_root")
+        same_sampling = {k: v for k, v in before.items() if k not in ignore} == \
+            {k: v for k, v in manifest.params.items() if k not in ignore}
+        if same_sampling and before.get("data_sha256") != manifest.params.get("data_sha256"):
+            raise RunError(
+                f"{run_dir}: the dataset's images or masks changed since this run was made (manifest "
+                f"{previous['manifest_id']}, now {manifest.manifest_id}); resuming would mix labels, use another --out")
+        raise RunError(
+            f"{run_dir}: holds manifest {previous['manifest_id']}, this command makes {manifest.manifest_id}; "
+            "use another --out"
+        )
+    settings_record = json.loads(json.dumps(asdict(config.settings)))
+    if previous and previous.get("eval_settings") not in (None, settings_record):
+        raise RunError(f"{run_dir}: was scored with other evaluation settings {previous['eval_settings']}; use another --out")
 
 
 def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
     from datasets.base import load_dataset
-    from harness.episodes import write_manifest
 
     started = time.time()
     if not config.methods:
@@ -145,7 +219,7 @@ def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
     if len({s.name for s in config.methods}) != len(config.methods):
         raise RunError("a method is listed twice in --methods")
 
-    dataset = load_dataset(config.dataset, config.dataset_format)
+    dataset = load_dataset(config.dataset, config.dataset_format, follow_links=config.follow_links)
     manifest = load_or_build_manifest(config, dataset)
     if not manifest.episodes:
         raise RunError(f"{config.dataset}: the manifest has no episodes (check --fold and the dataset's classes)")
@@ -156,25 +230,39 @@ def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
 
     run_dir = Path(config.out) if config.out else Path(config.results_root) / f"{dataset.name}-{manifest.manifest_id[:8]}"
     store = RunStore(run_dir)
+    with store.lock(warn=warn):
+        return _execute_locked(config, store, dataset, manifest, identities, progress_out, started)
+
+
+def _execute_locked(config: RunConfig, store: RunStore, dataset, manifest, identities, progress_out,
+                    started: float) -> RunSummary:
+    from harness.episodes import write_manifest
+
+    run_dir = store.run_dir
     previous = store.read_json()
-    if not previous and any(store.done_chunks(spec.name) for spec in config.methods):
-        raise RunError(f"{run_dir}: holds episode parts but no run.json; cannot tell how they were chunked, use another --out")
-    if previous and previous.get("manifest_id") not in (None, manifest.manifest_id):
-        raise RunError(
-            f"{run_dir}: holds manifest {previous['manifest_id']}, this command makes {manifest.manifest_id}; "
-            "use another --out"
-        )
-    settings_record = asdict(config.settings)
-    if previous and previous.get("eval_settings") not in (None, json.loads(json.dumps(settings_record))):
-        raise RunError(f"{run_dir}: was scored with other evaluation settings {previous['eval_settings']}; use another --out")
+    check_resumable(store, previous, config, manifest)
     write_manifest(manifest, store.manifest_dir)
+    record_skipped_inputs(dataset, run_dir)
 
     executor = make_executor(config)
+    try:
+        return _run_methods(config, store, dataset, manifest, identities, previous, executor, progress_out, started)
+    finally:
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()
+
+
+def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identities, previous, executor,
+                 progress_out, started: float) -> RunSummary:
+    run_dir = store.run_dir
     workers = getattr(executor, "workers", 1)
     chunk_size = config.chunk_size or previous.get("chunk_size") or choose_chunk_size(len(manifest.episodes), workers)
     if previous.get("chunk_size") not in (None, chunk_size):
         raise RunError(f"{run_dir}: was chunked by {previous['chunk_size']} episodes; drop --chunk-size to resume")
     chunks = [tuple(manifest.episodes[i : i + chunk_size]) for i in range(0, len(manifest.episodes), chunk_size)]
+    chunk_rows = {index: len(chunk) for index, chunk in enumerate(chunks)}
+    by_id = dataset.by_id()
 
     run_id = previous.get("run_id") or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{manifest.manifest_id[:8]}"
     stored_methods = dict(previous.get("methods", {}))
@@ -187,7 +275,7 @@ def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
                     "meta": {k: v for k, v in dataset.meta.items() if not isinstance(v, (list, dict))}},
         "manifest_id": manifest.manifest_id,
         "manifest_params": manifest.params,
-        "eval_settings": settings_record,
+        "eval_settings": asdict(config.settings),
         "chunk_size": chunk_size,
         "git": provenance.git_info(),
         "packages": provenance.package_versions(),
@@ -210,12 +298,12 @@ def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
         stored = stored_methods.get(spec.name)
         if config.overwrite == "always":
             store.clear_method(spec.name)
-        elif stored and stored.get("config_hash") != config_hash and store.done_chunks(spec.name):
+        elif stored and stored.get("config_hash") != config_hash and store.part_files(spec.name):
             raise RunError(
                 f"{run_dir}: method '{spec.name}' was run with another config or weights "
                 f"({stored.get('config_hash')} vs {config_hash}); use --overwrite always or another --out"
             )
-        done = store.done_chunks(spec.name)
+        done = store.done_chunks(spec.name, chunk_rows, warn=warn)
         if config.overwrite == "never" and done:
             raise RunError(f"{run_dir}: method '{spec.name}' already has results and --overwrite never was given")
         stored_methods[spec.name] = {**identity, "config_hash": config_hash}
@@ -233,6 +321,7 @@ def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
     total = sum(len(u.episodes) for job in jobs for u in job.units)
     progress = make_progress(total, progress_out)
     record["status"] = "interrupted"
+    failure: BaseException | None = None
     try:
         for job, summary in zip(jobs, summaries):
             if job.units:
@@ -243,18 +332,33 @@ def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
                     summary.lost += len(unit.episodes)
                     summary.errors[f"not stored, re-run to retry: {reason}"] = len(unit.episodes)
         record["status"] = "complete" if not any(s.lost for s in summaries) else "incomplete"
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         progress.close()
-        record["ended_at"] = datetime.now(timezone.utc).isoformat()
-        record["elapsed_s"] = record.get("elapsed_s", 0.0) + (time.time() - started)
-        record["counts"] = count_stored(store, [s.name for s in config.methods], len(manifest.episodes))
-        store.write_json(record)
+        finish_record(store, record, [s.name for s in config.methods], len(manifest.episodes), started, failure)
     return RunSummary(run_dir, manifest.manifest_id, len(manifest.episodes), summaries, time.time() - started)
+
+
+def finish_record(store: RunStore, record: dict, methods: Sequence[str], planned_per_method: int, started: float,
+                  failure: BaseException | None) -> None:
+    """Write the final run.json; while another error is on its way out, only warn if that fails too."""
+    record["ended_at"] = datetime.now(timezone.utc).isoformat()
+    record["elapsed_s"] = record.get("elapsed_s", 0.0) + (time.time() - started)
+    record["counts"] = count_stored(store, methods, planned_per_method)
+    try:
+        store.write_json(record)
+    except StoreError as exc:
+        if failure is None:
+            raise
+        warn(f"{exc} (run.json not updated; the stored parts are kept)")
 
 
 def make_writer(store: RunStore, summary: MethodSummary):
     def write(unit: WorkUnit, rows: list[dict]) -> None:
         errors_log = store.run_dir / "errors.log"
+        lines = []
         for row in rows:
             trace = row.pop("error_trace", None)
             if row["status"] == "ok":
@@ -262,11 +366,16 @@ def make_writer(store: RunStore, summary: MethodSummary):
                 continue
             summary.failed += 1
             summary.errors[row["status"]] = summary.errors.get(row["status"], 0) + 1
-            with open(errors_log, "a") as log:
-                log.write(f"[{unit.method}] episode {row['episode_id']} (query {row['query_id']}): {row['status']}\n")
-                if trace:
-                    log.write(trace + "\n")
+            lines.append(f"[{unit.method}] episode {row['episode_id']} (query {row['query_id']}): {row['status']}\n")
+            if trace:
+                lines.append(trace + "\n")
         store.write_part(unit.method, unit.chunk_index, rows)
+        if lines:
+            try:
+                with open(errors_log, "a") as log:
+                    log.writelines(lines)
+            except OSError as exc:
+                warn(f"{errors_log}: cannot append error details ({os_problem(exc)}); the rows keep their status")
 
     return write
 
@@ -276,7 +385,7 @@ def count_stored(store: RunStore, methods: Sequence[str], planned_per_method: in
 
     try:
         frame = read_run(store.run_dir, columns=["method", "status"])
-    except (StoreError, OSError):
+    except StoreError:
         return {"planned": planned_per_method * len(methods), "done": 0, "failed": 0}
     frame = frame[frame["method"].isin([partition_value(m) for m in methods])]
     failed = int((frame["status"] != "ok").sum())
@@ -297,8 +406,11 @@ def make_executor(config: RunConfig):
         return InlineExecutor(threads=int(config.cpus_per_worker) if config.cpus_per_worker else None)
     if config.executor != "ray":
         raise RunError(f"unknown executor '{config.executor}' (ray or inline)")
-    from harness.ray_executor import RayExecutor, check_resources, connect
+    import ray
 
+    from harness.ray_executor import RayExecutor, check_resources, connect, started_local
+
+    joined_existing = ray.is_initialized()  # e.g. a test session's cluster: not ours to shut down
     resources = connect(config.address)
     workers = config.workers or auto_workers(resources, config.gpus_per_worker)
     if workers < 1:
@@ -307,6 +419,7 @@ def make_executor(config: RunConfig):
     check_resources(resources, workers, cpus, config.gpus_per_worker)
     executor = RayExecutor(workers, cpus, config.gpus_per_worker)
     executor.resources = resources
+    executor.owns_cluster = not joined_existing and started_local()
     return executor
 
 

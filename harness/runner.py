@@ -205,8 +205,11 @@ class EpisodeWorker:
         path = self.predictions_dir / f"{episode.episode_id}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-        Image.fromarray(np.round(np.clip(score_map, 0, 1) * 255).astype(np.uint8)).save(tmp)
-        os.replace(tmp, path)
+        try:
+            Image.fromarray(np.round(np.clip(score_map, 0, 1) * 255).astype(np.uint8)).save(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a full disk must not leave half-written temp files
         return path
 
 

@@ -1,12 +1,16 @@
 """The results store: one folder per run, one Parquet part per finished chunk, plus run.json.
 
     results/<run>/run.json                                 provenance (see harness.provenance)
+    results/<run>/.lock                                    {"pid", "host", "since"} while a run writes
     results/<run>/manifest/<manifest_id>.parquet (+ .json) the episodes this run evaluates
     results/<run>/episodes/method=<m>/part-<chunk>.parquet one row per episode (harness.schema)
+    results/<run>/episodes/.corrupt/                       parts that failed verification, moved aside
     results/<run>/predictions/<m>/<episode_id>.png         optional 8-bit score maps
 
 Part names are deterministic (the chunk index in the manifest order) and written to a temp file
 then renamed, so a killed run leaves only whole parts and a re-run replaces a chunk's own file.
+A part counts as done only when its footer reads back with the episode schema and the chunk's row
+count (a truncated or foreign file is moved to ``episodes/.corrupt/`` and its chunk recomputed).
 Everything reads back with plain pandas / pyarrow / DuckDB (hive partitioning on ``method``).
 """
 from __future__ import annotations
@@ -15,7 +19,11 @@ import json
 import os
 import re
 import shutil
+import socket
+import time
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
@@ -23,6 +31,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from harness.schema import EPISODE_SCHEMA, EPISODE_SCHEMA_WITH_METHOD
+
+Warn = Callable[[str], None]
+KEY_COLUMNS = ("episode_id", "manifest_id", "method_config_hash", "status")
 
 
 class StoreError(Exception):
@@ -34,13 +45,64 @@ def partition_value(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
 
 
+def os_problem(exc: OSError) -> str:
+    """``"No space left on device"``: the OS reason without errno and path (callers name the file)."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(temp)`` then rename over ``path``; the temp file never survives a failure.
+
+    An ``OSError`` (disk full, permissions) becomes a ``StoreError`` naming ``path``.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot write ({os_problem(exc)})") from None
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass  # renamed (the usual case) or never created
+
+
+def verify_part(path: Path, rows: int | None = None) -> str | None:
+    """Why ``path`` is not a whole part of ``rows`` episode rows, or ``None`` when it is.
+
+    Reads only the Parquet footer: every column must be an episode-schema column of the same type
+    (a part of an older schema version may lack newer columns: ``read_run`` fills them with nulls),
+    the key columns must be there, and the row count must be the chunk's (a part of another chunk
+    size, a truncated copy or a foreign file fail).
+    """
+    try:
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException) as exc:
+        return f"unreadable Parquet ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
+    for column in schema:
+        expected = EPISODE_SCHEMA.field(column.name) if column.name in EPISODE_SCHEMA.names else None
+        if expected is None or not expected.type.equals(column.type):
+            return f"column {column.name} ({column.type}) is not in the episode schema"
+    absent = [name for name in KEY_COLUMNS if name not in schema.names]
+    if absent:
+        return f"lacks the key column(s) {', '.join(absent)}"
+    if rows is not None and meta.num_rows != rows:
+        return f"{meta.num_rows} rows, its chunk has {rows}"
+    return None
+
+
 class RunStore:
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.episodes_dir = self.run_dir / "episodes"
         self.predictions_dir = self.run_dir / "predictions"
         self.manifest_dir = self.run_dir / "manifest"
+        self.corrupt_dir = self.episodes_dir / ".corrupt"
         self.run_json = self.run_dir / "run.json"
+        self.lock_path = self.run_dir / ".lock"
 
     def method_dir(self, method: str) -> Path:
         return self.episodes_dir / f"method={partition_value(method)}"
@@ -51,25 +113,52 @@ class RunStore:
     def prediction_path(self, method: str, episode_id: str) -> Path:
         return self.predictions_dir / partition_value(method) / f"{episode_id}.png"
 
-    def done_chunks(self, method: str) -> set[int]:
-        """Chunk indices whose part file exists (parts are atomic, so they are complete)."""
+    def part_files(self, method: str) -> dict[int, Path]:
         folder = self.method_dir(method)
         if not folder.is_dir():
-            return set()
-        return {
-            int(p.stem.removeprefix("part-"))
-            for p in folder.glob("part-*.parquet")
-            if p.stem.removeprefix("part-").isdigit()
-        }
+            return {}
+        return {int(p.stem.removeprefix("part-")): p for p in folder.glob("part-*.parquet")
+                if p.stem.removeprefix("part-").isdigit()}
+
+    def done_chunks(self, method: str, chunk_rows: dict[int, int] | None = None,
+                    warn: Warn | None = None) -> set[int]:
+        """Chunk indices whose part is stored.
+
+        Without ``chunk_rows`` a part counts when its file exists (parts are renamed into place
+        whole). With ``chunk_rows`` (chunk index -> episodes) each part is verified first
+        (:func:`verify_part`); a bad one is moved to ``episodes/.corrupt/`` with a ``warn`` line,
+        so its chunk is computed again.
+        """
+        parts = self.part_files(method)
+        if chunk_rows is None:
+            return set(parts)
+        done = set()
+        for index, path in sorted(parts.items()):
+            problem = verify_part(path, chunk_rows.get(index))
+            if problem is None:
+                done.add(index)
+                continue
+            moved = self.quarantine(path)
+            if warn is not None:
+                warn(f"{path}: {problem}; moved to {moved}, the chunk is computed again")
+        return done
+
+    def quarantine(self, path: Path) -> Path:
+        """Move a bad part out of the dataset (``episodes/.corrupt/method=<m>/<name>.<time>``)."""
+        target = self.corrupt_dir / path.parent.name / f"{path.name}.{datetime.now():%Y%m%dT%H%M%S%f}"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+        except OSError as exc:
+            raise StoreError(f"{path}: corrupt part cannot be moved aside ({os_problem(exc)}); "
+                             "delete it and run again") from None
+        return target
 
     def write_part(self, method: str, chunk_index: int, rows: list[dict]) -> Path:
         """Write one chunk's rows atomically (temp file + rename) with the explicit schema."""
         table = pa.Table.from_pylist(rows, schema=EPISODE_SCHEMA)
         path = self.part_path(method, chunk_index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp))
         return path
 
     def clear_method(self, method: str) -> None:
@@ -77,18 +166,142 @@ class RunStore:
         shutil.rmtree(self.predictions_dir / partition_value(method), ignore_errors=True)
 
     def read_json(self) -> dict:
-        if not self.run_json.exists():
-            return {}
         try:
-            return json.loads(self.run_json.read_text())
+            text = self.run_json.read_text()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise StoreError(f"{self.run_json}: cannot read ({os_problem(exc)})") from None
+        try:
+            record = json.loads(text)
         except json.JSONDecodeError as exc:
             raise StoreError(f"{self.run_json}: not valid JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise StoreError(f"{self.run_json}: not a run record (a JSON object)")
+        return record
 
     def write_json(self, record: dict) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_json.with_name(f".run.json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, self.run_json)
+        text = json.dumps(record, indent=2, sort_keys=True, default=str)
+        atomic_write_bytes(self.run_json, lambda tmp: tmp.write_text(text))
+
+    def lock(self, warn: Warn | None = None) -> "RunLock":
+        """Take the run folder for this process (see :class:`RunLock`)."""
+        return RunLock(self.lock_path, warn).acquire()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+class RunLock:
+    """``<run>/.lock``: one writer per run folder, created with O_EXCL and holding pid + host.
+
+    A lock left by a dead process on this host (kill -9, power loss of a container) is taken over
+    with a warning; a live one, or one from another host, is refused with who holds it.
+    """
+
+    STALE_UNREADABLE_S = 60.0  # a lock file cut short while being written, older than this, is stale
+
+    def __init__(self, path: Path, warn: Warn | None = None):
+        self.path = Path(path)
+        self.warn = warn
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.path.parent}: cannot create the run folder ({os_problem(exc)})") from None
+        for _ in range(3):
+            if self._create():
+                self.held = True
+                return self
+            holder = self._holder()
+            if holder is None:
+                continue  # released between our attempt and the read
+            if not self._stale(holder):
+                raise StoreError(
+                    f"{self.path.parent}: in use by pid {holder.get('pid')} on {holder.get('host')} "
+                    f"since {holder.get('since')} (lock {self.path}); wait for it, or delete the lock "
+                    "if that process is gone")
+            if self.warn is not None:
+                self.warn(f"{self.path}: taking over a stale lock of pid {holder.get('pid')} on "
+                          f"{holder.get('host')} (that process is gone)")
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+        raise StoreError(f"{self.path}: could not take the run folder lock (another run keeps taking it)")
+
+    def _create(self) -> bool:
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create the run lock ({os_problem(exc)})") from None
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(info))
+        except OSError as exc:
+            self.path.unlink(missing_ok=True)
+            raise StoreError(f"{self.path}: cannot write the run lock ({os_problem(exc)})") from None
+        return True
+
+    def _holder(self) -> dict | None:
+        try:
+            text = self.path.read_text()
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot read the run lock ({os_problem(exc)})") from None
+        try:
+            holder = json.loads(text)
+            if not isinstance(holder, dict):
+                raise ValueError
+        except ValueError:
+            return {"pid": "?", "host": "?", "since": "?", "unreadable_age_s": age}
+        return holder
+
+    def _stale(self, holder: dict) -> bool:
+        if "unreadable_age_s" in holder:
+            return holder["unreadable_age_s"] > self.STALE_UNREADABLE_S
+        if holder.get("host") != socket.gethostname():
+            return False  # cannot see that host's processes
+        pid = holder.get("pid")
+        return isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid)
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            try:
+                self.path.unlink()
+            except OSError:
+                pass  # the folder went away or became read-only: the next run takes the lock over
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _bad_part(episodes: Path) -> str | None:
+    """The first part under ``episodes`` that does not verify, with its problem (for error lines)."""
+    for path in sorted(episodes.glob("method=*/part-*.parquet")):
+        problem = verify_part(path)
+        if problem is not None:
+            return f"{path}: {problem}"
+    return None
 
 
 def read_run(run_dir: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -96,12 +309,19 @@ def read_run(run_dir: Path | str, columns: list[str] | None = None) -> pd.DataFr
     episodes = Path(run_dir) / "episodes"
     if not episodes.is_dir():
         raise StoreError(f"{run_dir}: not a run folder (no episodes/ inside)")
-    dataset = ds.dataset(
-        episodes,
-        format="parquet",
-        partitioning=ds.partitioning(pa.schema([pa.field("method", pa.string())]), flavor="hive"),
-        schema=EPISODE_SCHEMA_WITH_METHOD,
-        exclude_invalid_files=False,
-        ignore_prefixes=[".", "_"],
-    )
-    return dataset.to_table(columns=columns).to_pandas()
+    try:
+        dataset = ds.dataset(
+            episodes,
+            format="parquet",
+            partitioning=ds.partitioning(pa.schema([pa.field("method", pa.string())]), flavor="hive"),
+            schema=EPISODE_SCHEMA_WITH_METHOD,
+            exclude_invalid_files=False,
+            ignore_prefixes=[".", "_"],
+        )
+        return dataset.to_table(columns=columns).to_pandas()
+    except (OSError, pa.ArrowException) as exc:
+        where = _bad_part(episodes)
+        if where is not None:
+            raise StoreError(f"{where} (run the same command to recompute it, or delete the file)") from None
+        raise StoreError(f"{episodes}: cannot read the episode parts "
+                         f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None

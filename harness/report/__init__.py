@@ -20,7 +20,7 @@ from harness.report.aggregate import (DEFAULT_COMPONENT_EDGES_PX, DEFAULT_SIZE_E
                                       aggregate)
 from harness.report.confidence import confidence_tables
 from harness.report.html import SECTIONS, render_report
-from harness.report.load import MethodSource, load_runs
+from harness.report.load import MethodSource, coverage_notes, load_runs
 from harness.report.overlays import (PixelSource, episode_figure, largest_disagreements,
                                      pick_examples, prediction_sweeps)
 from harness.report.synthetic import benchmark_aggregation, make_synthetic_rows
@@ -91,7 +91,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, *, formats=("md", "csv", "
         paired[["ci_low", "ci_high", "p_a_better"]] = float("nan")
         paired["significant"] = False
 
-    section_notes: dict[str, list[str]] = {}
+    section_notes: dict[str, list[str]] = {"summary": coverage_notes(rows, sources)}
     tables = {"summary": summary_table(agg, intervals, paired, bootstrap),
               "size": size_table(agg), "components": component_table(agg),
               "paired": paired_table(paired, bootstrap)}

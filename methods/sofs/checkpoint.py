@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from methods.base import MethodError
-from harness.features import FeatureExtractor
+from harness.features import FeatureExtractor, torch_load_problem
 from methods.sofs.model import HeadConfig, SOFSHead
 
 FORMAT = "sofs-bench/sofs-head/1"
@@ -112,8 +112,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{path}: cannot read as a SOFS checkpoint ({type(exc).__name__}: {first})") from None
+        raise CheckpointError(f"{path}: cannot read as a SOFS checkpoint ({torch_load_problem(exc)})") from None
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
         return dict(raw["state_dict"]), dict(raw["hparams"])
     for key in ("model", "state_dict"):
