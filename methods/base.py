@@ -98,11 +98,9 @@ def get_entry(name: str) -> MethodEntry:
     import methods.registry  # noqa: F401  (fills REGISTRY)
 
     if name not in REGISTRY:
-        import difflib
+        from harness.features import did_you_mean
 
-        close = difflib.get_close_matches(name, REGISTRY, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise MethodError(f"unknown method '{name}'{hint}; known: {', '.join(sorted(REGISTRY))}")
+        raise MethodError(f"unknown method '{name}'{did_you_mean(name, REGISTRY)}; known: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
 
 

@@ -27,3 +27,16 @@ def ray_cluster():
     import ray
 
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def lite0_file(tmp_path_factory):
+    """Random-init EfficientNet-Lite0 weights in timm names (the architecture, not Google's weights)."""
+    import torch
+
+    from harness.features import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "lite0_random.pt"
+    torch.save(build_model("efficientnet_lite0").state_dict(), path)
+    return path

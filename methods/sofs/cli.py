@@ -36,6 +36,8 @@ EPISODE = EpisodeConfig()
               help="eta of the normal-query Dice term (reference train.sh: 1, 1, 1e5 for splits 0, 1, 2).")
 @click.option("--ce-weight", type=float, default=DEFAULTS.ce_weight, show_default=True,
               help="Weight of the pixel CE term (reference 0.01; Dice weight 1).")
+@click.option("--ce-form", type=click.Choice(["reference", "logits"]), default=DEFAULTS.ce_form, show_default=True,
+              help="CE as the reference, -log(p + 1e-6) (flat once p < 1e-6), or from logits (never saturates).")
 @click.option("--alpha", type=float, default=EPISODE.alpha, show_default=True,
               help="Probability of a non-defect-anchored query crop.")
 @click.option("--area-resize-ratio", type=float, default=EPISODE.area_resize_ratio, show_default=True,
@@ -52,7 +54,7 @@ EPISODE = EpisodeConfig()
 @click.option("--stop-after", type=int, default=None, help="Stop after this many steps in this call (resume continues).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_sofs(dataset, fold, backbone, backbone_weights, layers, image_size, reduce_dim, steps, batch_size, accumulate,
-               lr, seed, out, resume, device, smooth_r, ce_weight, alpha, area_resize_ratio, shot, s_in_shot,
+               lr, seed, out, resume, device, smooth_r, ce_weight, ce_form, alpha, area_resize_ratio, shot, s_in_shot,
                checkpoint_every, variants, cache_mb, augment, abnormal_prior, intensity_downsampling,
                stop_after, quiet):
     """Meta-train the SOFS head on the base classes of DATASET (episodic, spec §3)."""
@@ -71,7 +73,7 @@ def train_sofs(dataset, fold, backbone, backbone_weights, layers, image_size, re
     config = TrainConfig(
         backbone=backbone, backbone_weights=str(backbone_weights or ""), layers=layer_ids,
         reduce_dim=reduce_dim, fold=fold, steps=steps, batch_size=batch_size, accumulate=accumulate,
-        lr=lr, seed=seed, smooth_r=smooth_r, ce_weight=ce_weight, abnormal_prior=abnormal_prior,
+        lr=lr, seed=seed, smooth_r=smooth_r, ce_weight=ce_weight, ce_form=ce_form, abnormal_prior=abnormal_prior,
         intensity_downsampling=intensity_downsampling, checkpoint_every=checkpoint_every,
         cache_mb=cache_mb, device=device,
         episode=EpisodeConfig(shot=shot, s_in_shot=s_in_shot, area_resize_ratio=area_resize_ratio,

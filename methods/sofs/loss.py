@@ -42,7 +42,22 @@ def binary_ce(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(target * torch.log(prob + LOG_EPS) + (1 - target) * torch.log(1 - prob + LOG_EPS)).mean()
 
 
+def logits_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The same CE computed from logits (``binary_cross_entropy_with_logits``): its gradient,
+    ``sigmoid(z) - y``, never vanishes, while ``log(p + 1e-6)`` is flat once ``p < 1e-6``."""
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+CE_FORMS = ("reference", "logits")
+
+
 def sofs_loss(prob: torch.Tensor, target: torch.Tensor, smooth_r: float = 1e5,
-              dice_weight: float = 1.0, ce_weight: float = 0.01) -> torch.Tensor:
-    """dice_weight * mixed normal Dice + ce_weight * CE; prob = sigmoid(logits) ``[B, 37, 37]``."""
-    return dice_weight * mixed_normal_dice(prob, target, smooth_r) + ce_weight * binary_ce(prob, target)
+              dice_weight: float = 1.0, ce_weight: float = 0.01,
+              logits: torch.Tensor | None = None) -> torch.Tensor:
+    """dice_weight * mixed normal Dice + ce_weight * CE; prob = sigmoid(logits) ``[B, 37, 37]``.
+
+    With ``logits`` the CE term is :func:`logits_ce` (no saturation; see methods/sofs/README.md
+    decision 22), else the reference's ``log(p + 1e-6)`` form (:func:`binary_ce`).
+    """
+    ce = binary_ce(prob, target) if logits is None else logits_ce(logits, target)
+    return dice_weight * mixed_normal_dice(prob, target, smooth_r) + ce_weight * ce

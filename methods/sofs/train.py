@@ -30,7 +30,7 @@ from harness.features import BackboneError, default_weights
 from methods.base import REPO_ROOT, MethodError
 from methods.sofs.checkpoint import atomic_save, file_sha256, hparams_of, load_backbone, save_head
 from methods.sofs.data import EpisodeConfig, EpisodeSampler, ViewSpec
-from methods.sofs.loss import patch_target, sofs_loss
+from methods.sofs.loss import CE_FORMS, patch_target, sofs_loss
 from methods.sofs.model import HeadConfig, SOFSHead, SOFSModel
 
 TRAIN_FORMAT = "sofs-bench/sofs-train/1"
@@ -56,6 +56,7 @@ class TrainConfig:
     smooth_r: float = 1e5
     dice_weight: float = 1.0
     ce_weight: float = 0.01
+    ce_form: str = "reference"  # "logits": CE from logits, no saturation (README decision 22)
     target_threshold: float = 0.1
     abnormal_prior: bool = True
     intensity_downsampling: bool = True
@@ -101,6 +102,8 @@ class FeatureCache:
 
 
 def build_training_model(config: TrainConfig) -> tuple[SOFSModel, dict[str, Any]]:
+    if config.ce_form not in CE_FORMS:
+        raise MethodError(f"ce_form must be one of {', '.join(CE_FORMS)}, not {config.ce_form!r}")
     backbone_path = _backbone_path(config)
     features = load_backbone(config.backbone, backbone_path, config.layers)
     if config.episode.image_size % features.pad_multiple:
@@ -204,7 +207,9 @@ def micro_batch_loss(
     context = model.support_context(support_features, support_masks)
     output = model.query(query_features, context)
     target = patch_target(masks[:batch], model.patch, config.target_threshold, config.intensity_downsampling)
-    return sofs_loss(torch.sigmoid(output.logits), target, config.smooth_r, config.dice_weight, config.ce_weight)
+    logits = output.logits if config.ce_form == "logits" else None
+    return sofs_loss(torch.sigmoid(output.logits), target, config.smooth_r, config.dice_weight,
+                     config.ce_weight, logits=logits)
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:

@@ -9,15 +9,6 @@ from harness.features import (
 )
 
 
-@pytest.fixture(scope="module")
-def lite0_file(tmp_path_factory):
-    """Random-init EfficientNet-Lite0 weights in timm names (the architecture, not Google's weights)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "lite0_random.pt"
-    torch.save(build_model("efficientnet_lite0").state_dict(), path)
-    return path
-
-
 @pytest.mark.parametrize("levels, stride, pad, dims", [
     ((2, 3), 8, 16, (40, 80)),
     ((2, 4, 5), 8, 32, (40, 112, 192)),

@@ -14,14 +14,6 @@ from tests.methods.test_sofs_fixtures import single_thread
 LEVELS = (2, 3)  # EfficientNet-Lite0 stages: stride 8 (40 ch) + stride 16 (80 ch) upsampled
 
 
-@pytest.fixture(scope="module")
-def lite0_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "lite0_random.pt"
-    torch.save(build_model("efficientnet_lite0").state_dict(), path)
-    return path
-
-
 def _head(seed=0):
     torch.manual_seed(seed)
     return SOFSHead(HeadConfig(backbone_dim=0, num_layers=2, level_dims=(40, 80), reduce_dim=16, transformer_dim=16))

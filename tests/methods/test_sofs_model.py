@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.features import ViTFeatures, load_vit
-from methods.sofs.loss import binary_ce, mixed_normal_dice, patch_target, sofs_loss
+from methods.sofs.loss import binary_ce, logits_ce, mixed_normal_dice, patch_target, sofs_loss
 from methods.sofs.model import (
     HeadConfig, SOFSHead, SOFSModel, abnormal_prior, count_parameters, downsample_mask,
     nonlearnable_fusion, semantic_similarity, weighted_gap,
@@ -26,6 +26,23 @@ def test_loss_defective_episode_by_hand():
     assert mixed_normal_dice(prob, target, 1e5).item() == pytest.approx(dice, rel=1e-6)
     assert binary_ce(prob, target).item() == pytest.approx(ce, rel=1e-6)
     assert sofs_loss(prob, target, 1e5).item() == pytest.approx(dice + 0.01 * ce, rel=1e-6)
+
+
+def test_logits_ce_equals_the_reference_ce_until_the_reference_saturates():
+    target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    logits = torch.tensor([[[0.3, -1.2], [2.0, -0.5]]])
+    prob = torch.sigmoid(logits)
+    assert logits_ce(logits, target).item() == pytest.approx(binary_ce(prob, target).item(), abs=1e-5)
+    combined = sofs_loss(prob, target, 1.0, 1.0, 1.0, logits=logits)
+    assert combined.item() == pytest.approx((mixed_normal_dice(prob, target, 1.0) + logits_ce(logits, target)).item())
+    # A defect pixel at logit -30 (p ~ 1e-13): the reference's log(p + 1e-6) has no gradient left,
+    # the logits form still pulls the logit up (d/dz = sigmoid(z) - 1 ~ -1 per pixel, / 4 pixels).
+    deep = torch.full((1, 2, 2), -30.0, requires_grad=True)
+    binary_ce(torch.sigmoid(deep), target).backward()
+    assert deep.grad.abs().max().item() < 1e-6
+    deep.grad = None
+    logits_ce(deep, target).backward()
+    assert deep.grad[0, 0, 0].item() == pytest.approx(-0.25, abs=1e-6)
 
 
 def test_loss_normal_episode_by_hand():
