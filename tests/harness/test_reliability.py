@@ -262,3 +262,44 @@ def test_more_shots_than_supports_is_refused_unless_replacement_is_allowed(tmp_p
     assert not (tmp_path / "run").exists()
     summary = execute(config(dataset, tmp_path / "run", manifest=many, allow_replacement=True), progress_out=None)
     assert "drawn with replacement" in capsys.readouterr().err and summary.failed == 0
+
+
+# ------------------------------------------------------------------------------ CLI errors, Ray orphans
+
+
+def test_os_and_pyarrow_errors_reaching_the_cli_are_one_line():
+    import click
+    import pyarrow as pa
+
+    from bench import user_errors
+
+    with pytest.raises(click.ClickException) as info:
+        with user_errors():
+            raise OSError(errno.ENOSPC, "No space left on device", "/data/run/run.json")
+    assert info.value.message == "/data/run/run.json: No space left on device"
+    with pytest.raises(click.ClickException) as info:
+        with user_errors():
+            raise pa.ArrowInvalid("Parquet magic bytes not found in footer.\nEither the file is corrupted")
+    assert "\n" not in info.value.message and "magic bytes" in info.value.message
+
+
+def test_orphaned_ray_daemons_of_a_dead_driver_are_reaped(tmp_path, monkeypatch):
+    import harness.ray_executor as ray_executor
+
+    monkeypatch.setattr(ray_executor.tempfile, "gettempdir", lambda: str(tmp_path))
+    # stands in for a raylet: its command line mentions ray, its driver is gone
+    daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "ray-daemon-stand-in"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        registry = tmp_path / "sofs-bench-ray"
+        registry.mkdir()
+        record = {"driver": _dead_pid(), "host": os.uname().nodename, "pids": [daemon.pid, bystander.pid]}
+        (registry / "1.json").write_text(json.dumps(record))
+        assert ray_executor.reap_orphans() == 1
+        assert daemon.wait(timeout=10) == -9
+        assert bystander.poll() is None  # not a Ray process: left alone
+        assert not (registry / "1.json").exists()
+    finally:
+        for process in (daemon, bystander):
+            process.kill()
+            process.wait()
