@@ -3,6 +3,11 @@
 ``native``: tiles of the model input size at native resolution; tiles sit at stride = tile size
 minus the optional overlap and the last row/column is snapped to the bottom/right border (so it
 overlaps its neighbour), as in SOFS's non-resizing procedure; overlapping maps are averaged. ``resize``: the whole image is resized to the model input.
+
+``pil_resize_image`` / ``pil_resize_mask`` are PIL's own bilinear filter on uint8 (what SOFS's
+reference pipeline does through torchvision on PIL images); ``resize_image`` /
+``resize_mask_fraction`` are torch's antialiased bilinear on float (the baselines' path, within
+about one grey level of PIL).
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -84,12 +90,31 @@ def resize_mask_fraction(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray
     return out[0, 0].clamp(0, 1).numpy()
 
 
-def resize_map(score_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """float ``[h, w]`` -> float32 ``[H, W]``, bilinear (align_corners False)."""
+def pil_resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` -> uint8 ``[h, w, 3]`` with PIL's bilinear filter (``Image.BILINEAR``:
+    a triangle filter widened by the scale on downscaling, fixed-point, rounded to uint8)."""
+    if image.shape[:2] == tuple(shape):
+        return image
+    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    return np.asarray(pil.resize((shape[1], shape[0]), Image.BILINEAR))
+
+
+def pil_resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """bool ``[H, W]`` -> uint8 ``[h, w]``: the 0/255 mask image resized with PIL's bilinear filter
+    (grey values at the edges; a defect smaller than the scale keeps a small non-zero value)."""
+    grey = np.where(np.asarray(mask, bool), 255, 0).astype(np.uint8)
+    if grey.shape == tuple(shape):
+        return grey
+    return np.asarray(Image.fromarray(grey).resize((shape[1], shape[0]), Image.BILINEAR))
+
+
+def resize_map(score_map: np.ndarray, shape: tuple[int, int], align_corners: bool = False) -> np.ndarray:
+    """float ``[h, w]`` -> float32 ``[H, W]``, bilinear (align_corners False unless asked; SOFS's
+    reference maps its predictions back with align_corners True)."""
     if score_map.shape == tuple(shape):
         return score_map.astype(np.float32)
     tensor = torch.from_numpy(np.ascontiguousarray(score_map, dtype=np.float32))[None, None]
-    return F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+    return F.interpolate(tensor, size=shape, mode="bilinear", align_corners=align_corners)[0, 0].numpy()
 
 
 def pad_bottom_right(array: np.ndarray, size: int, value: float = 0) -> np.ndarray:

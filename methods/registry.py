@@ -13,9 +13,10 @@ register("padim-resize", "methods.padim:PaDiM", "few-shot PaDiM, query and suppo
 register("match", "methods.match:Match", "training-free matching: best cosine to support defect patches minus best to background patches")
 register("seggpt", "methods.seggpt:SegGPT", "SegGPT in-context painting (transformers SegGptForImageSegmentation), k-shot feature ensemble, channel-max score")
 register("sofs", "methods.sofs.inference:SOFS", "SOFS (arXiv 2407.21351): non-resizing crops/tiles, intensity downsampling, abnormal prior, learned head")
-register("sofs-no-nonresize", "methods.sofs.inference:SOFS", "SOFS ablation: whole query and supports resized to 518", non_resizing=False)
-register("sofs-no-intensity", "methods.sofs.inference:SOFS", "SOFS ablation: bilinear support-mask downsampling", intensity_downsampling=False)
-register("sofs-no-prior", "methods.sofs.inference:SOFS", "SOFS ablation: abnormal-prior input channels zeroed (same weights)", abnormal_prior=False)
+register("sofs-no-nonresize", "methods.sofs.inference:SOFS", "SOFS ablation: whole query and supports resized to 518 (head trained with --no-non-resizing)", non_resizing=False)
+register("sofs-no-intensity", "methods.sofs.inference:SOFS", "SOFS ablation: bilinear mask downsampling (head trained with --no-intensity-downsampling)", intensity_downsampling=False)
+register("sofs-no-prior", "methods.sofs.inference:SOFS", "SOFS ablation: no abnormal-prior input (head trained with --no-abnormal-prior; test_time_ablation=true zeroes the channels of a full head)", abnormal_prior=False)
+register("sofs-no-mixed-dice", "methods.sofs.inference:SOFS", "SOFS ablation: head trained with plain Dice + CE on defective queries (--no-mixed-normal-dice); inference as sofs", mixed_normal_dice=False)
 register("sofs-prior", "methods.sofs.inference:SOFS", "SOFS's training-free abnormal prior alone (the head's input and FAD map): 1 - max cosine to the support's normal tokens", output="prior")
 register("sofs-no-fad", "methods.sofs.inference:SOFS", "SOFS ablation: no abnormal-prior fallback for defect-free supports", fad_fallback=False)
 

@@ -19,7 +19,7 @@ import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from harness.features import IMAGENET_MEAN, images_to_tensor
-from harness.tiling import Tile, pad_bottom_right, resize_image, resize_mask_fraction, resized_shape
+from harness.tiling import Tile, pad_bottom_right, pil_resize_image, pil_resize_mask, resized_shape
 from methods.base import MethodError
 
 MASK_BINARY_THRESHOLD = 0.1  # resized masks are divided by their max, then > 0.1 (spec §1.2)
@@ -87,13 +87,18 @@ def support_views(
 
 
 def resize_longest(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Resize so the longest side is ``size``; a resized mask is re-binarised at 0.1 of its max."""
+    """Resize so the longest side is ``size``, as the reference (spec §1.2): the image with PIL's
+    bilinear filter on uint8; the mask as a 0/255 uint8 image with the same filter, divided by its
+    max (float32) and binarised ``> 0.1`` (an all-zero mask stays all zero)."""
     shape = resized_shape(*image.shape[:2], size)
-    image = resize_image(image, shape)
+    image = pil_resize_image(image, shape)
     if mask is not None and mask.shape != shape:
-        fraction = resize_mask_fraction(mask, shape)
-        peak = fraction.max()
-        mask = fraction > MASK_BINARY_THRESHOLD * peak if peak > 0 else np.zeros(shape, bool)
+        grey = pil_resize_mask(mask, shape)
+        peak = grey.max()
+        if peak == 0:
+            mask = np.zeros(shape, bool)
+        else:
+            mask = grey.astype(np.float32) / np.float32(peak) > np.float32(MASK_BINARY_THRESHOLD)
     return image, mask
 
 

@@ -7,8 +7,14 @@ Per episode (spec §2.1 test mode, decisions in README.md):
 * query: resized whole to 518 when *all* supports are large-defect, else tiled at native
   resolution (518 tiles, last row/column snapped to the border), tiles run ``nd_batch_size`` at a
   time against support features computed once;
-* output: sigmoid probabilities (not hard labels) averaged in tile overlaps / resized bilinearly,
-  so the score map is continuous in [0, 1]; the native threshold is 0.5.
+* output: sigmoid probabilities (not hard labels) averaged in tile overlaps / resized bilinearly
+  (align_corners True, as the reference maps back), so the score map is continuous in [0, 1]; the
+  native threshold is 0.5. ``map_back="label"`` gives the reference's hard labels instead.
+
+Heads record the training switches of the paper's four contributions (``non_resizing``,
+``intensity_downsampling``, ``abnormal_prior``, ``mixed_normal_dice``; a head that records none
+was trained with all four). A head loads only under the variant with the same switches, unless
+``test_time_ablation`` is set (the same weights with a contribution switched off at test time).
 """
 from __future__ import annotations
 
@@ -27,6 +33,15 @@ from methods.sofs.data import area_fraction, episode_seed, model_input, support_
 from methods.sofs.model import SOFSModel, SupportContext, probability
 
 DEFAULT_CHECKPOINT = "methods/weights/sofs_synthetic.pt"
+MAP_BACK = ("probability", "label")
+LABEL_REBINARISE = 0.9  # the reference re-binarises resized label maps at > 0.9 (spec §5)
+# training switch (hparams / config key) -> (train flag, registry variant that loads such a head)
+TRAINING_SWITCHES = {
+    "non_resizing": ("--no-non-resizing", "sofs-no-nonresize"),
+    "intensity_downsampling": ("--no-intensity-downsampling", "sofs-no-intensity"),
+    "abnormal_prior": ("--no-abnormal-prior", "sofs-no-prior"),
+    "mixed_normal_dice": ("--no-mixed-normal-dice", "sofs-no-mixed-dice"),
+}
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,11 @@ class SOFSConfig:
     abnormal_prior: bool = True  # off: the head's abnormal-prior input channels are zeroed
     fad_fallback: bool = True  # off: defect-free supports still go through the learned head
     output: Literal["head", "prior"] = "head"  # prior: the training-free abnormal prior (the FAD map) for every episode
+    # "probability": sigmoid probabilities mapped back (README decisions 7/8); "label": the
+    # reference's hard labels (p > 0.5), mapped back and re-binarised > 0.9, averaged in overlaps
+    map_back: Literal["probability", "label"] = "probability"
+    mixed_normal_dice: bool = True  # training-only switch: off = a head trained with --no-mixed-normal-dice
+    test_time_ablation: bool = False  # run a head whose training switches differ from this variant's
     seed: int = 54
     device: str = "auto"  # "auto" = cuda when available
 
@@ -81,6 +101,8 @@ class SOFS:
     def __init__(self, config: SOFSConfig, weights: dict[str, Path]):
         if config.output not in ("head", "prior"):
             raise MethodError(f"output '{config.output}' unknown; use head or prior")
+        if config.map_back not in MAP_BACK:
+            raise MethodError(f"map_back '{config.map_back}' unknown; use {' or '.join(MAP_BACK)}")
         self.config = config
         path = Path(weights["checkpoint"])
         state, hparams = read_checkpoint(path)
@@ -89,6 +111,8 @@ class SOFS:
         if arch not in ARCHS:
             raise MethodError(f"{path}: unknown backbone '{arch}'; known: {', '.join(ARCHS)}")
         head = build_head(state, {**hparams, "layers": list(layers)}, path)
+        if not config.test_time_ablation:
+            check_switches(config, {**hparams, "abnormal_prior": head.cfg.abnormal_prior}, path)
         features = load_backbone(arch, weights.get("backbone"), layers)
         if tuple(features.dims) != head.cfg.dims:
             raise MethodError(
@@ -128,16 +152,27 @@ class SOFS:
         if resize_query:
             (score,) = self._tile_probabilities([query_image], context)
             shape = resized_shape(height, width, self.image_size)
-            score_map = resize_map(score[: shape[0], : shape[1]], (height, width))
+            score_map = self._map_back(score[: shape[0], : shape[1]], (height, width))
         else:
             tiles = tile_grid(height, width, self.crop_size)
             scores = self._tile_probabilities([t.crop(query_image) for t in tiles], context)
             maps = []
             for tile, score in zip(tiles, scores):
                 shape = resized_shape(tile.height, tile.width, self.image_size)
-                maps.append(resize_map(score[: shape[0], : shape[1]], (tile.height, tile.width)))
+                maps.append(self._map_back(score[: shape[0], : shape[1]], (tile.height, tile.width)))
             score_map = stitch(maps, tiles, height, width)
         return np.clip(score_map, 0.0, 1.0).astype(np.float32)
+
+    def _map_back(self, score: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """Unpadded ``[h', w']`` model-resolution map -> ``[H, W]``: bilinear, align_corners True
+        (spec §2.1/§5). ``map_back="label"``: the reference's label path, ``p > 0.5``, resized,
+        then ``> 0.9`` (identity when no resize is needed)."""
+        if self.config.map_back == "label":
+            labels = (score > 0.5).astype(np.float32)
+            if labels.shape == tuple(shape):
+                return labels
+            return (resize_map(labels, shape, align_corners=True) > LABEL_REBINARISE).astype(np.float32)
+        return resize_map(score, shape, align_corners=True)
 
     def _support_context(self, images: Sequence[np.ndarray], masks: list[np.ndarray]) -> SupportContext:
         """K support images -> context of n = K * S views (each distinct view encoded once)."""
@@ -176,6 +211,21 @@ class SOFS:
             prob = probability(output, weight, self.image_size, cfg.fad_fallback or cfg.output == "prior")
             out += list(prob.float().cpu().numpy())
         return out
+
+
+def check_switches(config: SOFSConfig, hparams: dict, path: Path) -> None:
+    """One-line error when the head's training switches differ from this variant's."""
+    for key, (flag, variant) in TRAINING_SWITCHES.items():
+        trained, wanted = bool(hparams.get(key, True)), bool(getattr(config, key))
+        if trained == wanted:
+            continue
+        if not trained:
+            raise MethodError(f"{path}: head was trained with {flag}; evaluate it as {variant} "
+                              f"(or --set METHOD.{key}=false)")
+        raise MethodError(
+            f"{path}: this variant ({key}=false) needs a head trained with `bench.py train sofs {flag}` "
+            f"(pass it with --weights {variant}=HEAD), or --set {variant}.test_time_ablation=true "
+            f"to switch it off at test time on these weights")
 
 
 def _agree(name: str, configured, from_checkpoint, path: Path):

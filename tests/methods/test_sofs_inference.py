@@ -101,7 +101,7 @@ def _expected_prior(method, support, mask, query):
     with torch.no_grad():
         output = method.model.query(method.model.encode(tensor[None]), context)
     prior = F.interpolate(output.abnormal_prior, size=(518, 518), mode="bilinear", align_corners=False)
-    return resize_map(prior[0, 0, :h, :w].clamp(0, 1).numpy(), query.shape[:2])
+    return resize_map(prior[0, 0, :h, :w].clamp(0, 1).numpy(), query.shape[:2], align_corners=True)
 
 
 def test_fad_fallback_equals_abnormal_prior(method):
@@ -120,7 +120,7 @@ def test_prior_output_is_the_abnormal_prior_of_a_defective_support(method):
 
 
 def test_ablation_non_resizing_off_resizes_query_and_supports(monkeypatch):
-    ablated = make_method(non_resizing=False)
+    ablated = make_method(non_resizing=False, test_time_ablation=True)
     calls = _spy_tiles(monkeypatch, ablated)
     support, mask, query = defect_episode()  # small defect: the default would crop and tile
     encoded = []
@@ -135,7 +135,7 @@ def test_ablation_non_resizing_off_resizes_query_and_supports(monkeypatch):
 def test_ablation_intensity_downsampling():
     support, mask, _ = defect_episode(600, 700, (slice(315, 316), slice(330, 331)))  # one pixel
     weights_on = make_method()._support_context([support], [mask]).weights
-    weights_off = make_method(intensity_downsampling=False)._support_context([support], [mask]).weights
+    weights_off = make_method(intensity_downsampling=False, test_time_ablation=True)._support_context([support], [mask]).weights
     assert weights_on.sum().item() == pytest.approx(4 / 196, rel=1e-5)  # S crops x 1/196
     assert not torch.allclose(weights_on, weights_off)
 
@@ -144,7 +144,7 @@ def test_ablation_abnormal_prior_zeroes_the_prior_channels(monkeypatch):
     support, mask, query = defect_episode(300, 400, (slice(100, 110), slice(100, 120)))
     seen = {}
     for flag in (True, False):
-        ablated = make_method(abnormal_prior=flag)
+        ablated = make_method(abnormal_prior=flag, test_time_ablation=True)
         original = ablated.model.head.forward
 
         def spy(features, priors, code, flag=flag, original=original):
@@ -161,7 +161,8 @@ def test_ablation_abnormal_prior_zeroes_the_prior_channels(monkeypatch):
 def test_registry_variants():
     assert get_entry("sofs").options == {}
     for name, key in [("sofs-no-nonresize", "non_resizing"), ("sofs-no-intensity", "intensity_downsampling"),
-                      ("sofs-no-prior", "abnormal_prior"), ("sofs-no-fad", "fad_fallback")]:
+                      ("sofs-no-prior", "abnormal_prior"), ("sofs-no-fad", "fad_fallback"),
+                      ("sofs-no-mixed-dice", "mixed_normal_dice")]:
         assert get_entry(name).options == {key: False}
     spec = MethodSpec("sofs-no-fad", {"device": "cpu"}, {})
     cls = spec.entry().load_class()
