@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_LOGGER_LEVEL", "warning")  # no "INFO ... Started a local Ray instance." line
 
 import shlex
 import signal
@@ -18,9 +19,15 @@ from pathlib import Path
 
 import click
 
+# Start-up stays under a second: only click at module level; torch, ray, pandas, pyarrow and the
+# methods are imported inside the commands that use them (tests/test_cli_ux.py checks sys.modules).
 DEFAULT_METHODS = "sofs,panet,patchcore"
-# Exit codes: 0 done; 1 a user error (one line on stderr); 2 bad command-line usage; 3 a run whose
-# episodes partly failed (rows kept); 130 interrupted by Ctrl-C; 143 terminated (SIGTERM).
+# Exit codes: 0 done; 1 a user error (one line on stderr); 2 bad command-line usage (unknown
+# option, command or method); 3 a run whose episodes partly failed (rows kept); 130 interrupted by
+# Ctrl-C; 143 terminated (SIGTERM).
+EXIT_USER_ERROR = 1
+EXIT_USAGE = 2
+EXIT_SOME_FAILED = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -29,33 +36,48 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
+# The project's one-line error types, named so that no module is imported to catch them.
+USER_ERROR_TYPES = {
+    ("datasets.base", "DatasetError"), ("harness.features", "BackboneError"),
+    ("harness.ray_executor", "ClusterError"), ("harness.run", "RunError"), ("harness.store", "StoreError"),
+    ("methods.base", "MethodError"), ("harness.episodes", "ManifestError"),
+}
+
+
+def user_error_text(exc: BaseException) -> str | None:
+    """The one line a user sees for ``exc``, or None when it is a bug (keep the traceback)."""
+    if any((cls.__module__, cls.__qualname__) in USER_ERROR_TYPES for cls in type(exc).__mro__):
+        return _one_line(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or _one_line(exc)}"
+    if "pyarrow" in sys.modules:
+        import pyarrow as pa
+
+        if isinstance(exc, pa.ArrowException):
+            return f"{type(exc).__name__}: {_one_line(exc)}"
+    image = sys.modules.get("PIL.Image")
+    if image is not None and isinstance(exc, image.DecompressionBombError):
+        return f"{type(exc).__name__}: {_one_line(exc)}"
+    return None
+
+
 @contextmanager
 def user_errors():
-    """Turn user-facing errors into one-line Click errors (no traceback).
+    """Turn user-facing errors into one-line Click errors (exit 1, no traceback).
 
     Besides the project's own error types: any ``OSError`` (disk full, permissions), PIL decoding
     error and pyarrow error reaching here becomes one line naming the file when it has one.
     """
-    import pyarrow as pa
-    from PIL import Image
-
-    from datasets.base import DatasetError
-    from harness.features import BackboneError
-    from harness.ray_executor import ClusterError
-    from harness.run import RunError
-    from harness.episodes import ManifestError
-    from harness.store import StoreError
-    from methods.base import MethodError
-
     try:
         yield
-    except (DatasetError, BackboneError, ClusterError, RunError, StoreError, MethodError, ManifestError) as exc:
-        raise click.ClickException(_one_line(exc)) from None
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        raise click.ClickException(f"{where}{exc.strerror or _one_line(exc)}") from None
-    except (pa.ArrowException, Image.DecompressionBombError) as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {_one_line(exc)}") from None
+    except click.ClickException:
+        raise
+    except Exception as exc:
+        text = user_error_text(exc)
+        if text is None:
+            raise
+        raise click.ClickException(text) from None
 
 
 class BenchGroup(click.Group):
@@ -93,10 +115,31 @@ def parse_ints(text: str, name: str) -> tuple[int, ...]:
         raise click.BadParameter(f"'{text}' is not a comma-separated list of integers", param_hint=name) from None
 
 
+def check_method_names(names: list[str]) -> None:
+    """Unknown or repeated ``--methods`` names are usage errors (exit 2), found without torch."""
+    import difflib
+
+    import methods.registry  # noqa: F401  (fills REGISTRY; imports no method module)
+    from methods.base import REGISTRY
+
+    if not names:
+        raise click.BadParameter("no method given", param_hint="--methods")
+    for name in names:
+        if name not in REGISTRY:
+            close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise click.BadParameter(f"unknown method '{name}'{hint}; known: {', '.join(sorted(REGISTRY))}",
+                                     param_hint="--methods")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise click.BadParameter(f"'{repeated[0]}' is listed twice", param_hint="--methods")
+
+
 def method_specs(methods: str, weights: tuple[str, ...], sets: tuple[str, ...]):
     from methods.base import MethodSpec, get_entry
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
+    check_method_names(names)
     weight_map = parse_assignments(weights, "--weights")
     option_map = parse_assignments(sets, "--set")
     for unknown in (set(weight_map) | set(option_map)) - set(names):
@@ -160,7 +203,7 @@ def cli():
 @click.option("--address", default=None, help="Join this Ray cluster (default $RAY_ADDRESS, else a local one on 127.0.0.1).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Ray actors per method, each loading the method once (default: one per GPU slot, else one per CPU up to 4 CPUs, else one per 2 CPUs).")
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None, help="Default: cluster CPUs / workers.")
-@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True, help="May be fractional (a scheduling label: Ray does not isolate memory).")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None, help="May be fractional (a scheduling label: Ray does not isolate memory). Default: 1 when the cluster has GPUs, else 0.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Episodes per work unit / Parquet part (default 4-64 by run size).")
 @click.option("--weights", multiple=True, help="METHOD[.KEY]=PATH, e.g. seggpt=/w/seggpt-vit-large or sofs.backbone=dinov2_vitb14_pretrain.pth.")
 @click.option("--set", "sets", multiple=True, help="METHOD.OPTION=VALUE, e.g. panet.resolution=resize.")
@@ -169,10 +212,16 @@ def cli():
 @click.option("--report/--no-report", "make_report", default=True, show_default=True, help="Write the comparison table when done.")
 @click.option("--follow-links", is_flag=True, help="Read images/masks that resolve outside the dataset folder (symlinks, link stubs, '..' paths in manifest.csv); refused by default.")
 @click.option("--allow-replacement", is_flag=True, help="Let supports repeat when a class has fewer other images than --shots (default: refuse).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (episodes per method, estimated time) and stop before any computation.")
 def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed,
         manifest_path, out, overwrite, executor, address, workers, cpus_per_worker, gpus_per_worker, chunk_size,
-        weights, sets, save_predictions, min_area, make_report, follow_links, allow_replacement):
+        weights, sets, save_predictions, min_area, make_report, follow_links, allow_replacement, dry_run):
     """Run methods over the episodes of a dataset and store one Parquet row per episode."""
+    # Usage errors first, before the heavy imports, so they answer in well under a second.
+    check_method_names([m.strip() for m in methods.split(",") if m.strip()])
+    parse_ints(shots, "--shots")
+    if seeds is not None and seeds < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--seeds")
     from harness.run import RunConfig, execute
     from harness.runner import EvalSettings
 
@@ -199,8 +248,12 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
             allow_replacement=allow_replacement,
             settings=EvalSettings(min_area=min_area),
             command=shlex.join(["python", "bench.py", *sys.argv[1:]]),
+            dry_run=dry_run,
         )
         summary = execute(config)
+    if dry_run:
+        click.echo("dry run: nothing computed (drop --dry-run to start)")
+        return
     click.echo(f"\nrun folder: {summary.run_dir}  (manifest {summary.manifest_id}, {summary.episodes} episodes per method, {summary.elapsed_s:.0f} s)")
     for m in summary.methods:
         click.echo(f"  {m.method:<22} computed {m.ok + m.failed:>5}  already stored {m.skipped:>5}  failed {m.failed:>4}"
@@ -212,18 +265,15 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
             write_quick_report(summary.run_dir)
     if summary.failed:
         click.echo(f"{summary.failed} episodes failed (rows kept with their error; details in {summary.run_dir / 'errors.log'})", err=True)
-        sys.exit(3)
+        sys.exit(EXIT_SOME_FAILED)
 
 
 def write_quick_report(run_dir: Path) -> None:
-    from harness.summary import auroc_warnings, format_summary, read_summary_rows, summary_frame
+    from harness.summary import write_run_summary
 
-    numbers = summary_frame(read_summary_rows([run_dir]))
-    table = format_summary(numbers)
-    (run_dir / "summary.md").write_text(table.to_markdown(index=False) + "\n")
-    table.to_csv(run_dir / "summary.csv", index=False)
-    click.echo("\n" + table.to_markdown(index=False))
-    for line in auroc_warnings(numbers):
+    table, warnings = write_run_summary(run_dir)
+    click.echo("\n" + table)
+    for line in warnings:
         click.echo(line, err=True)
     click.echo(f"\ntable: {run_dir / 'summary.md'}  (full report: python bench.py report {run_dir})")
 
@@ -332,20 +382,33 @@ def datasets_synthetic(seed):
     click.echo(ensure_synthetic(seed=seed))
 
 
-@cli.group()
+class LazyTrainGroup(click.Group):
+    """``train`` subcommands imported only when named (the SOFS trainer imports torch)."""
+
+    LAZY = {"sofs": ("methods.sofs.cli", "train_sofs", "Meta-train SOFS on the base fold.")}
+
+    def list_commands(self, ctx):
+        return sorted(self.LAZY)
+
+    def get_command(self, ctx, name):
+        if name not in self.LAZY:
+            return None
+        module, attr, _ = self.LAZY[name]
+        try:
+            import importlib
+
+            return getattr(importlib.import_module(module), attr)
+        except ImportError as exc:
+            raise click.ClickException(f"train {name} is unavailable: {exc}") from None
+
+    def format_commands(self, ctx, formatter):
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_text) for name, (_, _, help_text) in sorted(self.LAZY.items())])
+
+
+@cli.group(cls=LazyTrainGroup)
 def train():
     """Train learned methods."""
-
-
-def _mount_training() -> None:
-    try:
-        from methods.sofs.cli import train_sofs
-    except ImportError:
-        return
-    train.add_command(train_sofs, "sofs")
-
-
-_mount_training()
 
 
 @cli.command()

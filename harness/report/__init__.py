@@ -24,8 +24,8 @@ from harness.report.load import MethodSource, coverage_notes, load_runs
 from harness.report.overlays import (PixelSource, episode_figure, largest_disagreements,
                                      pick_examples, prediction_sweeps)
 from harness.report.synthetic import benchmark_aggregation, make_synthetic_rows
-from harness.report.tables import (Table, component_table, paired_table, per_class_table, size_table,
-                                   summary_table, write_table)
+from harness.report.tables import (Table, component_table, false_alarm_table, paired_table,
+                                   per_class_table, size_table, summary_table, verdict, write_table)
 
 __all__ = ["ReportResult", "build_report", "benchmark_aggregation", "make_synthetic_rows", "SECTIONS"]
 
@@ -62,6 +62,25 @@ def _run_rates(sources: dict[str, MethodSource]) -> dict[str, float]:
     return rates
 
 
+def summarise(rows: pd.DataFrame, sources: dict[str, MethodSource], *, size_edges=DEFAULT_SIZE_EDGES,
+              component_edges_px=DEFAULT_COMPONENT_EDGES_PX, bootstrap: int = 1000, seed: int = 0):
+    """Every number of the summary: ``(aggregates, intervals, paired, defective ok rows)``.
+
+    The one aggregation path: ``build_report`` and the console table after a run
+    (``harness.summary``) both call this, then ``tables.summary_table``.
+    """
+    agg = aggregate(rows, size_edges=tuple(size_edges), component_edges_px=tuple(component_edges_px),
+                    declared_protocols=_declared_protocols(sources), run_rates=_run_rates(sources))
+    ok = rows[rows["status"] == "ok"]
+    defective = ok[~ok["query_is_normal"].astype(bool)]
+    intervals, paired = confidence_tables(defective, agg.keys, n_resamples=max(bootstrap, 1), seed=seed)
+    if bootstrap <= 0:
+        intervals[["ci_low", "ci_high"]] = float("nan")
+        paired[["ci_low", "ci_high", "p_a_better"]] = float("nan")
+        paired["significant"] = False
+    return agg, intervals, paired, defective
+
+
 def build_report(run_dirs: list[Path], out_dir: Path, *, formats=("md", "csv", "tex"),
                  per_class: bool = False, size_edges=DEFAULT_SIZE_EDGES,
                  component_edges_px=DEFAULT_COMPONENT_EDGES_PX, bootstrap: int = 1000,
@@ -81,20 +100,14 @@ def build_report(run_dirs: list[Path], out_dir: Path, *, formats=("md", "csv", "
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, runs, sources = load_runs([Path(p) for p in run_dirs])
-    agg = aggregate(rows, size_edges=tuple(size_edges), component_edges_px=tuple(component_edges_px),
-                    declared_protocols=_declared_protocols(sources), run_rates=_run_rates(sources))
-    ok = rows[rows["status"] == "ok"]
-    defective = ok[~ok["query_is_normal"].astype(bool)]
-    intervals, paired = confidence_tables(defective, agg.keys, n_resamples=max(bootstrap, 1), seed=seed)
-    if bootstrap <= 0:
-        intervals[["ci_low", "ci_high"]] = float("nan")
-        paired[["ci_low", "ci_high", "p_a_better"]] = float("nan")
-        paired["significant"] = False
+    agg, intervals, paired, defective = summarise(rows, sources, size_edges=size_edges,
+                                                  component_edges_px=component_edges_px,
+                                                  bootstrap=bootstrap, seed=seed)
 
     section_notes: dict[str, list[str]] = {"summary": coverage_notes(rows, sources)}
     tables = {"summary": summary_table(agg, intervals, paired, bootstrap),
               "size": size_table(agg), "components": component_table(agg),
-              "paired": paired_table(paired, bootstrap)}
+              "false_alarms": false_alarm_table(agg), "paired": paired_table(paired, bootstrap)}
     if per_class:
         tables["per_class"] = per_class_table(agg)
     else:
@@ -131,7 +144,8 @@ def build_report(run_dirs: list[Path], out_dir: Path, *, formats=("md", "csv", "
     html_path = render_report(
         out_dir / "report.html", runs=runs, tables=tables,
         plots={name: (plot_captions[name], path) for name, path in plot_paths.items()},
-        qualitative=qualitative, disagreements=disagreements, notes=section_notes)
+        qualitative=qualitative, disagreements=disagreements, notes=section_notes,
+        verdict=verdict(tables["summary"], paired))
     files.append(html_path)
     notes = [line for lines in section_notes.values() for line in lines]
     return ReportResult(out_dir, html_path, {t.name: t for t in tables.values()}, agg, files,

@@ -140,6 +140,11 @@ def aggregate(rows: pd.DataFrame, *, size_edges=DEFAULT_SIZE_EDGES,
     stats = miou_by_repeat.groupby(keys, observed=True)["miou"].agg(
         miou_mean="mean", miou_std=lambda s: float(np.std(s)), n_repeats="size")
     summary = summary.merge(stats.reset_index(), on=keys, how="left")
+    # Fewest defective episodes in any (repeat, class) stratum: the bootstrap resamples within
+    # strata, so a CI from strata of 1-4 episodes is too narrow to trust (flagged in the tables).
+    strata = defective.groupby(keys + ["repeat", "class_id"], sort=False, observed=True).size()
+    strata = strata[strata > 0].groupby(level=list(range(len(keys))), observed=True).min()
+    summary = summary.merge(strata.rename("min_class_episodes").reset_index(), on=keys, how="left")
 
     sums = defective.groupby(keys, observed=True)[["tp", "fp", "fn", "tn"]].sum().reset_index()
     sums["fb_iou"] = [metrics.fb_iou(*r) for r in sums[["tp", "fp", "fn", "tn"]].to_numpy()]

@@ -9,17 +9,20 @@ from pathlib import Path
 from harness.report.load import RunInfo
 from harness.report.tables import Table
 
+# In page order: verdict and contents first, provenance last (collapsed).
 SECTIONS = {
-    "provenance": "Run provenance",
     "summary": "Summary",
+    "paired": "Paired differences",
     "size": "Size-stratified mIoU",
     "components": "Component recall",
-    "paired": "Paired differences",
+    "false_alarms": "False alarms",
     "per_class": "Per-class IoU",
     "plots": "Plots",
     "qualitative": "Qualitative examples",
     "disagreements": "Largest disagreements",
+    "provenance": "Run provenance",
 }
+TABLE_SECTIONS = ("summary", "paired", "size", "components", "false_alarms", "per_class")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
@@ -32,6 +35,10 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;border:1px solid #eee;margin:.3em 0}
 .scroll{overflow-x:auto}dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}
 dt{font-weight:600}dd{margin:0;font-family:monospace;font-size:.85em;word-break:break-all}
+.verdict{background:#f4f8ff;border-left:4px solid #3b6fd8;padding:.6em 1em;max-width:1100px}
+nav.toc ol{columns:2;max-width:700px;font-size:.95em}details{margin:.5em 0}
+summary{cursor:pointer;color:#3b6fd8}figure{margin:1em 0}
+td:last-child{text-align:left;color:#8a4b00}
 """
 
 
@@ -90,21 +97,25 @@ def _notes(notes: list[str]) -> str:
 
 def render_report(path: Path, *, runs: list[RunInfo], tables: dict[str, Table],
                   plots: dict[str, tuple[str, Path]], qualitative: list[tuple[str, str]],
-                  disagreements: list[tuple[str, str]], notes: dict[str, list[str]]) -> Path:
+                  disagreements: list[tuple[str, str]], notes: dict[str, list[str]],
+                  verdict: list[str] | None = None) -> Path:
     """Write the HTML report.
 
     ``tables``: section key -> Table; ``plots``: name -> (caption, PNG path);
     ``qualitative`` / ``disagreements``: (caption, base64 PNG); ``notes``: section key -> lines.
     """
-    parts = [f"<h1>sofs-bench report: {html.escape(', '.join(r.label for r in runs))}</h1>",
-             '<p class="caption">Threshold protocols: <b>native</b> = the method\'s own fixed threshold; '
-             "<b>deployable</b> = a threshold fitted on support / normal data only; <b>oracle</b> = chosen "
-             "on the test labels (an upper bound, never a deployable number); <b>thr-free</b> = no "
-             "threshold. mIoU is foreground-only, class-wise pooled, averaged over (object, category) "
-             "classes.</p>"]
-    parts.append(f'<h2 id="provenance">{SECTIONS["provenance"]}</h2>')
-    parts += [_provenance_html(run) for run in runs]
-    for key in ("summary", "size", "components", "paired", "per_class"):
+    title = ", ".join(r.label for r in runs)
+    parts = [f"<h1>sofs-bench report: {html.escape(title)}</h1>"]
+    if verdict:
+        parts.append('<p class="verdict"><b>Verdict.</b> ' + " ".join(html.escape(v) for v in verdict) + "</p>")
+    parts.append('<p class="caption">Threshold protocols: <b>fixed</b> (native) = the method\'s own fixed '
+                 "threshold; <b>deployable</b> = a threshold fitted on support / normal data only, per "
+                 "episode; <b>oracle</b> = chosen on the test labels (an upper bound, never a deployable "
+                 "number); <b>thr-free</b> = no threshold. mIoU is foreground-only, class-wise pooled, "
+                 "averaged over (object, category) classes. All rates are in %.</p>")
+    parts.append('<nav class="toc"><b>Contents</b><ol>' + "".join(
+        f'<li><a href="#{key}">{html.escape(name)}</a></li>' for key, name in SECTIONS.items()) + "</ol></nav>")
+    for key in TABLE_SECTIONS:
         parts.append(f'<h2 id="{key}">{SECTIONS[key]}</h2>')
         parts.append(_notes(notes.get(key, [])))
         if key in tables:
@@ -120,6 +131,10 @@ def render_report(path: Path, *, runs: list[RunInfo], tables: dict[str, Table],
         for caption, b64 in figures:
             parts.append(f'<figure><img alt="{html.escape(caption)}" src="{png_data_uri(b64)}">'
                          f'<figcaption class="caption">{html.escape(caption)}</figcaption></figure>')
+    parts.append(f'<h2 id="provenance">{SECTIONS["provenance"]}</h2>')
+    parts.append("<details><summary>run.json of each run: command, dataset, manifest, methods, code "
+                 "version, hardware (click to open)</summary>"
+                 + "".join(_provenance_html(run) for run in runs) + "</details>")
     document = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
                 f"<title>sofs-bench report</title><style>{_CSS}</style></head><body>"
                 + "\n".join(parts) + "</body></html>")

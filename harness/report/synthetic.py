@@ -122,7 +122,9 @@ def make_synthetic_rows(n: int, seed: int = 0, n_classes: int = 40, normal_frac:
         "finished_at": pa.array(np.full(rows_n, datetime(2025, 1, 1, tzinfo=timezone.utc))),
         "pred_path": pa.nulls(rows_n, pa.string()),
     }
-    table = pa.Table.from_arrays([columns[f.name].cast(f.type) for f in EPISODE_SCHEMA],
+    # Columns added to the schema later (e.g. the worker's device) are null here.
+    table = pa.Table.from_arrays([columns[f.name].cast(f.type) if f.name in columns else pa.nulls(rows_n, f.type)
+                                  for f in EPISODE_SCHEMA],
                                  schema=EPISODE_SCHEMA)
     table = table.append_column("method", pa.array(np.array(list(_METHODS))[method_index]))
     return table.to_pandas()

@@ -37,60 +37,166 @@ def _num(x, digits: int = 3) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
-def _threshold_text(protocol, threshold: float) -> str:
+MIN_CLASS_EPISODES = 5  # a bootstrap CI from fewer defective episodes per (repeat, class) is flagged
+AUROC_CHANCE_BELOW = 0.6  # pixel AUROC under this: the scores barely rank defect pixels first
+FEW_EPISODES_MARK = "‡"
+
+
+def protocol_label(protocol, threshold: float) -> str:
+    """The threshold protocol as the console and the report print it: "fixed 0.50 (native)" for a
+    method's fixed threshold, "deployable (fitted per episode, median 0.43)" for one fitted on
+    support data per episode (``threshold_protocol`` declared by the method class in run.json, else
+    inferred from whether the stored threshold varies)."""
     if not isinstance(protocol, str):
         return "– (no ok rows)"
     if protocol == "deployable":
-        return f"deployable (per episode, median {_num(threshold, 2)})"
+        return f"deployable (fitted per episode, median {_num(threshold, 2)})"
+    if protocol == "native":
+        return f"fixed {_num(threshold, 2)} (native)"
     return f"{protocol} @{_num(threshold, 2)}"
+
+
+def miou_text(mean: float, std: float, n_repeats) -> str:
+    """"41.2 ± 3.1" over several support draws; "41.2 (1 draw)" when there is one (no ± 0.0)."""
+    if not np.isfinite(mean):
+        return "–"
+    if not np.isfinite(n_repeats) or int(n_repeats) <= 1:
+        return f"{_pct(mean)} (1 draw)"
+    return f"{_pct(mean)} ± {_pct(std)}"
+
+
+def ci_text(low: float, high: float, min_class_episodes) -> str:
+    """"[38.0, 44.1]", marked ‡ when some (repeat, class) stratum had < 5 defective episodes."""
+    if not np.isfinite(low):
+        return "–"
+    few = np.isfinite(min_class_episodes) and min_class_episodes < MIN_CLASS_EPISODES
+    return f"[{_pct(low)}, {_pct(high)}]" + (f" {FEW_EPISODES_MARK}" if few else "")
+
+
+def fp_rate_text(x: float) -> str:
+    """FP pixel rate in percent with three decimals (small rates stay visible), as everywhere."""
+    return "–" if x is None or not np.isfinite(x) else f"{100 * x:.3f}"
+
+
+def seconds_text(episodes_per_s: float) -> str:
+    return "–" if not np.isfinite(episodes_per_s) or episodes_per_s <= 0 else f"{1 / episodes_per_s:.2f}"
+
+
+def flags(row) -> list[str]:
+    """Reasons to distrust a summary row: one support draw, a CI from few episodes, near chance."""
+    out = []
+    repeats = row.get("n_repeats", np.nan)
+    if np.isfinite(row.get("miou_mean", np.nan)) and (not np.isfinite(repeats) or repeats <= 1):
+        out.append("1 draw: no spread over supports")
+    few = row.get("min_class_episodes", np.nan)
+    if np.isfinite(few) and few < MIN_CLASS_EPISODES:
+        out.append(f"CI from {int(few)} episode(s) in a class (< {MIN_CLASS_EPISODES})")
+    auroc = row.get("pixel_auroc", np.nan)
+    if np.isfinite(auroc) and auroc < AUROC_CHANCE_BELOW:
+        out.append(f"near chance: pixel AUROC {_pct(auroc)} % < {100 * AUROC_CHANCE_BELOW:g} %")
+    return out
+
+
+# Column -> how the console shows it too (the console prints these columns of the same table).
+CONSOLE_COLUMNS = ["method", "shots", "protocol", "mIoU % (@protocol)", "mIoU 95% CI",
+                   "pixel AUROC % (thr-free)", "image AUROC % (thr-free)", "AUPRO % ≤30% FPR (thr-free)",
+                   "comp. recall touch % (@protocol)", "comp. recall ≥50% % (@protocol)",
+                   "false-alarm rate % (@protocol)", "FP px rate % (@protocol)", "s/episode",
+                   "episodes", "failed", "flags"]
 
 
 def summary_table(agg: Aggregates, intervals: pd.DataFrame, paired: pd.DataFrame,
                   n_resamples: int) -> Table:
+    """The one summary table: the report's section, ``summary.md/csv`` and the console rows
+    (``CONSOLE_COLUMNS`` of ``display``) all come from here."""
     keys = agg.keys
     data = agg.summary.merge(intervals[keys + ["ci_low", "ci_high"]], on=keys, how="left")
+    if "min_class_episodes" not in data:
+        data["min_class_episodes"] = np.nan
     display = pd.DataFrame({k: data[k].astype(str) for k in keys})
-    display["protocol"] = [_threshold_text(p, t) for p, t in
+    display["protocol"] = [protocol_label(p, t) for p, t in
                            zip(data["threshold_protocol"], data["threshold"])]
     display["episodes"] = data["n_episodes"].astype(str)
     display["failed"] = data["n_failed"].astype(str)
-    display["mIoU (@protocol)"] = [f"{_pct(m)} ± {_pct(s)}" if np.isfinite(m) else "–" for m, s in
-                                   zip(data["miou_mean"], data["miou_std"])]
-    display["mIoU 95% CI"] = [f"[{_pct(lo)}, {_pct(hi)}]" if np.isfinite(lo) else "–" for lo, hi in
-                              zip(data["ci_low"], data["ci_high"])]
-    display["FB-IoU (@protocol)"] = data["fb_iou"].map(_pct)
-    display["mIoU (oracle)"] = data["oracle_miou"].map(_pct)
-    display["pixel AUROC (thr-free)"] = data["pixel_auroc"].map(_pct)
-    display["pixel AP (thr-free)"] = data["pixel_ap"].map(_pct)
-    display["F1-max (oracle)"] = data["f1_max"].map(_pct)
-    display["image AUROC (thr-free)"] = data["image_auroc"].map(_pct)
-    display["image AP (thr-free)"] = data["image_ap"].map(_pct)
-    display["image F1-max (oracle)"] = data["image_f1_max"].map(_pct)
-    display["AUPRO ≤30% FPR (thr-free)"] = data["aupro"].map(_pct)
-    display["comp. recall touch (@protocol)"] = data["comp_recall_touch"].map(_pct)
-    display["comp. recall ≥50% (@protocol)"] = data["comp_recall_half"].map(_pct)
-    display["false-alarm rate (@protocol)"] = data["false_alarm_rate"].map(_pct)
-    display["FP px rate (@protocol)"] = data["fp_pixel_rate"].map(
-        lambda x: "–" if not np.isfinite(x) else f"{x:.2e}")
+    display["mIoU % (@protocol)"] = [miou_text(m, s, r) for m, s, r in
+                                     zip(data["miou_mean"], data["miou_std"], data["n_repeats"].astype(float))]
+    display["mIoU 95% CI"] = [ci_text(lo, hi, n) for lo, hi, n in
+                              zip(data["ci_low"], data["ci_high"], data["min_class_episodes"].astype(float))]
+    display["FB-IoU % (@protocol)"] = data["fb_iou"].map(_pct)
+    display["mIoU % (oracle)"] = data["oracle_miou"].map(_pct)
+    display["pixel AUROC % (thr-free)"] = data["pixel_auroc"].map(_pct)
+    display["pixel AP % (thr-free)"] = data["pixel_ap"].map(_pct)
+    display["F1-max % (oracle)"] = data["f1_max"].map(_pct)
+    display["image AUROC % (thr-free)"] = data["image_auroc"].map(_pct)
+    display["image AP % (thr-free)"] = data["image_ap"].map(_pct)
+    display["image F1-max % (oracle)"] = data["image_f1_max"].map(_pct)
+    display["AUPRO % ≤30% FPR (thr-free)"] = data["aupro"].map(_pct)
+    display["comp. recall touch % (@protocol)"] = data["comp_recall_touch"].map(_pct)
+    display["comp. recall ≥50% % (@protocol)"] = data["comp_recall_half"].map(_pct)
+    display["false-alarm rate % (@protocol)"] = data["false_alarm_rate"].map(_pct)
+    display["FP px rate % (@protocol)"] = data["fp_pixel_rate"].map(fp_rate_text)
     display["FP blobs/img (@protocol)"] = data["fp_blobs_per_image"].map(lambda x: _num(x, 2))
-    display["episodes/s"] = data["episodes_per_s"].map(lambda x: _num(x, 2))
+    display["s/episode"] = data["episodes_per_s"].astype(float).map(seconds_text)
+    display["flags"] = ["; ".join(flags(row)) or "–" for row in data.to_dict("records")]
     bold = _mark_best(data, display, keys, paired)
     caption = (
         "mIoU: per repeat (support draw), foreground IoU pooled per class (ΣTP/Σ(TP+FP+FN) over the "
-        "class's defective queries), unweighted mean over classes; mean ± std (ddof=0) over repeats, "
-        f"95% CI: percentile bootstrap over episodes within (repeat, class), {n_resamples} resamples. "
+        "class's defective queries), unweighted mean over classes; mean ± std (ddof=0) over repeats "
+        "('1 draw' when there is one support draw: no spread to show). "
+        f"95% CI: percentile bootstrap over episodes within (repeat, class), {n_resamples} resamples; "
+        f"{FEW_EPISODES_MARK} = some (repeat, class) had fewer than {MIN_CLASS_EPISODES} defective "
+        "episodes, so the interval is too narrow to trust. "
         "FB-IoU: mean of fg and bg IoU pooled over all defective queries. Oracle mIoU: per class the "
         "IoU-max threshold of the pooled 64-bin score histogram (chosen on test labels: upper bound). "
         "Pixel AUROC/AP/F1-max: from the summed histograms of all queries. Image AUROC/AP/F1-max: "
         "per-query max score, defective vs normal queries (exact; F1-max at the best image threshold). "
         "AUPRO: area under per-region overlap vs pixel FPR up to 30 % FPR, / 0.3 (MVTec AD, anomalib), "
         "at the 64 histogram bin edges. Component recall: GT components found, 'touch' = >= 1 "
-        "predicted pixel inside, '≥50%' = at least half of its pixels predicted. False alarms: normal "
-        "queries only. @protocol: at the stored threshold of the row's protocol (native = the method's "
-        "fixed threshold; deployable = fitted on support data per episode). Values in % except FP "
-        "rates. Bold: best mIoU per shot; † = not significantly better than the runner-up (paired "
-        "bootstrap, 95% CI of the difference contains 0).")
+        "predicted pixel inside, '≥50%' = at least half of its pixels predicted. False alarms and FP "
+        "pixel rate (ΣFP/Σ(FP+TN), in %): normal queries only. @protocol: at the stored threshold of "
+        "the row's protocol (fixed = the method's own threshold; deployable = fitted on support data "
+        "per episode). All rates in %. Bold: best mIoU per shot; † = not significantly better than the "
+        "runner-up (paired bootstrap, 95% CI of the difference contains 0). flags: 1 draw, CI from "
+        f"few episodes, near chance (pixel AUROC < {100 * AUROC_CHANCE_BELOW:g} %; chance = 50 %).")
     return Table("summary", "Summary per method and shots", caption, display, data, bold)
+
+
+def verdict(table: Table, paired: pd.DataFrame) -> list[str]:
+    """One sentence per shot count (and dataset): the best method by mIoU, its CI, and whether it
+    is significantly better than the runner-up (paired bootstrap)."""
+    data = table.data
+    keys = [k for k in ("dataset", "method", "shots") if k in data.columns]
+    context = [k for k in keys if k != "method"]
+    sentences = []
+    for group, block in data.groupby(context, sort=True, observed=True):
+        group = group if isinstance(group, tuple) else (group,)
+        ranked = block.dropna(subset=["miou_mean"]).sort_values("miou_mean", ascending=False)
+        where = ", ".join(f"{v}-shot" if k == "shots" else str(v) for k, v in zip(context, group))
+        if ranked.empty:
+            sentences.append(f"{where}: no method has a finite mIoU.")
+            continue
+        best = ranked.iloc[0]
+        ci = ci_text(best.get("ci_low", np.nan), best.get("ci_high", np.nan),
+                     float(best.get("min_class_episodes", np.nan)))
+        text = (f"{where}: best is {best['method']} with mIoU {miou_text(best['miou_mean'], best['miou_std'], float(best['n_repeats']))} % "
+                f"(95% CI {ci}, {protocol_label(best['threshold_protocol'], best['threshold'])})")
+        if len(ranked) > 1:
+            second = ranked.iloc[1]
+            a, b = sorted([best["method"], second["method"]])
+            match = paired[(paired["method_a"] == a) & (paired["method_b"] == b)]
+            for k, v in zip(context, group):
+                match = match[match[k] == v]
+            if len(match) and np.isfinite(match["ci_low"].iloc[0]):
+                significant = bool(match["significant"].iloc[0])
+                text += (f"; {'significantly' if significant else 'not significantly'} better than "
+                         f"{second['method']} ({_pct(second['miou_mean'])} %, paired bootstrap)")
+            else:
+                text += f"; runner-up {second['method']} ({_pct(second['miou_mean'])} %), not paired"
+        problems = flags(best)
+        if problems:
+            text += f" [{'; '.join(problems)}]"
+        sentences.append(text + ".")
+    return sentences
 
 
 def _mark_best(data: pd.DataFrame, display: pd.DataFrame, keys: list[str],
@@ -102,7 +208,7 @@ def _mark_best(data: pd.DataFrame, display: pd.DataFrame, keys: list[str],
         if ranked["miou_mean"].isna().all():
             continue
         best = ranked.index[0]
-        bold.add((int(best), "mIoU (@protocol)"))
+        bold.add((int(best), "mIoU % (@protocol)"))
         if len(ranked) < 2:
             continue
         a, b = sorted([data.at[best, "method"], data.at[ranked.index[1], "method"]])
@@ -110,12 +216,12 @@ def _mark_best(data: pd.DataFrame, display: pd.DataFrame, keys: list[str],
         for k in context:
             match = match[match[k] == data.at[best, k]]
         if len(match) and not bool(match["significant"].iloc[0]):
-            display.at[best, "mIoU (@protocol)"] += " †"
+            display.at[best, "mIoU % (@protocol)"] += " †"
     return bold
 
 
 def size_table(agg: Aggregates) -> Table:
-    data = agg.size_miou.merge(agg.summary[agg.keys + ["threshold_protocol"]], on=agg.keys)
+    data = agg.size_miou.merge(agg.summary[agg.keys + ["threshold_protocol", "threshold"]], on=agg.keys)
     data = data[data["n_episodes"] > 0]
     display = _wide(data, agg.keys, "size_bin",
                     lambda r: f"{_pct(r['miou'])} (n={int(r['n_episodes'])})")
@@ -126,7 +232,7 @@ def size_table(agg: Aggregates) -> Table:
 
 
 def component_table(agg: Aggregates) -> Table:
-    data = agg.component_recall.merge(agg.summary[agg.keys + ["threshold_protocol"]], on=agg.keys)
+    data = agg.component_recall.merge(agg.summary[agg.keys + ["threshold_protocol", "threshold"]], on=agg.keys)
     data = data[data["n_components"] > 0]
     display = _wide(data, agg.keys, "component_bin", _recall_cell)
     caption = ("Component recall (@protocol): fraction of GT connected components found, per "
@@ -144,12 +250,29 @@ def _recall_cell(r) -> str:
 
 
 def _wide(data: pd.DataFrame, keys: list[str], bin_column: str, cell) -> pd.DataFrame:
-    data = data.assign(_cell=[cell(r) for _, r in data.iterrows()] if len(data) else [])
-    wide = data.pivot_table(index=keys + ["threshold_protocol"], columns=bin_column, values="_cell",
+    data = data.assign(_cell=[cell(r) for _, r in data.iterrows()] if len(data) else [],
+                       protocol=[protocol_label(p, t) for p, t in zip(data["threshold_protocol"], data["threshold"])])
+    wide = data.pivot_table(index=keys + ["protocol"], columns=bin_column, values="_cell",
                             aggfunc="first", observed=True, sort=True)
-    wide = wide.reset_index().rename(columns={"threshold_protocol": "protocol"}).fillna("–")
+    wide = wide.reset_index().fillna("–")
     wide.columns = [str(c) for c in wide.columns]
     return wide.astype(str)
+
+
+def false_alarm_table(agg: Aggregates) -> Table:
+    """Normal (defect-free) queries only: how often and how much a method fires where there is nothing."""
+    data = agg.summary[agg.keys + ["threshold_protocol", "threshold", "n_normal", "false_alarm_rate",
+                                   "fp_pixel_rate", "fp_blobs_per_image"]].copy()
+    display = pd.DataFrame({k: data[k].astype(str) for k in agg.keys})
+    display["protocol"] = [protocol_label(p, t) for p, t in zip(data["threshold_protocol"], data["threshold"])]
+    display["normal queries"] = data["n_normal"].astype(str)
+    display["false-alarm rate % (@protocol)"] = data["false_alarm_rate"].map(_pct)
+    display["FP px rate % (@protocol)"] = data["fp_pixel_rate"].map(fp_rate_text)
+    display["FP blobs/img (@protocol)"] = data["fp_blobs_per_image"].map(lambda x: _num(x, 2))
+    caption = ("Normal queries only, at the stored threshold. False-alarm rate: % of normal images with "
+               "any predicted pixel; FP px rate: ΣFP/Σ(FP+TN) over their pixels, in %; FP blobs/img: "
+               "mean predicted connected components per normal image.")
+    return Table("false_alarms", "False alarms on defect-free queries", caption, display, data)
 
 
 def paired_table(paired: pd.DataFrame, n_resamples: int) -> Table:

@@ -226,7 +226,7 @@ def test_files_written_and_labelled(toy_report):
         for fmt in ("md", "csv", "tex"):
             assert (out / f"{name}.{fmt}").stat().st_size > 0, f"{name}.{fmt}"
     markdown = (out / "summary.md").read_text()
-    for protocol in ("native @0.50", "(oracle)", "(thr-free)", "(@protocol)"):
+    for protocol in ("fixed 0.50 (native)", "(oracle)", "(thr-free)", "(@protocol)"):
         assert protocol in markdown
     latex = (out / "summary.tex").read_text()
     assert r"\begin{tabular}" in latex and r"\textbf{" in latex and "%" not in latex.replace(r"\%", "")

@@ -12,7 +12,7 @@ from harness.report.aggregate import aggregate
 from harness.report.load import load_runs
 from harness.schema import EPISODE_SCHEMA
 from harness.store import RunStore
-from harness.summary import read_summary_rows, summary_frame
+from harness.summary import run_summary
 from tests.harness.test_metrics_region import brute_force_image_metrics, flood_components, random_episode, reference_aupro
 
 
@@ -89,10 +89,10 @@ def test_component_table_has_both_rules(run):
 
 def test_console_summary_shows_the_same_numbers(run):
     run_dir, episodes = run
-    numbers = summary_frame(read_summary_rows([run_dir])).set_index("method")
+    numbers = run_summary([run_dir], bootstrap=20).data.set_index("method")
     expected = expected_numbers(episodes)
-    assert numbers.at["new", "image_AUROC"] == pytest.approx(expected["image_auroc"])
-    assert numbers.at["new", "AUPRO"] == pytest.approx(expected["aupro"])
+    assert numbers.at["new", "image_auroc"] == pytest.approx(expected["image_auroc"])
+    assert numbers.at["new", "aupro"] == pytest.approx(expected["aupro"])
     assert numbers.at["new", "comp_recall_half"] == pytest.approx(expected["comp_recall_half"])
     assert numbers.at["new", "comp_recall_touch"] == pytest.approx(expected["comp_recall_touch"])
-    assert np.isnan(numbers.at["old", "AUPRO"])
+    assert np.isnan(numbers.at["old", "aupro"])

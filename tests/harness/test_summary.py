@@ -1,5 +1,6 @@
 """The console summary after ``bench.py run``: pixel AUROC equals a hand count (and the report's),
-the threshold column tells fixed from support-fitted thresholds, low AUROC gets a warning line."""
+the protocol column tells fixed from support-fitted thresholds, low AUROC gets a warning line,
+one support draw says "1 draw" (never "± 0.0"), a CI from few episodes per class is flagged."""
 from __future__ import annotations
 
 import math
@@ -11,10 +12,12 @@ os.environ.setdefault("MPLCONFIGDIR", "/tmp/mpl")
 import pandas as pd
 import pytest
 
-from harness.report.aggregate import aggregate
+from harness.report import summarise
+from harness.report.load import MethodSource, RunInfo
+from harness.report.tables import summary_table
 from harness.schema import EPISODE_SCHEMA, HIST_BINS
 from harness.store import RunStore
-from harness.summary import auroc_warnings, summary_frame, summary_table
+from harness.summary import auroc_warnings, console_frame, write_run_summary
 
 H = W = 10  # 100 pixels per query
 
@@ -70,50 +73,86 @@ def _hand_auroc(pos: dict[int, int], neg: dict[int, int]) -> float:
     return wins / (n_pos * n_neg)
 
 
-def test_pixel_auroc_matches_hand_count_and_report():
-    rows = make_rows()
-    numbers = summary_frame(rows).set_index("method")
+def _table(rows: pd.DataFrame, bootstrap: int = 50):
+    run = RunInfo("run", None)
+    sources = {m: MethodSource(m, run, m) for m in rows["method"].unique()}
+    agg, intervals, paired, _ = summarise(rows, sources, bootstrap=bootstrap)
+    return summary_table(agg, intervals, paired, bootstrap)
+
+
+def test_pixel_auroc_matches_hand_count():
+    numbers = _table(make_rows()).data.set_index("method")
     # good, pooled over its ok queries: pos 3 @ 40, 1 @ 10; neg 192 @ 5, 4 @ 40
     good = _hand_auroc({40: 3, 10: 1}, {5: 192, 40: 4})
     assert good == pytest.approx((3 * (192 + 4 / 2) + 1 * 192) / (4 * 196))
-    assert numbers.loc["good", "pixel_AUROC"] == pytest.approx(good)
-    assert numbers.loc["fitted", "pixel_AUROC"] == pytest.approx(0.5)
-    # same definition as the full report's pixel AUROC
-    report = aggregate(rows).summary.set_index("method")["pixel_auroc"]
-    for method in ("good", "fitted"):
-        assert numbers.loc[method, "pixel_AUROC"] == pytest.approx(report[method])
+    assert numbers.loc["good", "pixel_auroc"] == pytest.approx(good)
+    assert numbers.loc["fitted", "pixel_auroc"] == pytest.approx(0.5)
+    display = _table(make_rows()).display.set_index("method")
+    assert display.loc["good", "pixel AUROC % (thr-free)"] == f"{100 * good:.1f}"
 
 
 def test_pixel_auroc_nan_without_positives_or_negatives():
     rows = make_rows()
     rows = rows[rows["query_is_normal"] | (rows["method"] != "good")]  # good keeps only its normal query
-    numbers = summary_frame(rows).set_index("method")
-    assert math.isnan(numbers.loc["good", "pixel_AUROC"])
-    assert auroc_warnings(summary_frame(rows[rows["method"] == "good"])) == []
+    numbers = _table(rows).data.set_index("method")
+    assert math.isnan(numbers.loc["good", "pixel_auroc"])
+    assert auroc_warnings(numbers.reset_index().query("method == 'good'")) == []
 
 
-def test_threshold_label_fixed_vs_fitted():
-    numbers = summary_frame(make_rows()).set_index("method")
-    assert numbers.loc["good", "threshold"] == "fixed 0.5"
-    assert numbers.loc["fitted", "threshold"] == "support-fitted (deployable)"
+def test_protocol_label_fixed_vs_fitted():
+    display = _table(make_rows()).display.set_index("method")
+    assert display.loc["good", "protocol"] == "fixed 0.50 (native)"
+    assert display.loc["fitted", "protocol"].startswith("deployable (fitted per episode, median 0.")
+
+
+def test_declared_protocol_wins_over_inference():
+    rows = make_rows()
+    rows = rows[rows["method"] == "good"]
+    run = RunInfo("run", None, {"methods": {"good": {"threshold_protocol": "deployable"}}})
+    agg, intervals, paired, _ = summarise(rows, {"good": MethodSource("good", run, "good")}, bootstrap=10)
+    assert summary_table(agg, intervals, paired, 10).display["protocol"].iloc[0].startswith("deployable")
 
 
 def test_warning_only_below_60_percent():
-    lines = auroc_warnings(summary_frame(make_rows()))
+    lines = auroc_warnings(_table(make_rows()).data)
     assert lines == ["warning: fitted (1-shot) pixel AUROC 50.0 % < 60 %: its features carry (almost) no "
                      "defect signal on this data (chance = 50 %)"]
+    flags = _table(make_rows()).display.set_index("method")["flags"]
+    assert "near chance" in flags["fitted"] and "near chance" not in flags["good"]
 
 
-def test_summary_table_from_store_has_new_columns(tmp_path):
+def test_one_draw_says_so_and_few_episodes_are_flagged():
+    table = _table(make_rows())
+    display = table.display.set_index("method")
+    # one repeat: no "± 0.0", the cell says "1 draw"
+    assert "(1 draw)" in display.loc["good", "mIoU % (@protocol)"]
+    assert "±" not in display.loc["good", "mIoU % (@protocol)"]
+    # one defective episode in the class: the CI is marked and the flag names the count
+    assert display.loc["good", "mIoU 95% CI"].endswith("‡")
+    assert "CI from 1 episode(s) in a class (< 5)" in display.loc["good", "flags"]
+
+
+def test_several_draws_and_enough_episodes_are_not_flagged():
+    rows = [
+        _row("many", f"e{r}-{k}", {40: 3, 10: 1}, {5: 94, 40: 2}, repeat=r) for r in (0, 1) for k in range(5)
+    ]
+    rows[0] = _row("many", "e0-0", {40: 4}, {5: 96}, repeat=0)  # repeats differ -> non-zero std
+    display = _table(pd.DataFrame(rows)).display.iloc[0]
+    assert "±" in display["mIoU % (@protocol)"] and "draw" not in display["mIoU % (@protocol)"]
+    assert not display["mIoU 95% CI"].endswith("‡")
+    assert display["flags"] == "–"
+
+
+def test_run_summary_files_and_console_columns(tmp_path):
     rows = make_rows()
     store = RunStore(tmp_path / "run")
     for method, group in rows.groupby("method"):
         store.write_part(method, 0, group.drop(columns="method").to_dict("records"))
-    table = summary_table([tmp_path / "run"]).set_index("method")
-    columns = list(table.columns)
-    assert columns[columns.index("mIoU %") + 1] == "pixel AUROC %"
-    assert "mIoU % (native thr.)" not in columns
-    assert table.loc["good", "threshold"] == "fixed 0.5"
-    assert table.loc["good", "pixel AUROC %"] == f"{100 * _hand_auroc({40: 3, 10: 1}, {5: 192, 40: 4}):.1f}"
-    assert table.loc["fitted", "threshold"] == "support-fitted (deployable)"
-    assert table.loc["fitted", "pixel AUROC %"] == "50.0"
+    text, warnings = write_run_summary(tmp_path / "run", bootstrap=20)
+    assert "fixed 0.50 (native)" in text and "pixel AUROC % (thr-free)" in text
+    assert "FP px rate % (@protocol)" in text and warnings and "fitted" in warnings[0]
+    csv = pd.read_csv(tmp_path / "run" / "summary.csv")
+    assert {"miou_mean", "ci_low", "pixel_auroc", "fp_pixel_rate"} <= set(csv.columns)
+    markdown = (tmp_path / "run" / "summary.md").read_text()
+    assert "FB-IoU % (@protocol)" in markdown  # summary.md has every column, the console a subset
+    assert "FB-IoU % (@protocol)" not in text
