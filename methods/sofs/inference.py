@@ -27,6 +27,7 @@ import torch
 
 from harness.features import ARCHS
 from harness.tiling import resize_map, resized_shape, stitch, tile_grid
+from methods._common import FEATURE_CACHE, ViewStats
 from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec
 from methods.sofs.checkpoint import build_head, load_backbone, read_checkpoint
 from methods.sofs.data import area_fraction, episode_seed, model_input, support_views
@@ -65,6 +66,7 @@ class SOFSConfig:
     test_time_ablation: bool = False  # run a head whose training switches differ from this variant's
     seed: int = 54
     device: str = "auto"  # "auto" = cuda when available
+    feature_cache_mb: int = 512  # backbone outputs of query tiles / support views in the process-wide cache (0 = off)
 
 
 class SOFS:
@@ -131,6 +133,11 @@ class SOFS:
             features, head, config.intensity_downsampling, prior_input=config.abnormal_prior
         ).to(self.device).eval()
         self.hparams = hparams
+        # Backbone outputs are cached by model-input content (query tiles recur across seeds,
+        # shots and repeats; a support's crops are a pure function of the supports and the seed).
+        self.view_stats = ViewStats()
+        self._view_prefix = repr(("sofs", arch, str(weights.get("backbone") or "default"), layers, image_size, str(self.device)))
+        FEATURE_CACHE.ensure_budget(config.feature_cache_mb * 2**20)
 
     # --------------------------------------------------------------------------------------
 
@@ -188,11 +195,31 @@ class SOFS:
             if id(image) not in slot:
                 slot[id(image)] = len(inputs)
                 inputs.append(model_input(image, mask, self.image_size))
-        encoded = self._encode(torch.stack([x[0] for x in inputs]).to(self.device))
+        encoded = self._encode_cached([x[0] for x in inputs])
         index = torch.tensor([slot[id(v[0])] for v in views], device=self.device)
         features = [f[index] for f in encoded]  # L x [n, C, h, w]
         masks = torch.stack([x[1] for x in inputs]).to(self.device)[index]  # [n, 1, S, S]
         return self.model.support_context(features, masks[None])  # N = 1 support set
+
+    def _encode_cached(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Model inputs ``[3, S, S]`` (CPU) -> L x ``[n, C, h, w]``, encoding only uncached views."""
+        import hashlib
+
+        use_cache = self.config.feature_cache_mb > 0
+        keys = [hashlib.blake2b(self._view_prefix.encode() + x.numpy().tobytes(), digest_size=16).hexdigest()
+                for x in inputs]
+        found = [FEATURE_CACHE.get(key) if use_cache else None for key in keys]
+        missing = [i for i, item in enumerate(found) if item is None]
+        if missing:
+            encoded = self._encode(torch.stack([inputs[i] for i in missing]).to(self.device))
+            for j, i in enumerate(missing):
+                found[i] = _Encoded([level[j].clone() for level in encoded])
+                if use_cache:
+                    FEATURE_CACHE.put(keys[i], found[i])
+        forwarded = set(missing)
+        for i, key in enumerate(keys):
+            self.view_stats.record(key, 1, forwarded=i in forwarded)
+        return [torch.stack([item.levels[level] for item in found]) for level in range(len(found[0].levels))]
 
     def _encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         chunks = [self.model.encode(images[i : i + self.config.nd_batch_size])
@@ -205,12 +232,22 @@ class SOFS:
         out = []
         for start in range(0, len(tiles), cfg.nd_batch_size):
             chunk = tiles[start : start + cfg.nd_batch_size]
-            batch = torch.stack([model_input(t, None, self.image_size)[0] for t in chunk])
-            output = self.model.query(self.model.encode(batch.to(self.device)), context)
+            batch = [model_input(t, None, self.image_size)[0] for t in chunk]
+            output = self.model.query(self._encode_cached(batch), context)
             weight = context.mask_weight if cfg.output == "head" else torch.zeros_like(context.mask_weight)
             prob = probability(output, weight, self.image_size, cfg.fad_fallback or cfg.output == "prior")
             out += list(prob.float().cpu().numpy())
         return out
+
+
+class _Encoded:
+    """Backbone levels of one model input, as kept in the feature cache."""
+
+    def __init__(self, levels: list[torch.Tensor]):
+        self.levels = levels
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.levels)
 
 
 def check_switches(config: SOFSConfig, hparams: dict, path: Path) -> None:
