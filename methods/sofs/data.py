@@ -170,6 +170,7 @@ class EpisodeConfig:
     alpha: float = 0.3  # probability of a non-defect-anchored query crop
     augment: bool = True
     variants: int = 0  # > 0: each (image, role) has this many fixed views (features cacheable)
+    non_resizing: bool = True  # off (--no-non-resizing): every query and support resized whole, supports x S
 
 
 @dataclass(frozen=True)
@@ -199,9 +200,80 @@ class EpisodeBatch:
 ImageReader = Callable[[object], np.ndarray]
 
 
+ALL_FOLDS = "all"
+
+
+@dataclass(frozen=True)
+class TrainingSelection:
+    """The defective records a training run draws its episodes from, and how they were chosen."""
+
+    records: tuple
+    scope: str  # e.g. "fold 'base'", "every class (the dataset defines no folds)"
+    held_out: tuple[str, ...]  # objects or class ids kept unseen by --holdout-objects
+
+
+def select_training_records(dataset, fold: str, holdout: str = "", seed: int = 0) -> TrainingSelection:
+    """Defective records of ``fold``: a fold of the dataset (its objects), ``all`` (every class),
+    records whose ``split`` is ``fold``, or, on a dataset without folds and the default ``base``,
+    every class. ``holdout``: comma-separated objects or ``object/category`` class ids to leave out,
+    or a fraction in (0, 1) of the objects (of the classes when there is a single object), drawn
+    with ``seed``."""
+    folds = getattr(dataset, "folds", {}) or {}
+    defective = [r for r in dataset.records if not r.is_normal]
+    name = getattr(dataset, "name", "dataset")
+    if fold in folds:
+        objects = set(folds[fold])
+        records, scope = [r for r in defective if r.object in objects], f"fold '{fold}'"
+    elif fold == ALL_FOLDS:
+        records, scope = defective, "every class"
+    elif any(r.split == fold for r in defective):
+        records, scope = [r for r in defective if r.split == fold], f"split '{fold}'"
+    elif not folds and fold == "base":
+        records, scope = defective, "every class (the dataset defines no folds)"
+    else:
+        known = ", ".join(sorted(folds)) or "none"
+        raise MethodError(f"{name}: no fold '{fold}' (folds: {known}); use --fold all to train on every class")
+    held = _holdout_names(records, holdout, seed, name)
+    if held:
+        records = [r for r in records if r.object not in held and r.class_id not in held]
+        scope += f" minus held-out {', '.join(held)}"
+    return TrainingSelection(tuple(records), scope, held)
+
+
+def _holdout_names(records, holdout: str, seed: int, name: str) -> tuple[str, ...]:
+    from harness.features import did_you_mean
+
+    items = [x.strip() for x in holdout.split(",") if x.strip()]
+    if not items:
+        return ()
+    objects = sorted({r.object for r in records})
+    classes = sorted({r.class_id for r in records})
+    try:
+        fraction = float(items[0]) if len(items) == 1 else None
+    except ValueError:
+        fraction = None
+    if fraction is not None:
+        units = objects if len(objects) > 1 else classes
+        if not 0 < fraction < 1:
+            raise MethodError(f"--holdout-objects {items[0]}: a fraction must be in (0, 1)")
+        count = max(1, round(fraction * len(units)))
+        if count >= len(units):
+            raise MethodError(f"--holdout-objects {items[0]} would hold out all {len(units)} "
+                              f"{'objects' if units is objects else 'classes'} of {name}")
+        chosen = np.random.default_rng([seed, 11]).choice(len(units), size=count, replace=False)
+        return tuple(sorted(units[int(i)] for i in chosen))
+    for item in items:
+        if item not in objects and item not in classes:
+            raise MethodError(f"--holdout-objects: '{item}' is neither an object nor a class of the "
+                              f"training records of {name}{did_you_mean(item, objects + classes)}")
+    return tuple(items)
+
+
 class EpisodeSampler:
     """Episodes over the defective records of one fold (spec §3 "Episode sampling").
 
+    Records: :func:`select_training_records`. With ``non_resizing`` off every view is the whole
+    image resized (a support repeated S times, as the ``sofs-no-nonresize`` inference feeds it).
     One epoch = every (class, image) record once as query, in a permutation seeded by
     ``(seed, epoch)``; supports are K other images of the same class (without replacement when
     enough exist, else with replacement); classes with a single image are never queried (the
@@ -209,25 +281,32 @@ class EpisodeSampler:
     """
 
     def __init__(self, dataset, fold: str, config: EpisodeConfig, seed: int,
-                 read_image: ImageReader | None = None, read_mask: ImageReader | None = None):
+                 read_image: ImageReader | None = None, read_mask: ImageReader | None = None,
+                 holdout: str = ""):
         if read_image is None or read_mask is None:
             from datasets import base as dataset_base  # written in parallel; imported lazily
 
             read_image = read_image or dataset_base.read_image
             read_mask = read_mask or dataset_base.read_mask
-        folds = getattr(dataset, "folds", {}) or {}
-        objects = set(folds.get(fold, ()))
-        self.records = [
-            r for r in dataset.records
-            if not r.is_normal and (r.object in objects if objects else r.split == fold)
-        ]
+        self.selection = select_training_records(dataset, fold, holdout, seed)
+        self.records = list(self.selection.records)
         by_class: dict[str, list[int]] = defaultdict(list)
         for index, record in enumerate(self.records):
             by_class[record.class_id].append(index)
         self.by_class = dict(by_class)
         self.queries = [i for i, r in enumerate(self.records) if len(self.by_class[r.class_id]) > 1]
+        small = sorted(c for c, members in self.by_class.items() if len(members) < 2)
+        self.notes = []
+        if small:
+            self.notes.append(f"{len(small)} class(es) with a single defective image are never queried "
+                              f"(a query needs another image of its class as support): {', '.join(small)}")
         if not self.queries:
-            raise MethodError(f"fold '{fold}' has no class with two or more defective images")
+            where = f"{getattr(dataset, 'name', 'dataset')}, {self.selection.scope}"
+            if not self.records:
+                raise MethodError(f"{where}: no defective image to train on")
+            raise MethodError(f"{where}: no class has two or more defective images "
+                              f"(a query needs another image of its class as support); classes: "
+                              f"{', '.join(f'{c} {len(m)}' for c, m in sorted(self.by_class.items()))}")
         self.config = config
         self.seed = seed
         self._read_image, self._read_mask = read_image, read_mask
@@ -238,7 +317,8 @@ class EpisodeSampler:
 
     def _load_uncached(self, record: int) -> tuple[np.ndarray, np.ndarray]:
         rec = self.records[record]
-        return np.asarray(self._read_image(rec), np.uint8), np.asarray(self._read_mask(rec), bool)
+        # copies: readers may return read-only arrays, which torch.from_numpy warns about
+        return np.array(self._read_image(rec), np.uint8), np.array(self._read_mask(rec), bool)
 
     def plan(self, index: int) -> tuple[ViewSpec, list[ViewSpec]]:
         """Query view + n = K * S support views of sample ``index`` (no image is read)."""
@@ -262,6 +342,9 @@ class EpisodeSampler:
         return ViewSpec(query, "query", query_seed), supports
 
     def _is_large(self, record: int) -> bool:
+        """Resized whole (large defect, or the non-resizing procedure switched off) vs cropped."""
+        if not self.config.non_resizing:
+            return True
         return area_fraction(self._load(record)[1]) > self.config.area_resize_ratio
 
     def render(self, view: ViewSpec) -> tuple[torch.Tensor, torch.Tensor]:

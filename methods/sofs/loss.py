@@ -51,13 +51,33 @@ def logits_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 CE_FORMS = ("reference", "logits")
 
 
+def plain_dice(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over episodes of 1 - (2 sum(y p) + 1e-5) / (sum y + sum p + 1e-5) (no normal term)."""
+    intersection = (prob * target).flatten(1).sum(1)
+    return (1 - (2 * intersection + DICE_SMOOTH) / (target.flatten(1).sum(1) + prob.flatten(1).sum(1)
+                                                    + DICE_SMOOTH)).mean()
+
+
 def sofs_loss(prob: torch.Tensor, target: torch.Tensor, smooth_r: float = 1e5,
               dice_weight: float = 1.0, ce_weight: float = 0.01,
-              logits: torch.Tensor | None = None) -> torch.Tensor:
+              logits: torch.Tensor | None = None, mixed_normal: bool = True) -> torch.Tensor:
     """dice_weight * mixed normal Dice + ce_weight * CE; prob = sigmoid(logits) ``[B, 37, 37]``.
 
     With ``logits`` the CE term is :func:`logits_ce` (no saturation; see methods/sofs/README.md
     decision 22), else the reference's ``log(p + 1e-6)`` form (:func:`binary_ce`).
+
+    ``mixed_normal=False`` (the ablation ``--no-mixed-normal-dice``): a standard FSS loss, plain
+    Dice + CE over the defective episodes only (target not empty); normal episodes are left out of
+    both terms, and a batch without a defective episode gives a zero loss (no gradient).
     """
+    if not mixed_normal:
+        defective = target.flatten(1).sum(1) > 0
+        if not bool(defective.any()):
+            return prob.sum() * 0.0
+        prob, target = prob[defective], target[defective]
+        logits = None if logits is None else logits[defective]
+        dice = plain_dice(prob, target)
+    else:
+        dice = mixed_normal_dice(prob, target, smooth_r)
     ce = binary_ce(prob, target) if logits is None else logits_ce(logits, target)
-    return dice_weight * mixed_normal_dice(prob, target, smooth_r) + ce_weight * ce
+    return dice_weight * dice + ce_weight * ce

@@ -60,6 +60,8 @@ class TrainConfig:
     target_threshold: float = 0.1
     abnormal_prior: bool = True
     intensity_downsampling: bool = True
+    mixed_normal_dice: bool = True  # off: plain Dice + CE over defective queries only (the ablation)
+    holdout_objects: str = ""  # objects / class ids (comma-separated) or a fraction kept unseen
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     checkpoint_every: int = 50
     cache_mb: int = 0  # feature cache for fixed views (episode.variants > 0); 0 = none
@@ -120,6 +122,8 @@ def build_training_model(config: TrainConfig) -> tuple[SOFSModel, dict[str, Any]
     hparams = hparams_of(
         head, config.backbone, features.layers, config.episode.image_size,
         intensity_downsampling=config.intensity_downsampling,
+        non_resizing=config.episode.non_resizing,
+        mixed_normal_dice=config.mixed_normal_dice,
         backbone_sha256=file_sha256(backbone_path),
         train_options=json.dumps(config.as_json()),
     )
@@ -209,10 +213,21 @@ def micro_batch_loss(
     target = patch_target(masks[:batch], model.patch, config.target_threshold, config.intensity_downsampling)
     logits = output.logits if config.ce_form == "logits" else None
     return sofs_loss(torch.sigmoid(output.logits), target, config.smooth_r, config.dice_weight,
-                     config.ce_weight, logits=logits)
+                     config.ce_weight, logits=logits, mixed_normal=config.mixed_normal_dice)
+
+
+def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the options it predates filled in with their defaults (recursively),
+    so a checkpoint written before an option existed still resumes."""
+    out = dict(defaults)
+    for key, value in saved.items():
+        nested = isinstance(value, dict) and isinstance(defaults.get(key), dict)
+        out[key] = _with_defaults(value, defaults[key]) if nested else value
+    return out
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    saved = _with_defaults(saved, TrainConfig().as_json())
     current = config.as_json()
     changed = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
     if changed:
@@ -225,14 +240,23 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> 
 
 def train(
     dataset, config: TrainConfig, out: Path, resume: bool = True, stop_after: int | None = None,
-    progress: bool = True, read_image=None, read_mask=None,
+    progress: bool = True, read_image=None, read_mask=None, log=None,
 ) -> TrainResult:
     """Train (or resume) and write checkpoints to ``out``; ``stop_after``: at most this many
-    optimizer steps in this call (a time-boxed run; resume continues it)."""
+    optimizer steps in this call (a time-boxed run; resume continues it); ``log``: a callable that
+    receives one-line notes (which classes are trained, which are never queried)."""
     out = Path(out)
+    sampler = EpisodeSampler(dataset, config.fold, config.episode, config.seed, read_image, read_mask,
+                             holdout=config.holdout_objects)
+    if log is not None:
+        log(f"training on {sampler.selection.scope}: {len(sampler.by_class)} classes, "
+            f"{len(sampler.records)} defective images, {len(sampler)} queries per epoch")
+        for note in sampler.notes:
+            log(note)
     out.mkdir(parents=True, exist_ok=True)
-    sampler = EpisodeSampler(dataset, config.fold, config.episode, config.seed, read_image, read_mask)
     model, hparams = build_training_model(config)
+    hparams["train_classes"] = sorted(sampler.by_class)
+    hparams["held_out"] = list(sampler.selection.held_out)
     optimizer = make_optimizer(model, config)
     step, losses = 0, []
     checkpoint_path = out / "checkpoint.pt"
@@ -284,7 +308,8 @@ def _save(out: Path, model: SOFSModel, optimizer, step: int, losses: list[float]
     }, out / "checkpoint.pt")
     save_head(out / "sofs_head.pt", model.head, {**hparams, "train_step": step})
     summary = {"step": step, "steps": config.steps, "last_loss": losses[-1] if losses else None,
-               "losses": losses, "config": config.as_json(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+               "losses": losses, "config": config.as_json(), "train_classes": hparams.get("train_classes", []),
+               "held_out": hparams.get("held_out", []), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = out / "train_state.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
     tmp.replace(out / "train_state.json")
