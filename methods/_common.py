@@ -14,10 +14,26 @@ Resolution policies (DESIGN.md):
 
 Supports go through exactly the same path as the query (all their tiles), so prototypes and
 memory banks see the same pixels per token as the query does.
+
+Sharing (one backbone pass per unique view): every method in a process that names the same frozen
+backbone (arch, weights file, levels, input size, device) uses ONE extractor instance
+(:func:`shared_extractor`), and features live in ONE process-wide :class:`FeatureCache` keyed by
+(arch, weights, levels, resolution policy, tile geometry, precision, device, image content hash).
+The cache is bounded by bytes (the largest ``feature_cache_mb`` of the backbones using it) and by
+entries (:data:`CACHE_MAX_ENTRIES`), least recently used first out. An image whose features alone
+exceed the budget is kept in a one-entry *overflow* slot (the newest such image replaces the
+previous one), so the consecutive episodes the runner schedules on one query still share its
+features while memory stays bounded by budget + one image.
+
+Device and precision: ``device`` ("auto" = cuda when available, else cpu) is where images are
+normalised and padded, the backbone runs, features are cached and the methods compute;
+``precision`` (fp32 | bf16 | fp16) autocasts the frozen backbone's forward (fp32 = off, the
+default, so numbers stay comparable).
 """
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +43,151 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.features import BackboneError, arch_of, images_to_tensor, make_features
+from harness.features import IMAGENET_MEAN, IMAGENET_STD, BackboneError, arch_of, make_features
 from harness.tiling import Tile, resize_image, resize_map, resize_mask_fraction, resized_shape, stitch, tile_grid
 from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec
 
 RESOLUTIONS = ("native", "resize")
 DEFAULT_BACKBONE = "efficientnet_lite0"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CACHE_MAX_ENTRIES = 4096  # feature-cache entries (images), whatever their size
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> cuda when available (a Ray actor sees only its own GPU), else cpu."""
+    if name in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise MethodError(f"device '{name}' unknown; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MethodError(f"device '{name}': CUDA is not available in this process")
+    return device
+
+
+def uint8_to_input(images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` x B -> ImageNet-normalised float ``[B, 3, H, W]`` on ``device``.
+
+    The uint8 batch is copied (pinned when going to a GPU), then converted and normalised on the
+    device; on the CPU the arithmetic is that of ``harness.features.images_to_tensor``."""
+    batch = torch.from_numpy(np.stack(images))
+    if device.type == "cuda":
+        batch = batch.pin_memory().to(device, non_blocking=True)
+    batch = batch.permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return (batch - mean) / std
+
+
+def image_key(image: np.ndarray) -> str:
+    """Content hash of an image array (bytes + shape)."""
+    image = np.ascontiguousarray(image)
+    return hashlib.blake2b(image.tobytes(), digest_size=16, key=repr(image.shape).encode()).hexdigest()
+
+
+class FeatureCache:
+    """Process-wide LRU of extracted features, bounded by bytes and entries (see module doc).
+
+    ``get``/``put`` take any hashable key; values need ``nbytes()``. Thread-safe."""
+
+    def __init__(self, budget_bytes: int = 512 * 2**20, max_entries: int = CACHE_MAX_ENTRIES):
+        self.budget_bytes = budget_bytes
+        self.max_entries = max_entries
+        self.items: OrderedDict = OrderedDict()
+        self.bytes = 0
+        self.overflow: tuple | None = None  # (key, value) of the latest entry larger than the budget
+        self.lock = threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+            if self.overflow is not None and self.overflow[0] == key:
+                return self.overflow[1]
+            return None
+
+    def put(self, key, value) -> None:
+        size = value.nbytes()
+        with self.lock:
+            if key in self.items:
+                return
+            if size > self.budget_bytes:
+                self.overflow = (key, value)
+                return
+            self.items[key] = value
+            self.bytes += size
+            while self.items and (self.bytes > self.budget_bytes or len(self.items) > self.max_entries):
+                _, old = self.items.popitem(last=False)
+                self.bytes -= old.nbytes()
+
+    def ensure_budget(self, budget_bytes: int) -> None:
+        """Grow the byte budget to at least ``budget_bytes`` (the largest any user asked for)."""
+        with self.lock:
+            self.budget_bytes = max(self.budget_bytes, budget_bytes)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+            self.bytes = 0
+            self.overflow = None
+
+
+FEATURE_CACHE = FeatureCache(budget_bytes=0)  # grows to the largest feature_cache_mb in use
+_EXTRACTORS: dict[tuple, object] = {}
+_EXTRACTORS_LOCK = threading.Lock()
+
+
+def weights_identity(weights: Path | None) -> tuple:
+    """(resolved path, size, mtime): the same file names the same weights within one process."""
+    if weights is None:
+        return ("default",)
+    path = Path(weights).resolve()
+    try:
+        stat = path.stat()
+        return (str(path), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        return (str(path),)
+
+
+def shared_extractor(arch: str, weights: Path | None, layers: Sequence[int], img_size: int, device: torch.device):
+    """The one frozen extractor of this process for (arch, weights, levels, input size, device)."""
+    key = (arch, weights_identity(weights), tuple(layers), int(img_size), str(device))
+    with _EXTRACTORS_LOCK:
+        if key not in _EXTRACTORS:
+            _EXTRACTORS[key] = make_features(arch, weights, layers, img_size=img_size).to(device)
+        return _EXTRACTORS[key]
+
+
+def reset_shared() -> None:
+    """Drop the shared extractors and cached features (tests, benchmarks)."""
+    with _EXTRACTORS_LOCK:
+        _EXTRACTORS.clear()
+    FEATURE_CACHE.clear()
+    FEATURE_CACHE.budget_bytes = 0
+
+
+class ViewStats:
+    """Backbone work of one method: tiles forwarded (``passes``) and distinct views requested.
+
+    A view is one backbone input (a tile, or a resized image); views are identified by their
+    cache key plus tile index, so sets from several methods/workers can be united."""
+
+    def __init__(self):
+        self.passes = 0
+        self.views: set[str] = set()
+
+    def record(self, key: str, tiles: int, forwarded: bool) -> None:
+        self.views.update(f"{key}/{i}" for i in range(tiles))
+        if forwarded:
+            self.passes += tiles
+
+    def as_dict(self, keys: bool = True) -> dict:
+        out = {"backbone_passes": self.passes, "unique_views": len(self.views)}
+        if keys:
+            out["view_keys"] = sorted(self.views)
+        return out
 
 
 def backbone_weight_spec(method: str) -> WeightSpec:
@@ -57,7 +212,9 @@ class BackboneConfig:
     input_size: int = 0  # tile side (native) or resized side; 0 = the backbone's tile size (ViT 518, CNN 512)
     tile_overlap: int = 0  # native: minimum pixels shared by neighbouring tiles (maps averaged there)
     batch_size: int = 4  # tiles per backbone forward
-    feature_cache_mb: int = 512  # LRU cache of backbone features across episodes (0 = off)
+    feature_cache_mb: int = 512  # process-wide LRU of backbone features, shared by methods (0 = off for this method)
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    precision: str = "fp32"  # frozen backbone forward: fp32 | bf16 | fp16 (autocast)
 
 
 @dataclass
@@ -92,9 +249,12 @@ class Backbone:
             raise MethodError(f"resolution '{config.resolution}' unknown; use one of {', '.join(RESOLUTIONS)}")
         if config.tile_overlap < 0:
             raise MethodError(f"tile_overlap must be >= 0 pixels, got {config.tile_overlap}")
+        if config.precision not in PRECISIONS:
+            raise MethodError(f"precision '{config.precision}' unknown; use one of {', '.join(PRECISIONS)}")
+        self.device = resolve_device(config.device)
         try:
             size = config.input_size or arch_of(config.backbone).tile_size
-            self.features = make_features(config.backbone, weights, config.layers, img_size=size)
+            self.features = shared_extractor(config.backbone, weights, config.layers, size, self.device)
         except BackboneError as exc:
             raise MethodError(str(exc)) from None
         self.patch = self.features.stride  # pixels per grid cell
@@ -103,20 +263,36 @@ class Backbone:
         if config.tile_overlap >= self.input_size:
             raise MethodError(f"tile_overlap {config.tile_overlap} must be smaller than the tile size {self.input_size}")
         self.config = config
-        self._cache: OrderedDict[str, TiledFeatures] = OrderedDict()
-        self._cache_bytes = 0
+        self.cache = FEATURE_CACHE
+        self.cache.ensure_budget(config.feature_cache_mb * 2**20)
+        self.stats = ViewStats()
+        # Everything that makes two extractions give the same features, except the image.
+        self.view_key = repr((config.backbone, weights_identity(weights), tuple(self.features.layers), config.resolution,
+                              self.input_size, config.tile_overlap, config.precision, str(self.device)))
 
     # -- image -> features ---------------------------------------------------------------------
     def extract(self, image: np.ndarray) -> TiledFeatures:
-        """uint8 ``[H, W, 3]`` -> TiledFeatures (cached by content hash)."""
+        """uint8 ``[H, W, 3]`` -> TiledFeatures (from the shared cache when this view was seen)."""
         image = np.ascontiguousarray(image)
-        key = hashlib.blake2b(image.tobytes(), digest_size=16, key=repr(image.shape).encode()).hexdigest()
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+        content = image_key(image)
+        key = hashlib.blake2b(f"{self.view_key}|{content}".encode(), digest_size=16).hexdigest()
+        feats = self.cache.get(key) if self.config.feature_cache_mb > 0 else None
+        if feats is not None:
+            self.stats.record(key, len(feats.tiles), forwarded=False)
+            return feats
         feats = self._extract(image)
-        self._remember(key, feats)
+        self.stats.record(key, len(feats.tiles), forwarded=True)
+        if self.config.feature_cache_mb > 0:
+            self.cache.put(key, feats)
         return feats
+
+    def forward(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen backbone on a normalised batch, autocast to ``precision`` unless fp32."""
+        dtype = PRECISIONS[self.config.precision]
+        if dtype is None:
+            return self.features(batch)
+        with torch.autocast(self.device.type, dtype=dtype):
+            return self.features(batch)
 
     def _extract(self, image: np.ndarray) -> TiledFeatures:
         height, width = image.shape[:2]
@@ -133,24 +309,14 @@ class Backbone:
             padded = (size, size)
         per_layer: list[list[torch.Tensor]] = [[] for _ in self.features.layers]
         for start in range(0, len(crops), self.config.batch_size):
-            batch = images_to_tensor(crops[start : start + self.config.batch_size])  # [B, 3, th, tw]
+            batch = uint8_to_input(crops[start : start + self.config.batch_size], self.device)  # [B, 3, th, tw]
             batch = F.pad(batch, (0, padded[1] - content[1], 0, padded[0] - content[0]))
-            for store, layer in zip(per_layer, self.features(batch)):  # [B, C, h, w]
+            for store, layer in zip(per_layer, self.forward(batch)):  # [B, C, h, w]
                 store.append(layer.to(torch.float16))
-        valid = torch.ones(1, 1, *content)
+        valid = torch.ones(1, 1, *content, device=self.device)
         valid = F.avg_pool2d(F.pad(valid, (0, padded[1] - content[1], 0, padded[0] - content[0])), patch, patch)
         layers = [torch.cat(store) for store in per_layer]
         return TiledFeatures((height, width), tiles, content, layers, valid.expand(len(tiles), -1, -1, -1))
-
-    def _remember(self, key: str, feats: TiledFeatures) -> None:
-        budget = self.config.feature_cache_mb * 2**20
-        if feats.nbytes() > budget:
-            return
-        self._cache[key] = feats
-        self._cache_bytes += feats.nbytes()
-        while self._cache_bytes > budget:
-            _, old = self._cache.popitem(last=False)
-            self._cache_bytes -= old.nbytes()
 
     # -- masks and maps ------------------------------------------------------------------------
     def mask_fractions(self, feats: TiledFeatures, mask: np.ndarray) -> torch.Tensor:
@@ -166,16 +332,16 @@ class Backbone:
             parts = [resize_mask_fraction(mask, feats.content)]
         size = (grid_h * self.patch, grid_w * self.patch)
         padded = np.stack([np.pad(p, [(0, size[0] - p.shape[0]), (0, size[1] - p.shape[1])]) for p in parts])
-        return F.avg_pool2d(torch.from_numpy(padded)[:, None], self.patch, self.patch)
+        return F.avg_pool2d(torch.from_numpy(padded)[:, None].to(self.device), self.patch, self.patch)
 
     def token_centres(self, feats: TiledFeatures) -> torch.Tensor:
         """``[T, h, w, 2]`` centre (y, x) of every token in original-image pixels."""
         grid_h, grid_w = feats.grid
         scale = feats.content[0] / feats.shape[0] if self.config.resolution == "resize" else 1.0
-        ys = (torch.arange(grid_h) + 0.5) * self.patch / scale
-        xs = (torch.arange(grid_w) + 0.5) * self.patch / scale
+        ys = (torch.arange(grid_h, device=self.device) + 0.5) * self.patch / scale
+        xs = (torch.arange(grid_w, device=self.device) + 0.5) * self.patch / scale
         centres = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)  # [h, w, 2]
-        offsets = torch.tensor([[t.top, t.left] for t in feats.tiles], dtype=torch.float32)
+        offsets = torch.tensor([[t.top, t.left] for t in feats.tiles], dtype=torch.float32, device=self.device)
         return centres[None] + offsets[:, None, None, :]
 
     def token_pixels(self, feats: TiledFeatures) -> float:
@@ -193,7 +359,7 @@ class Backbone:
         grid_h, grid_w = feats.grid
         up = F.interpolate(
             token_map[:, None].float(), size=(grid_h * self.patch, grid_w * self.patch), mode="bilinear", align_corners=False
-        )[:, 0, : feats.content[0], : feats.content[1]].numpy()
+        )[:, 0, : feats.content[0], : feats.content[1]].cpu().numpy()
         height, width = feats.shape
         if self.config.resolution == "native":
             return stitch(list(up), feats.tiles, height, width)

@@ -58,6 +58,7 @@ class Match:
             raise MethodError(f"mutual_k must be >= 0, got {config.mutual_k}")
         self.config = config
         self.backbone = Backbone(config, weights["backbone"])
+        self.device = self.backbone.device  # features, banks and similarities live here
 
     def banks(self, support_images: Sequence[np.ndarray], support_masks: Sequence[np.ndarray]):
         """Per level: (defect patches ``[F, C]``, background patches ``[B, C]``); None without a defect."""
@@ -114,13 +115,13 @@ def match_scores(query: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, mutual
     candidate for ``q`` only if ``q`` is among the ``mutual_k`` query rows most similar to ``fg_j``
     (ties broken by ``torch.topk``); a row with no candidate has defect similarity -1.
     """
-    best_fg = torch.empty(len(query))
-    best_bg = torch.full((len(query),), -1.0)
+    best_fg = torch.empty(len(query), device=query.device)
+    best_bg = torch.full((len(query),), -1.0, device=query.device)
     allowed = None
     if mutual_k > 0:
         sim_t = fg @ query.T  # [F, N]
         top = sim_t.topk(min(mutual_k, len(query)), dim=1).indices  # [F, k]
-        allowed = torch.zeros(len(fg), len(query), dtype=torch.bool)
+        allowed = torch.zeros(len(fg), len(query), dtype=torch.bool, device=query.device)
         allowed.scatter_(1, top, True)
     for start in range(0, len(query), QUERY_CHUNK):
         rows = slice(start, start + QUERY_CHUNK)

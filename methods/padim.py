@@ -68,6 +68,7 @@ class PaDiM:
             raise MethodError(f"threshold_quantile must be in (0, 1], got {config.threshold_quantile}")
         self.config = config
         self.backbone = Backbone(config, weights["backbone"])
+        self.device = self.backbone.device  # features, Gaussians and distances live here
         self._dims: torch.Tensor | None = None
 
     # -- features ------------------------------------------------------------------------------
@@ -78,7 +79,8 @@ class PaDiM:
         if features.shape[1] > self.config.max_dims:
             if self._dims is None:
                 generator = torch.Generator().manual_seed(self.config.seed)
-                self._dims = torch.randperm(features.shape[1], generator=generator)[: self.config.max_dims].sort().values
+                dims = torch.randperm(features.shape[1], generator=generator)[: self.config.max_dims].sort().values
+                self._dims = dims.to(features.device)
             features = features[:, self._dims]
         return features.permute(0, 2, 3, 1).double()
 
@@ -201,24 +203,25 @@ def ledoit_wolf(samples: torch.Tensor) -> tuple[torch.Tensor, float]:
     centred = samples - samples.mean(0)
     cov = centred.T @ centred / n
     mu = torch.trace(cov) / dims
-    d2 = ((cov - mu * torch.eye(dims, dtype=cov.dtype)) ** 2).sum() / dims
+    eye = torch.eye(dims, dtype=cov.dtype, device=cov.device)
+    d2 = ((cov - mu * eye) ** 2).sum() / dims
     b2_raw = ((centred**2).sum(1) ** 2).sum() - n * (cov**2).sum()
     b2 = torch.clamp(b2_raw / (n**2 * dims), min=0)
     shrinkage = float(torch.clamp(b2 / d2, max=1.0)) if d2 > 0 else 1.0
-    return shrinkage * mu * torch.eye(dims, dtype=cov.dtype) + (1 - shrinkage) * cov, shrinkage
+    return shrinkage * mu * eye + (1 - shrinkage) * cov, shrinkage
 
 
 def gaussian(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean ``[D]``, precision ``[D, D]``) of ``samples [n, D]`` with Ledoit-Wolf shrinkage + 1e-6 I."""
     cov, _ = ledoit_wolf(samples)
-    cov = cov + EPS * torch.eye(cov.shape[0], dtype=cov.dtype)
+    cov = cov + EPS * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
     return samples.mean(0), torch.linalg.inv(cov)
 
 
 def mahalanobis(features: torch.Tensor, cell: torch.Tensor, gaussians) -> torch.Tensor:
     """Distance of every token ``[T, h, w, D]`` to its cell's Gaussian -> ``[T, h, w]``."""
     flat, cells = features.reshape(-1, features.shape[-1]), cell.reshape(-1)
-    out = torch.zeros(len(flat), dtype=flat.dtype)
+    out = torch.zeros(len(flat), dtype=flat.dtype, device=flat.device)
     for index in cells.unique().tolist():
         rows = cells == index
         mean, precision = gaussians[index]

@@ -52,6 +52,7 @@ class PANet:
             raise MethodError(f"layer_merge '{config.layer_merge}' unknown; use one of {', '.join(MERGES)}")
         self.config = config
         self.backbone = Backbone(config, weights["backbone"])
+        self.device = self.backbone.device  # features, prototypes and cosines live here
 
     def embed(self, feats: TiledFeatures) -> torch.Tensor:
         """TiledFeatures -> unit-length merged features ``[T, D, h, w]``."""
@@ -95,5 +96,5 @@ class PANet:
         query = self.embed(feats)  # [T, D, h, w], unit length
         cos_fg = torch.einsum("tdhw,d->thw", query, p_fg)
         cos_bg = torch.einsum("tdhw,d->thw", query, p_bg)
-        logit = self.backbone.to_image(feats, self.scaler * (cos_fg - cos_bg))  # [H, W]
+        logit = self.backbone.to_image(feats, self.scaler * (cos_fg - cos_bg))  # [H, W] (copied to the CPU here)
         return torch.sigmoid(torch.from_numpy(logit)).numpy().astype(np.float32)

@@ -69,6 +69,7 @@ class PatchCore:
             raise MethodError(f"threshold_quantile must be in (0, 1], got {config.threshold_quantile}")
         self.config = config
         self.backbone = Backbone(config, weights["backbone"])
+        self.device = self.backbone.device  # features, memory bank and cdist live here
 
     # -- features ------------------------------------------------------------------------------
     def embed(self, feats: TiledFeatures) -> torch.Tensor:
@@ -168,7 +169,7 @@ def _nearest_distance(
     only for a query whose candidates were all excluded, so the result is the same as masking the
     whole distance matrix, without building an ``[n, M]`` gap matrix.
     """
-    out = torch.full((len(query),), float("inf"))
+    out = torch.full((len(query),), float("inf"), device=query.device)
     if bank.numel() == 0:
         return out.clamp(max=2.0)
     for start in range(0, len(query), QUERY_CHUNK):
@@ -191,16 +192,16 @@ def _nearest_distance(
 
 def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0, dims: int = 128) -> torch.Tensor:
     """Indices of ``count`` rows chosen by greedy k-center on a Gaussian random projection."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # CPU generator: the same draw on every device
     if features.shape[1] > dims:
         projection = torch.randn(features.shape[1], dims, generator=generator) / math.sqrt(dims)
-        features = features @ projection
+        features = features @ projection.to(features.device)
     chosen = [int(torch.randint(len(features), (1,), generator=generator))]
     min_distance = torch.cdist(features, features[chosen[-1]][None])[:, 0]
     for _ in range(count - 1):
         chosen.append(int(min_distance.argmax()))
         min_distance = torch.minimum(min_distance, torch.cdist(features, features[chosen[-1]][None])[:, 0])
-    return torch.tensor(chosen)
+    return torch.tensor(chosen, device=features.device)
 
 
 def gaussian_blur(image_map: np.ndarray, sigma: float) -> np.ndarray:
