@@ -248,12 +248,16 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
             allow_replacement=allow_replacement,
             settings=EvalSettings(min_area=min_area),
             command=shlex.join(["python", "bench.py", *sys.argv[1:]]),
-            dry_run=dry_run,
         )
+        from harness.plan import format_plan, plan_run
+
+        for spec in config.methods:  # missing weights fail before the dataset is read
+            spec.check()
+        click.echo(format_plan(plan_run(config)), err=True)
+        if dry_run:
+            click.echo("dry run: nothing computed (drop --dry-run to start)", err=True)
+            return
         summary = execute(config)
-    if dry_run:
-        click.echo("dry run: nothing computed (drop --dry-run to start)")
-        return
     click.echo(f"\nrun folder: {summary.run_dir}  (manifest {summary.manifest_id}, {summary.episodes} episodes per method, {summary.elapsed_s:.0f} s)")
     for m in summary.methods:
         click.echo(f"  {m.method:<22} computed {m.ok + m.failed:>5}  already stored {m.skipped:>5}  failed {m.failed:>4}"

@@ -423,24 +423,9 @@ def make_executor(config: RunConfig):
     return executor
 
 
-class make_progress:
-    """tqdm bar over episodes (rate and ETA), counting failures in the postfix."""
+def make_progress(total: int, out):
+    """Progress over episodes: a tqdm bar on a terminal, periodic plain lines in a pipe or a
+    terminal of width 0 (``harness.progress``)."""
+    from harness.progress import Progress
 
-    def __init__(self, total: int, out):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, unit="ep", file=out, dynamic_ncols=True, smoothing=0.1,
-                        disable=None if out is not None else True)
-        self.failed = 0
-
-    def set_description(self, text: str) -> None:
-        self.bar.set_description(text)
-
-    def update_rows(self, count: int, rows: list[dict]) -> None:
-        self.failed += sum(1 for r in rows if r["status"] != "ok")
-        if self.failed:
-            self.bar.set_postfix(failed=self.failed)
-        self.bar.update(count)
-
-    def close(self) -> None:
-        self.bar.close()
+    return Progress(total, out)

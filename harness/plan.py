@@ -1,0 +1,154 @@
+"""What a run will do before it starts: episodes per method and a rough time estimate.
+
+``bench.py run`` prints this plan before any computation, and ``--dry-run`` stops after it. The
+estimate uses stored latencies: the median per-episode time (``latency_s + load_s`` of ok rows)
+of the most recent Parquet parts of the same method under the results folder (the run folder
+itself included), divided over the workers. It leaves out start-up and model loading, and an
+earlier run on another dataset or a less loaded machine makes it optimistic: a rough guide.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAX_PARTS = 40  # most recent parts per method read for latencies
+
+
+@dataclass
+class MethodPlan:
+    method: str
+    planned: int
+    stored: int
+    seconds_per_episode: float | None  # None: no stored latency of this method
+    latency_episodes: int = 0  # stored episodes behind the median
+
+    @property
+    def to_compute(self) -> int:
+        return max(0, self.planned - self.stored)
+
+
+@dataclass
+class RunPlan:
+    run_dir: Path
+    manifest_id: str
+    episodes: int
+    workers: int
+    methods: list[MethodPlan] = field(default_factory=list)
+
+    @property
+    def estimated_s(self) -> float | None:
+        """Seconds for the methods with a stored latency; None when none has one."""
+        known = [m.to_compute * m.seconds_per_episode for m in self.methods if m.seconds_per_episode is not None]
+        return sum(known) / max(1, self.workers) if known else None
+
+
+def _parts(folder: Path) -> list[Path]:
+    return [p for p in folder.glob("part-*.parquet") if p.is_file()] if folder.is_dir() else []
+
+
+def stored_rows(run_dir: Path, method: str, manifest_id: str) -> int:
+    """Rows of ``method`` already in ``run_dir`` when it holds the same manifest (else 0)."""
+    import pyarrow.parquet as pq
+
+    from harness.store import partition_value
+
+    try:
+        previous = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    if previous.get("manifest_id") != manifest_id:
+        return 0
+    total = 0
+    for part in _parts(run_dir / "episodes" / f"method={partition_value(method)}"):
+        try:
+            total += pq.ParquetFile(part).metadata.num_rows
+        except Exception:  # a corrupt part is recomputed by the run
+            continue
+    return total
+
+
+def stored_latency(results_roots: list[Path], method: str) -> tuple[float | None, int]:
+    """Median seconds per episode (latency + image loading, ok rows) over the newest stored parts
+    of ``method`` under ``results_roots``; ``(None, 0)`` when there are none."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from harness.store import partition_value
+
+    name = f"method={partition_value(method)}"
+    parts = []
+    for root in results_roots:
+        if root.is_dir():
+            parts += _parts(root / "episodes" / name)  # root is itself a run folder
+            for run in root.iterdir():
+                parts += _parts(run / "episodes" / name)
+    parts = sorted(set(parts), key=lambda p: p.stat().st_mtime, reverse=True)[:MAX_PARTS]
+    values = []
+    for part in parts:
+        try:
+            table = pq.read_table(part, columns=["status", "latency_s", "load_s"]).to_pydict()
+        except Exception:
+            continue
+        values += [lat + (load or 0.0) for status, lat, load in zip(table["status"], table["latency_s"], table["load_s"])
+                   if status == "ok" and lat is not None]
+    return (float(np.median(values)), len(values)) if values else (None, 0)
+
+
+def guess_workers(config) -> int:
+    """The workers ``harness.run.make_executor`` would start, without starting Ray."""
+    from harness.run import auto_workers
+
+    if config.executor == "inline":
+        return 1
+    if config.workers:
+        return config.workers
+    if config.address or os.environ.get("RAY_ADDRESS"):
+        return 1  # unknown cluster: a conservative guess
+    return auto_workers({"CPU": float(os.cpu_count() or 1)}, getattr(config, "gpus_per_worker", 0.0) or 0.0)
+
+
+def plan_run(config) -> RunPlan:
+    """Load the dataset and manifest as ``harness.run.execute`` will, count what is left to do."""
+    from datasets.base import load_dataset
+    from harness.run import load_or_build_manifest
+
+    dataset = load_dataset(config.dataset, config.dataset_format, follow_links=config.follow_links)
+    manifest = load_or_build_manifest(config, dataset)
+    run_dir = Path(config.out) if config.out else Path(config.results_root) / f"{dataset.name}-{manifest.manifest_id[:8]}"
+    plan = RunPlan(run_dir, manifest.manifest_id, len(manifest.episodes), guess_workers(config))
+    for spec in config.methods:
+        stored = 0 if config.overwrite == "always" else stored_rows(run_dir, spec.name, manifest.manifest_id)
+        seconds, n = stored_latency([run_dir, Path(config.results_root)], spec.name)
+        plan.methods.append(MethodPlan(spec.name, len(manifest.episodes), min(stored, len(manifest.episodes)), seconds, n))
+    return plan
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_plan(plan: RunPlan) -> str:
+    lines = [f"plan: {plan.episodes} episodes per method (manifest {plan.manifest_id[:8]}), "
+             f"{plan.workers} worker(s), run folder {plan.run_dir}"]
+    for m in plan.methods:
+        if m.seconds_per_episode is None:
+            rate = "no stored latency of this method: time unknown"
+        else:
+            rate = (f"~{m.seconds_per_episode:.2f} s/episode (median of {m.latency_episodes} stored episodes)"
+                    f" -> ~{_duration(m.to_compute * m.seconds_per_episode / max(1, plan.workers))}")
+        lines.append(f"  {m.method:<20} {m.to_compute:>6} to compute, {m.stored:>6} already stored   {rate}")
+    estimate = plan.estimated_s
+    unknown = [m.method for m in plan.methods if m.seconds_per_episode is None and m.to_compute]
+    if estimate is None:
+        lines.append("estimated time: unknown (no earlier run of these methods in the results folder)")
+    else:
+        lines.append(f"estimated time: ~{_duration(estimate)} plus start-up and model loading"
+                     + (f" (not counting {', '.join(unknown)})" if unknown else "")
+                     + "; from stored latencies of earlier runs, rough on a loaded machine")
+    return "\n".join(lines)
