@@ -42,7 +42,7 @@ def console_text(table: Table) -> str:
     for position, column in table.bold:
         if column in frame.columns:
             frame.iloc[position, frame.columns.get_loc(column)] = f"**{frame.iloc[position][column]}**"
-    return frame.to_markdown(index=False)
+    return frame.to_markdown(index=False, disable_numparse=True)  # "100.0" stays "100.0"
 
 
 def auroc_warnings(data, below: float = AUROC_WARNING_BELOW) -> list[str]:
