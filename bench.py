@@ -415,6 +415,18 @@ def train():
     """Train learned methods."""
 
 
+class LazyAblateGroup(LazyTrainGroup):
+    """``ablate`` subcommands, imported only when named."""
+
+    LAZY = {"sofs": ("methods.sofs.ablate", "ablate_sofs",
+                     "Train SOFS's four ablation heads and evaluate them beside the full model.")}
+
+
+@cli.group(cls=LazyAblateGroup)
+def ablate():
+    """Paper ablation tables: train the ablation heads, evaluate them with the full model in one run."""
+
+
 @cli.command()
 @click.option("--episodes", default=24, show_default=True, help="Episodes per measurement.")
 @click.option("--rows", default=1_000_000, show_default=True, help="Rows for the aggregation timing.")
