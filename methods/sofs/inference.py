@@ -95,10 +95,14 @@ class SOFS:
 
     @staticmethod
     def backbone_name(config: SOFSConfig, resolved: dict[str, Path]) -> str:
-        """The backbone whose default weights are used: the option, else the checkpoint's."""
-        if config.backbone or "checkpoint" not in resolved:
+        """The backbone whose default weights are used: the option, else the checkpoint's. Also
+        checks the head's training switches against this variant (so `run` fails before any work)."""
+        if "checkpoint" not in resolved:
             return config.backbone
-        return read_checkpoint(resolved["checkpoint"])[1].get("backbone", "")
+        hparams = read_checkpoint(resolved["checkpoint"])[1]
+        if not config.test_time_ablation:
+            check_switches(config, hparams, Path(resolved["checkpoint"]))
+        return config.backbone or hparams.get("backbone", "")
 
     def __init__(self, config: SOFSConfig, weights: dict[str, Path]):
         if config.output not in ("head", "prior"):

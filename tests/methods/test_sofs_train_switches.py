@@ -206,3 +206,14 @@ def test_cli_trains_a_folder_dataset_without_folds(tmp_path):
     assert hparams["mixed_normal_dice"] is False
     result = CliRunner().invoke(train_sofs, args + ["--holdout-objects", "tiles/crack,tiles/fray", "--no-resume"])
     assert result.exit_code == 1 and "no defective image to train on" in result.output
+
+
+def test_variant_mismatch_fails_at_the_weights_check_before_any_work():
+    from tests.methods.test_sofs_fixtures import micro_head_file
+
+    weights = {"checkpoint": str(micro_head_file()), "backbone": str(micro_backbone_file())}
+    with pytest.raises(MethodError, match="needs a head trained with `bench.py train sofs --no-mixed-normal-dice`"):
+        # the check runs where the default backbone is looked up (no backbone given)
+        MethodSpec.create("sofs-no-mixed-dice", {}, {"checkpoint": weights["checkpoint"]}).check()
+    assert MethodSpec.create("sofs-no-prior", {"test_time_ablation": "true"}, weights).check()
+    assert MethodSpec.create("sofs", {}, weights).check()
