@@ -329,7 +329,11 @@ def report(runs, out, per_class, size_edges, bootstrap):
                                   size_edges=edges, bootstrap=bootstrap)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
-    click.echo(result.tables["summary"].display.to_markdown(index=False))
+    from harness.summary import auroc_warnings, console_text
+
+    click.echo(console_text(result.tables["summary"]))  # the same columns and cells as after `run`
+    for line in auroc_warnings(result.tables["summary"].data):
+        click.echo(line, err=True)
     for note in result.notes:
         click.echo(f"note: {note}")
     click.echo(f"\nreport: {result.html_path}  (tables: {result.out_dir})")

@@ -134,7 +134,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, *, formats=("md", "csv", "
     plot_captions = {
         "size_curve": "mIoU per GT-area-fraction bin (@stored threshold); grey bars: episodes per bin.",
         "false_alarm_vs_miou": "Image false-alarm rate on normal queries vs mIoU, both @stored threshold.",
-        "class_heatmap": "Per-class IoU (@stored threshold), pooled over repeats.",
+        "class_heatmap": "Per-class IoU (@stored threshold), pooled over repeats; the colour scale runs from 0 to the largest value, each cell gives its value in %.",
         "threshold_sweep": "Pooled IoU vs threshold from the summed score histograms (solid) and from "
                            "stored prediction maps (dashed, when saved); the maximum is the oracle "
                            "operating point, the dotted line the stored threshold.",
@@ -168,11 +168,13 @@ def _overlays(pixels: PixelSource, defective: pd.DataFrame, n_disagreements: int
     section_notes["qualitative"] = missing
     by_episode = {eid: block for eid, block in defective.groupby("episode_id", sort=False)}
     qualitative = []
-    for method, which, episode_id in pick_examples(defective):
+    picks = pick_examples(defective)
+    for method, which, episode_id in picks:
         title = f"{method}: {which} episode {episode_id}"
         qualitative.append((title, episode_figure(pixels, episode_id, by_episode[episode_id], title)))
     disagreements = []
-    for record in largest_disagreements(defective, n_disagreements).itertuples(index=False):
+    shown = {episode_id for _, _, episode_id in picks}
+    for record in largest_disagreements(defective, n_disagreements, exclude=shown).itertuples(index=False):
         title = (f"episode {record.episode_id}: IoU spread {100 * record.spread:.1f} pts "
                  f"(best {record.best}, worst {record.worst})")
         disagreements.append((title, episode_figure(pixels, record.episode_id,

@@ -204,11 +204,13 @@ def _per_group_hist(fn, hist_pos: np.ndarray, hist_neg: np.ndarray) -> list[floa
 
 
 def _miou_by_repeat(defective: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    columns = ["class_id", "query_is_normal", "tp", "fp", "fn"]
-    narrow = defective[keys + ["repeat"] + columns]
-    out = [(*group, metrics.class_miou(sub))
-           for group, sub in narrow.groupby(keys + ["repeat"], sort=True, observed=True)]
-    return pd.DataFrame(out, columns=keys + ["repeat", "miou"])
+    """mIoU per (group, repeat): one group-by of the class sums, then ``metrics.class_miou``'s rule
+    (ΣTP/Σ(TP+FP+FN) per class, classes with an empty union left out, unweighted mean)."""
+    sums = defective.groupby(keys + ["repeat", "class_id"], sort=True, observed=True)[["tp", "fp", "fn"]].sum()
+    union = (sums["tp"] + sums["fp"] + sums["fn"]).to_numpy(float)
+    sums["iou"] = np.where(union > 0, sums["tp"].to_numpy(float) / np.where(union > 0, union, 1), np.nan)
+    out = sums.groupby(level=list(range(len(keys) + 1)), observed=True)["iou"].mean()  # mean skips nan
+    return out.rename("miou").reset_index()[keys + ["repeat", "miou"]]
 
 
 def _per_class(defective: pd.DataFrame, keys: list[str], class_cells: pd.DataFrame,

@@ -38,7 +38,7 @@ dt{font-weight:600}dd{margin:0;font-family:monospace;font-size:.85em;word-break:
 .verdict{background:#f4f8ff;border-left:4px solid #3b6fd8;padding:.6em 1em;max-width:1100px}
 nav.toc ol{columns:2;max-width:700px;font-size:.95em}details{margin:.5em 0}
 summary{cursor:pointer;color:#3b6fd8}figure{margin:1em 0}
-td:last-child{text-align:left;color:#8a4b00}
+td.flags{text-align:left;color:#8a4b00}td{white-space:nowrap}th{white-space:normal;min-width:4em}
 """
 
 
@@ -58,7 +58,7 @@ def table_html(table: Table) -> str:
             text = html.escape(str(table.display.iloc[i][column]))
             if (int(table.display.index[i]), column) in table.bold:
                 text = f"<b>{text}</b>"
-            cells.append(f"<td>{text}</td>")
+            cells.append(f'<td class="flags">{text}</td>' if column == "flags" else f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<h3>{html.escape(table.title)}</h3><div class="scroll"><table><thead><tr>{head}</tr>'
             f'</thead><tbody>{"".join(body)}</tbody></table></div>'

@@ -106,6 +106,12 @@ class PixelSource:
                    for name in (s.method, partition_value(s.method)))
 
 
+MAX_CROPS_GT = 4  # zoomed crops per episode around GT components (smallest first)
+CROP_MIN_SIDE = 96  # px at native resolution: a crop shows at least this much context
+METHOD_COLOURS = ["#ff3030", "#2f7bff", "#ffb000", "#d040ff", "#00d0d0", "#ff70a0"]
+GT_COLOUR = "#30ff30"
+
+
 def _downscale(array: np.ndarray, nearest: bool) -> np.ndarray:
     height, width = array.shape[:2]
     scale = MAX_SIDE / max(height, width)
@@ -120,64 +126,135 @@ def _downscale(array: np.ndarray, nearest: bool) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize(size, mode))
 
 
-def _tint(image: np.ndarray, mask: np.ndarray, color) -> np.ndarray:
-    out = image.astype(np.float32)
-    out[mask] = 0.45 * out[mask] + 0.55 * np.asarray(color, np.float32)
-    return out.astype(np.uint8)
+def _boxes(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
+    """``(area, y0, x0, y1, x1)`` of each connected component (8-connectivity), smallest first."""
+    from skimage.measure import label, regionprops
+
+    if mask is None or not mask.any():
+        return []
+    return sorted((int(r.area), *map(int, r.bbox)) for r in regionprops(label(mask, connectivity=2)))
+
+
+def _crop_window(box, shape) -> tuple[slice, slice]:
+    """A window around ``box`` (y0, x0, y1, x1): 3x its size, at least ``CROP_MIN_SIDE``, inside the image."""
+    y0, x0, y1, x1 = box
+    height, width = shape[:2]
+    side = int(min(max(CROP_MIN_SIDE, 3 * max(y1 - y0, x1 - x0)), height, width))
+    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    top = int(np.clip(cy - side // 2, 0, height - side))
+    left = int(np.clip(cx - side // 2, 0, width - side))
+    return slice(top, top + side), slice(left, left + side)
+
+
+def _contour(ax, mask: np.ndarray, colour: str, width: float) -> None:
+    if mask is not None and mask.any() and not mask.all():
+        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=width)
 
 
 def episode_figure(pixels: PixelSource, episode_id: str, rows: pd.DataFrame, title: str) -> str:
-    """One episode as a base64 PNG: query, GT, then each method's thresholded prediction.
+    """One episode as a base64 PNG: the whole query with GT (green) and each method's thresholded
+    prediction (other colours) as contours, boxes marking the zoomed regions; then a crop at native
+    resolution around each GT component (smallest first, up to ``MAX_CROPS_GT``) and around each
+    method's largest false-positive blob. Titles give each method's IoU and threshold.
 
     ``rows``: the ok rows of this episode, one per method (display label in ``method``).
     """
     first = rows.iloc[0]
     image = pixels.query_image(first["run"], first["query_id"])
     gt = pixels.gt_mask(first["run"], first["query_id"])
-    canvas = image if image is not None else np.full((int(first["height"]), int(first["width"]), 3),
-                                                     60, np.uint8)
-    canvas = _downscale(canvas, nearest=False)
-    panels = [("query" if image is not None else "query (image unavailable)", canvas)]
-    if gt is not None:
-        panels.append(("ground truth", _tint(canvas, _downscale(gt, True), (0, 255, 0))))
-    else:
-        panels.append(("ground truth (unavailable)", canvas))
-    for _, row in rows.iterrows():
+    shape = (int(first["height"]), int(first["width"]))
+    canvas = image if image is not None else np.full((*shape, 3), 60, np.uint8)
+    methods = []  # (label, colour, predicted mask at native size or None)
+    for i, (_, row) in enumerate(rows.iterrows()):
         score = pixels.score_map(row["method"], episode_id, row.get("pred_path"))
-        name = f"{row['method']} {row['shots']}-shot\nIoU {100 * row['iou_fg']:.1f}% @{row['threshold']:.2f}"
+        predicted = None
+        if score is not None:
+            predicted = score > row["threshold"]  # as metrics: score > t
+            if predicted.shape != canvas.shape[:2]:
+                predicted = np.asarray(Image.fromarray(predicted).resize(canvas.shape[1::-1], Image.NEAREST))
+        label = f"{row['method']} {row['shots']}-shot: IoU {100 * row['iou_fg']:.1f} % @ thr {row['threshold']:.2f}"
         if score is None:
-            panels.append((name + "\n(no stored prediction)", canvas))
+            label += " (no stored prediction)"
+        methods.append((label, METHOD_COLOURS[i % len(METHOD_COLOURS)], predicted))
+
+    crops = [("GT component", box[1:], box[0]) for box in _boxes(gt)[:MAX_CROPS_GT]]
+    for label, colour, predicted in methods:
+        if predicted is None:
             continue
-        predicted = _downscale(score, nearest=False) > row["threshold"]  # as metrics: score > t
-        predicted = predicted[: canvas.shape[0], : canvas.shape[1]]
-        panels.append((name, _tint(canvas, predicted, (255, 0, 0))))
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels), 3.2))
-    for ax, (label, panel) in zip(np.atleast_1d(axes), panels):
-        ax.imshow(panel)
-        ax.set_title(label, fontsize=8)
+        false_positive = predicted & ~gt if gt is not None else predicted
+        blobs = _boxes(false_positive)
+        if blobs:
+            area, *box = max(blobs)
+            crops.append((f"largest FP blob of {label.split(':')[0]}", tuple(box), area))
+
+    n_panels = 1 + len(crops)
+    whole_width = 5.0 * canvas.shape[1] / max(canvas.shape[0], 1)
+    whole_width = float(np.clip(whole_width, 3.5, 7.0))
+    fig = plt.figure(figsize=(whole_width + 2.7 * len(crops), 4.4))
+    grid = fig.add_gridspec(1, n_panels, width_ratios=[whole_width / 2.7] + [1] * len(crops))
+    ax = fig.add_subplot(grid[0, 0])
+    scale = MAX_SIDE / max(canvas.shape[:2]) if max(canvas.shape[:2]) > MAX_SIDE else 1.0
+    small = _downscale(canvas, nearest=False)
+    ax.imshow(small)
+    _contour(ax, _downscale(gt, True) if gt is not None else None, GT_COLOUR, 1.0)
+    for _, colour, predicted in methods:
+        _contour(ax, _downscale(predicted, True) if predicted is not None else None, colour, 0.8)
+    for k, (_, box, _) in enumerate(crops):
+        rows_slice, cols_slice = _crop_window(box, canvas.shape)
+        ax.add_patch(plt.Rectangle((cols_slice.start * scale, rows_slice.start * scale),
+                                   (cols_slice.stop - cols_slice.start) * scale,
+                                   (rows_slice.stop - rows_slice.start) * scale,
+                                   fill=False, edgecolor="white", linewidth=0.8, linestyle="--"))
+        ax.text(cols_slice.start * scale + 2, rows_slice.start * scale + 2, str(k + 1), color="white",
+                fontsize=7, va="top", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
+    ax.set_title("whole query" + (" (image unavailable)" if image is None else "")
+                 + ("" if gt is not None else ", GT unavailable"), fontsize=8)
+    ax.axis("off")
+    for k, (what, box, area) in enumerate(crops):
+        ax = fig.add_subplot(grid[0, k + 1])
+        rows_slice, cols_slice = _crop_window(box, canvas.shape)
+        ax.imshow(canvas[rows_slice, cols_slice], interpolation="nearest")
+        _contour(ax, gt[rows_slice, cols_slice] if gt is not None else None, GT_COLOUR, 1.5)
+        for _, colour, predicted in methods:
+            _contour(ax, predicted[rows_slice, cols_slice] if predicted is not None else None, colour, 1.2)
+        ax.set_title(f"{k + 1}: {what}, {area} px", fontsize=7)
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=GT_COLOUR, linewidth=2, label="ground truth")]
+    handles += [plt.Line2D([], [], color=colour, linewidth=2, label=label) for label, colour, _ in methods]
+    fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=7, frameon=False)
+    fig.suptitle(title + "\n" + "   ".join(label for label, _, _ in methods), fontsize=8.5)
+    fig.tight_layout(rect=(0, 0.1, 1, 0.92))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def pick_examples(defective: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """``(method, which, episode_id)`` for each method's best, median and worst episode by IoU."""
-    picks = []
+def pick_examples(defective: pd.DataFrame, exclude=()) -> list[tuple[str, str, str]]:
+    """``(method, which, episode_id)`` for each method's best, median and worst episode by IoU.
+
+    No episode is shown twice: a rank already taken (by this method or another, or in
+    ``exclude``) moves to the next unused episode of that method's ranking (towards the median
+    for best/worst)."""
+    picks, used = [], set(exclude)
     for method, block in defective.groupby("method", sort=True, observed=True):
-        ranked = block.sort_values(["iou_fg", "episode_id"], ascending=[False, True])
-        for which, position in (("best", 0), ("median", len(ranked) // 2), ("worst", len(ranked) - 1)):
-            picks.append((method, which, ranked["episode_id"].iloc[position]))
-    return picks
+        ranked = list(block.sort_values(["iou_fg", "episode_id"], ascending=[False, True])["episode_id"])
+        n = len(ranked)
+        for which, order in (("best", range(n)), ("worst", range(n - 1, -1, -1)),
+                             ("median", sorted(range(n), key=lambda i: (abs(i - n // 2), i)))):
+            episode = next((ranked[i] for i in order if ranked[i] not in used), None)
+            if episode is not None:
+                used.add(episode)
+                picks.append((method, which, episode))
+    order = {"best": 0, "median": 1, "worst": 2}
+    return sorted(picks, key=lambda p: (p[0], order[p[1]]))
 
 
-def largest_disagreements(defective: pd.DataFrame, n: int = 4) -> pd.DataFrame:
-    """Episodes whose per-episode IoU differs most between methods: episode_id, spread, best, worst."""
+def largest_disagreements(defective: pd.DataFrame, n: int = 4, exclude=()) -> pd.DataFrame:
+    """Episodes whose per-episode IoU differs most between methods: episode_id, spread, best, worst
+    (episodes in ``exclude``, e.g. already shown as examples, are left out)."""
     table = defective.pivot_table(index="episode_id", columns="method", values="iou_fg", aggfunc="first")
-    table = table[table.notna().sum(axis=1) >= 2]
+    table = table[(table.notna().sum(axis=1) >= 2) & ~table.index.isin(list(exclude))]
     if table.empty:
         return pd.DataFrame(columns=["episode_id", "spread", "best", "worst"])
     out = pd.DataFrame({"spread": table.max(axis=1) - table.min(axis=1),

@@ -108,16 +108,19 @@ def class_heatmap(agg: Aggregates, path: Path) -> Path:
     data["series"] = [series_label(r, agg.keys) for _, r in data.iterrows()]
     grid = data.pivot_table(index="series", columns="class_id", values="iou", sort=True)
     n_rows, n_cols = grid.shape
-    fig, ax = plt.subplots(figsize=(min(2.5 + 0.6 * n_cols, 24), 1.6 + 0.45 * n_rows))
-    image = ax.imshow(100 * grid.to_numpy(float), vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    values = 100 * grid.to_numpy(float)
+    top = float(np.nanmax(values)) if np.isfinite(values).any() else 100.0
+    top = max(top, 1.0)  # the colour scale spans the data (0 to its maximum), not a fixed 0-100
+    fig, ax = plt.subplots(figsize=(min(2.5 + 0.75 * n_cols, 24), 1.6 + 0.5 * n_rows))
+    image = ax.imshow(values, vmin=0, vmax=top, cmap="viridis", aspect="auto")
     ax.set_xticks(range(n_cols), grid.columns, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(n_rows), grid.index, fontsize=8)
     if n_rows * n_cols <= 400:
-        for (i, j), value in np.ndenumerate(100 * grid.to_numpy(float)):
-            if np.isfinite(value):
-                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if value < 50 else "black")
-    fig.colorbar(image, ax=ax, label="IoU (%)")
+        for (i, j), value in np.ndenumerate(values):
+            text = f"{value:.1f}" if np.isfinite(value) else "–"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="white" if not np.isfinite(value) or value < 0.6 * top else "black")
+    fig.colorbar(image, ax=ax, label=f"IoU (%), scale 0-{top:.1f}")
     ax.set_title("Per-class IoU (@stored threshold)")
     return _save(fig, path)
 

@@ -75,7 +75,9 @@ def ci_text(low: float, high: float, min_class_episodes) -> str:
 
 def fp_rate_text(x: float) -> str:
     """FP pixel rate in percent with three decimals (small rates stay visible), as everywhere."""
-    return "–" if x is None or not np.isfinite(x) else f"{100 * x:.3f}"
+    if x is None or not np.isfinite(x):
+        return "–"
+    return "<0.001" if 0 < 100 * x < 0.0005 else f"{100 * x:.3f}"
 
 
 def seconds_text(episodes_per_s: float) -> str:

@@ -26,7 +26,7 @@ def _markdown_rows(text: str) -> pd.DataFrame:
 def _html_summary(page: str) -> pd.DataFrame:
     section = page.split('<h2 id="summary">', 1)[1].split("</table>", 1)[0]
     head = [html.unescape(h) for h in re.findall(r"<th>(.*?)</th>", section)]
-    rows = [[html.unescape(re.sub(r"</?b>", "", c)) for c in re.findall(r"<td>(.*?)</td>", r)]
+    rows = [[html.unescape(re.sub(r"</?b>", "", c)) for c in re.findall(r"<td[^>]*>(.*?)</td>", r)]
             for r in re.findall(r"<tr>(.*?)</tr>", section.split("<tbody>", 1)[1])]
     return pd.DataFrame(rows, columns=head)
 

@@ -329,3 +329,38 @@ def test_one_million_rows_aggregate_in_seconds():
     seconds = benchmark_aggregation(1_000_000)
     print(f"aggregate over 1M rows: {seconds:.1f} s")
     assert seconds < 60  # ~3-9 s measured on 2 shared CPUs
+
+
+def test_examples_never_repeat_an_episode_and_crop_small_gt(tmp_path, monkeypatch):
+    from harness.report import overlays
+
+    rows = write_run(tmp_path / "run", methods=("alpha", "beta"))
+    frame = pd.DataFrame([r for rs in rows.values() for r in _ok(rs) if not r["query_is_normal"]])
+    frame["method"] = [m for m, rs in rows.items() for r in _ok(rs) if not r["query_is_normal"]]
+    picks = overlays.pick_examples(frame)
+    episodes = [e for _, _, e in picks]
+    assert len(episodes) == len(set(episodes)) == 6
+    spread = overlays.largest_disagreements(frame, 50, exclude=set(episodes))
+    assert not set(spread["episode_id"]) & set(episodes)
+    # a 3x3 px defect in a 1000x800 image gets its own native-resolution crop around it
+    gt = np.zeros((800, 1000), bool)
+    gt[400:403, 700:703] = True
+    boxes = overlays._boxes(gt)
+    assert boxes == [(9, 400, 700, 403, 703)]
+    rows_slice, cols_slice = overlays._crop_window(boxes[0][1:], gt.shape)
+    assert rows_slice.stop - rows_slice.start == overlays.CROP_MIN_SIDE
+    assert gt[rows_slice, cols_slice].sum() == 9
+
+
+def test_html_layout_verdict_contents_and_provenance_last(toy_report):
+    _, result, _ = toy_report
+    page = result.html_path.read_text()
+    order = ["<h1>", 'class="verdict"', 'class="toc"', 'id="summary"', 'id="size"', 'id="false_alarms"',
+             'id="per_class"', 'id="plots"', 'id="qualitative"', 'id="provenance"']
+    positions = [page.index(marker) for marker in order]
+    assert positions == sorted(positions)
+    assert page.index("<details>") > page.index('id="provenance"') and '"run_id"' not in page[:positions[-1]]
+    verdict = page[positions[1]:page.index("</p>", positions[1])]
+    assert "1-shot: best is" in verdict and "95% CI" in verdict and "significantly better" in verdict
+    for key in SECTIONS:
+        assert f'href="#{key}"' in page
