@@ -57,12 +57,12 @@ def protocol_label(protocol, threshold: float) -> str:
 
 
 def miou_text(mean: float, std: float, n_repeats) -> str:
-    """"41.2 ± 3.1" over several support draws; "41.2 (1 draw)" when there is one (no ± 0.0)."""
+    """"41.2 ± 3.1 (5 draws)" over several support draws; "41.2 (1 draw)" when there is one (no ± 0.0)."""
     if not np.isfinite(mean):
         return "–"
     if not np.isfinite(n_repeats) or int(n_repeats) <= 1:
         return f"{_pct(mean)} (1 draw)"
-    return f"{_pct(mean)} ± {_pct(std)}"
+    return f"{_pct(mean)} ± {_pct(std)} ({int(n_repeats)} draws)"
 
 
 def ci_text(low: float, high: float, min_class_episodes) -> str:
