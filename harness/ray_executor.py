@@ -1,6 +1,11 @@
-"""Ray Core executor: long-lived actors per method, driver-side scheduling and Parquet writes.
+"""Ray Core executor: one long-lived actor set per run, driver-side scheduling and Parquet writes.
 
-One actor per worker slot holds an EpisodeWorker (weights loaded once). The driver keeps at most
+One actor per worker slot holds an EpisodeWorker with every method of the run (weights loaded once
+per actor; methods sharing a backbone share its model and feature cache). Work is scheduled in
+chunk groups (all methods' units of one chunk, ``runner.interleave``) that run on one actor in
+sequence; chunks are dealt to actors in contiguous ranges (chunks are ordered by class and query,
+so an actor keeps seeing the same images), and an idle actor takes the tail of the longest
+remaining range. The driver keeps at most
 ``in_flight`` chunks per actor, waits with a timeout, requeues a chunk whose actor died (up to
 ``max_attempts``), and turns a chunk that keeps killing workers into error rows. Resource requests
 are checked against the cluster before anything is submitted, because a request no node can
@@ -22,7 +27,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from harness.runner import EpisodeWorker, EvalSettings, MethodJob, describe_error, error_row
+from harness.runner import EpisodeWorker, EvalSettings, MethodJob, describe_error, error_row, interleave, merge_stats
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -198,6 +203,8 @@ class RayExecutor:
         self.start_timeout_s = start_timeout_s
         self.lost: list = []  # (WorkUnit, reason) of chunks that kept killing workers
         self.owns_cluster = False  # set when the run's own connect started the local cluster
+        self.view_stats: dict = {}  # merge_stats of the actors, per method
+        self.devices: dict = {}  # method -> device its actors ran on
 
     def close(self) -> None:
         """End of the run: the local cluster its ``connect`` started (``owns_cluster``) goes down."""
@@ -205,8 +212,18 @@ class RayExecutor:
             shutdown_local()
 
     def run(self, job: MethodJob, settings: EvalSettings, progress) -> None:
+        self.run_all([job], settings, progress)
+
+    def run_all(self, jobs, settings: EvalSettings, progress) -> None:
+        """Every method's units on one actor set (see the module doc)."""
         import ray
 
+        jobs = [job for job in jobs if job.units]
+        if not jobs:
+            return
+        by_name = {job.spec.name: job for job in jobs}
+        first_name = jobs[0].spec.name
+        label = f"method '{first_name}'" if len(by_name) == 1 else f"methods {', '.join(by_name)}"
         remote_worker = ray.remote(EpisodeWorker).options(
             num_cpus=self.cpus_per_worker,
             num_gpus=self.gpus_per_worker,
@@ -214,35 +231,57 @@ class RayExecutor:
             max_task_retries=0,
         )
         threads = max(1, int(self.cpus_per_worker))
+        first, *rest = jobs
+        more = [(j.spec, j.context, j.predictions_dir) for j in rest]
+        groups = interleave(jobs)
         actors = [
-            remote_worker.remote(job.spec, job.context, settings, job.predictions_dir, threads)
-            for _ in range(min(self.workers, max(1, len(job.units))))
+            remote_worker.remote(first.spec, first.context, settings, first.predictions_dir, threads, more)
+            for _ in range(min(self.workers, max(1, len(groups))))
         ]
-        self._wait_until_ready(job, actors)
-        queue = deque(job.units)
+        self._wait_until_ready(label, actors)
+        # Contiguous ranges of chunk groups per actor; a group's units stay together.
+        share = -(-len(groups) // len(actors))
+        queues = [deque(groups[i * share : (i + 1) * share]) for i in range(len(actors))]
+        retries: deque = deque()  # requeued units (any actor)
         pending: dict = {}  # ObjectRef -> (actor index, WorkUnit)
         load = [0] * len(actors)
         alive = [True] * len(actors)
         suspect: set[int] = set()  # actors that failed a task: wait for their restart first
+
+        def next_units(index: int) -> list:
+            if retries:
+                return [retries.popleft()]
+            if not queues[index]:
+                donor = max(range(len(queues)), key=lambda i: len(queues[i]))
+                if len(queues[donor]) > 1 or (queues[donor] and not alive[donor]):
+                    queues[index].append(queues[donor].pop())  # steal the tail: the donor keeps its head
+            return list(queues[index].popleft()) if queues[index] else []
+
         try:
-            while queue or pending:
+            while any(queues) or retries or pending:
                 for index in sorted(suspect):
                     if not any(i == index for i, _ in pending.values()):
                         alive[index] = self._restarted(actors[index])
                         suspect.discard(index)
                 if not any(alive):
-                    raise ClusterError(f"method '{job.spec.name}': every Ray worker died and none restarted")
+                    raise ClusterError(f"{label}: every Ray worker died and none restarted")
                 for index, actor in enumerate(actors):
                     if not alive[index] or index in suspect:
                         continue
-                    while queue and load[index] < self.in_flight:
-                        unit = queue.popleft()
-                        pending[actor.run_chunk.remote(unit)] = (index, unit)
-                        load[index] += 1
+                    while load[index] < self.in_flight:
+                        units = next_units(index)
+                        if not units:
+                            break
+                        for unit in units:  # a group is submitted whole: the actor runs it in order
+                            pending[actor.run_chunk.remote(unit)] = (index, unit)
+                            load[index] += 1
+                if not pending:
+                    continue
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.wait_timeout_s)
                 for ref in ready:
                     index, unit = pending.pop(ref)
                     load[index] -= 1
+                    job = by_name[unit.method]
                     try:
                         rows = ray.get(ref)
                     except ray.exceptions.RayTaskError as exc:
@@ -251,10 +290,10 @@ class RayExecutor:
                         rows = [error_row(job.context, e, describe_error(cause)) for e in unit.episodes]
                     except ray.exceptions.RayError as exc:
                         # System failure (actor died or restarting, worker crashed, OOM kill):
-                        # requeue; the actor restarts and reloads the method.
+                        # requeue; the actor restarts and reloads the methods.
                         suspect.add(index)
                         if unit.attempt < self.max_attempts:
-                            queue.append(unit.retry())
+                            retries.append(unit.retry())
                             continue
                         # Not stored: the chunk is not the episodes' fault, a re-run retries it.
                         self.lost.append((unit, describe_error(exc)))
@@ -262,8 +301,21 @@ class RayExecutor:
                     job.done_rows(unit, rows)
                     progress(len(rows), rows)
         finally:
+            self._collect(actors)
             for actor in actors:
                 ray.kill(actor)
+
+    def _collect(self, actors: list) -> None:
+        """Backbone view stats and devices of the live actors (best effort: a dead actor's are lost)."""
+        import ray
+
+        for actor in actors:
+            try:
+                stats, devices = ray.get([actor.stats.remote(), actor.devices.remote()], timeout=30)
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                continue
+            merge_stats(self.view_stats, stats)
+            self.devices.update(devices)
 
     def _restarted(self, actor) -> bool:
         """Wait until a failed actor has restarted (and reloaded its method); False if it is gone."""
@@ -280,7 +332,7 @@ class RayExecutor:
                 return False
         return False
 
-    def _wait_until_ready(self, job: MethodJob, actors: list) -> None:
+    def _wait_until_ready(self, label: str, actors: list) -> None:
         """Surface a constructor failure (bad weights ...) or an unschedulable actor as one line."""
         import ray
 
@@ -290,7 +342,7 @@ class RayExecutor:
             for actor in actors:
                 ray.kill(actor)
             raise ClusterError(
-                f"method '{job.spec.name}': {len(actors)} workers did not start within {self.start_timeout_s:.0f} s "
+                f"{label}: {len(actors)} workers did not start within {self.start_timeout_s:.0f} s "
                 f"(each needs {self.cpus_per_worker:g} CPU and {self.gpus_per_worker:g} GPU on one node; "
                 "lower --workers or --cpus-per-worker)"
             ) from None
@@ -298,7 +350,7 @@ class RayExecutor:
             for actor in actors:
                 ray.kill(actor)
             cause = _creation_cause(exc)
-            raise ClusterError(f"method '{job.spec.name}' failed to start on a Ray worker: {cause}") from None
+            raise ClusterError(f"{label} failed to start on a Ray worker: {cause}") from None
 
 
 def _creation_cause(exc: BaseException) -> str:

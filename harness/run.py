@@ -52,7 +52,7 @@ class RunConfig:
     address: str | None = None
     workers: int | None = None  # None: auto from the cluster's resources
     cpus_per_worker: float | None = None
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: float | None = None  # None: 1 per worker when the cluster has GPUs, else 0
     chunk_size: int | None = None
     save_predictions: bool = False
     follow_links: bool = False  # read images/masks that resolve outside the dataset root
@@ -253,6 +253,16 @@ def _execute_locked(config: RunConfig, store: RunStore, dataset, manifest, ident
             close()
 
 
+def order_episodes(episodes: Sequence, chunk_order: str) -> list:
+    """Episodes in chunking order. ``"query"``: grouped by (class, query image), manifest order
+    inside a group, so every episode (seed, shot) of one query lands in one chunk (or neighbouring
+    chunks) and runs on one worker after the others; ``"manifest"``: as listed (runs made before
+    this order existed, so a resume chunks them as before)."""
+    if chunk_order == "manifest":
+        return list(episodes)
+    return sorted(episodes, key=lambda e: (e.object, e.category, e.query_id))
+
+
 def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identities, previous, executor,
                  progress_out, started: float) -> RunSummary:
     run_dir = store.run_dir
@@ -260,7 +270,10 @@ def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identiti
     chunk_size = config.chunk_size or previous.get("chunk_size") or choose_chunk_size(len(manifest.episodes), workers)
     if previous.get("chunk_size") not in (None, chunk_size):
         raise RunError(f"{run_dir}: was chunked by {previous['chunk_size']} episodes; drop --chunk-size to resume")
-    chunks = [tuple(manifest.episodes[i : i + chunk_size]) for i in range(0, len(manifest.episodes), chunk_size)]
+    # A run folder made before chunks were grouped by query keeps the manifest order.
+    chunk_order = previous.get("chunk_order") or ("manifest" if previous.get("chunk_size") else "query")
+    ordered = order_episodes(manifest.episodes, chunk_order)
+    chunks = [tuple(ordered[i : i + chunk_size]) for i in range(0, len(ordered), chunk_size)]
     chunk_rows = {index: len(chunk) for index, chunk in enumerate(chunks)}
     by_id = dataset.by_id()
 
@@ -277,13 +290,15 @@ def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identiti
         "manifest_params": manifest.params,
         "eval_settings": asdict(config.settings),
         "chunk_size": chunk_size,
+        "chunk_order": chunk_order,
         "git": provenance.git_info(),
         "packages": provenance.package_versions(),
         "hardware": provenance.hardware(),
         "status": "running",
         "ended_at": None,
         "executor": {"name": executor.name, "workers": workers, "cpus_per_worker": getattr(executor, "cpus_per_worker", None),
-                     "gpus_per_worker": config.gpus_per_worker, "cluster_resources": getattr(executor, "resources", None)},
+                     "gpus_per_worker": getattr(executor, "gpus_per_worker", config.gpus_per_worker or 0.0),
+                     "cluster_resources": getattr(executor, "resources", None)},
         "started_at": previous.get("started_at") or datetime.now(timezone.utc).isoformat(),
     }
     # Each invocation (first run, resumes) is recorded, so a resumed run shows every code version.
@@ -323,10 +338,12 @@ def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identiti
     record["status"] = "interrupted"
     failure: BaseException | None = None
     try:
+        if any(job.units for job in jobs):
+            # One worker set for all methods: each chunk's units of every method run back to back
+            # on one worker, so a query's features are computed once (methods._common).
+            progress.set_description(",".join(job.spec.name for job in jobs if job.units))
+            executor.run_all(jobs, config.settings, progress.update_rows)
         for job, summary in zip(jobs, summaries):
-            if job.units:
-                progress.set_description(job.spec.name)
-                executor.run(job, config.settings, progress.update_rows)
             for unit, reason in getattr(executor, "lost", []):
                 if unit.method == job.spec.name:
                     summary.lost += len(unit.episodes)
@@ -337,8 +354,25 @@ def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identiti
         raise
     finally:
         progress.close()
+        record_backbone_work(record, executor)
         finish_record(store, record, [s.name for s in config.methods], len(manifest.episodes), started, failure)
     return RunSummary(run_dir, manifest.manifest_id, len(manifest.episodes), summaries, time.time() - started)
+
+
+def record_backbone_work(record: dict, executor) -> None:
+    """run.json: per method (this invocation) backbone passes, unique views and their ratio, and
+    the device it ran on; ``backbone_views`` adds the ratio across methods ("all")."""
+    from harness.runner import summarise_stats
+
+    views = summarise_stats(getattr(executor, "view_stats", {}) or {})
+    devices = getattr(executor, "devices", {}) or {}
+    for name, entry in record.get("methods", {}).items():
+        if name in views:
+            entry["backbone_views"] = views[name]
+        if devices.get(name):
+            entry["device"] = devices[name]
+    if views:
+        record["backbone_views"] = views
 
 
 def finish_record(store: RunStore, record: dict, methods: Sequence[str], planned_per_method: int, started: float,
@@ -401,6 +435,18 @@ def auto_workers(resources: dict, gpus_per_worker: float) -> int:
     return max(1, cpus if cpus <= 4 else cpus // 2)
 
 
+def default_gpus_per_worker(given: float | None, resources: dict) -> float:
+    """``--gpus-per-worker`` as given; when not given, 1 per worker if the cluster has GPUs (said
+    on the console), else 0."""
+    if given is not None:
+        return float(given)
+    if resources.get("GPU", 0.0) >= 1:
+        print(f"cluster has {resources['GPU']:g} GPU(s): using 1 GPU per worker (--gpus-per-worker to change)",
+              file=sys.stderr, flush=True)
+        return 1.0
+    return 0.0
+
+
 def make_executor(config: RunConfig):
     if config.executor == "inline":
         return InlineExecutor(threads=int(config.cpus_per_worker) if config.cpus_per_worker else None)
@@ -412,12 +458,13 @@ def make_executor(config: RunConfig):
 
     joined_existing = ray.is_initialized()  # e.g. a test session's cluster: not ours to shut down
     resources = connect(config.address)
-    workers = config.workers or auto_workers(resources, config.gpus_per_worker)
+    gpus = default_gpus_per_worker(config.gpus_per_worker, resources)
+    workers = config.workers or auto_workers(resources, gpus)
     if workers < 1:
         raise RunError("--workers must be at least 1")
     cpus = config.cpus_per_worker or max(1.0, float(int(resources.get("CPU", 1.0) // workers)))
-    check_resources(resources, workers, cpus, config.gpus_per_worker)
-    executor = RayExecutor(workers, cpus, config.gpus_per_worker)
+    check_resources(resources, workers, cpus, gpus)
+    executor = RayExecutor(workers, cpus, gpus)
     executor.resources = resources
     executor.owns_cluster = not joined_existing and started_local()
     return executor

@@ -1,8 +1,11 @@
 """Episode execution: a worker that turns episodes into rows, and two executors (inline, Ray).
 
-The worker holds one method instance (weights loaded once); given a chunk of episodes and the
-records of the images they name, it reads the images, calls ``predict``, computes the metrics and returns small
-row dicts. It never writes Parquet: the driver does (``harness.store``). The runner knows no
+The worker holds the run's method instances (weights loaded once per process; methods that share
+a frozen backbone share one model and one feature cache, ``methods._common``); given a chunk of
+episodes of one method and the records of the images they name, it reads the images, calls
+``predict``, computes the metrics and returns small row dicts. The executors give one worker all
+methods' units of a chunk in sequence, so every episode on a query image runs where its features
+are cached. It never writes Parquet: the driver does (``harness.store``). The runner knows no
 method by name. Application errors (a bad image, a method exception) become rows whose
 ``status`` is the error; system failures (a dead Ray worker) requeue the chunk.
 """
@@ -113,8 +116,30 @@ class ImageCache:
         return value
 
 
+def method_device(method) -> str | None:
+    """The torch device a method computes on (its ``device`` attribute), as recorded in rows."""
+    device = getattr(method, "device", None)
+    return str(device) if device is not None else None
+
+
+def method_view_stats(method) -> dict | None:
+    """Backbone passes / unique views of a method (``view_stats`` or ``backbone.stats``), or None."""
+    stats = getattr(method, "view_stats", None) or getattr(getattr(method, "backbone", None), "stats", None)
+    return stats.as_dict() if stats is not None else None
+
+
+@dataclass
+class _Slot:
+    method: object
+    context: RowContext
+    predictions_dir: Path | None
+
+
 class EpisodeWorker:
-    """One method instance + the dataset records; ``run_chunk(unit) -> rows``."""
+    """The run's method instances + the dataset records; ``run_chunk(unit) -> rows``.
+
+    ``method_spec``/``context``/``predictions_dir`` give the first method; ``more`` adds others as
+    ``(spec, context, predictions_dir)`` (one worker, one process, models loaded once each)."""
 
     def __init__(
         self,
@@ -123,6 +148,7 @@ class EpisodeWorker:
         settings: EvalSettings,
         predictions_dir: str | None = None,
         threads: int | None = None,
+        more: Sequence[tuple[MethodSpec, RowContext, str | None]] = (),
     ):
         if threads:
             import torch
@@ -131,13 +157,27 @@ class EpisodeWorker:
         from datasets.base import read_image, read_mask
 
         self._read_image, self._read_mask = read_image, read_mask
-        self.method = method_spec.build()
+        self.slots: dict[str, _Slot] = {}
+        for spec, ctx, predictions in ((method_spec, context, predictions_dir), *more):
+            self.slots[spec.name] = _Slot(spec.build(), ctx, Path(predictions) if predictions else None)
+        self._use(method_spec.name)
         self.records: dict[str, ImageRecord] = {}
-        self.context = context
         self.settings = settings
-        self.predictions_dir = Path(predictions_dir) if predictions_dir else None
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self.cache = ImageCache()
+
+    def _use(self, name: str) -> None:
+        slot = self.slots[name]
+        self.method, self.context, self.predictions_dir = slot.method, slot.context, slot.predictions_dir
+        self.device = method_device(slot.method)
+
+    def devices(self) -> dict:
+        """``{method: device}`` of this worker's methods."""
+        return {name: method_device(slot.method) for name, slot in self.slots.items()}
+
+    def stats(self) -> dict:
+        """``{method: {backbone_passes, unique_views, view_keys}}`` of what this process computed."""
+        return {name: s for name, s in ((n, method_view_stats(slot.method)) for n, slot in self.slots.items()) if s}
 
     def _image(self, image_id: str) -> np.ndarray:
         return self.cache.get(("img", image_id), lambda: self._read_image(self.records[image_id]))
@@ -150,6 +190,7 @@ class EpisodeWorker:
         return self.worker_name
 
     def run_chunk(self, unit: WorkUnit) -> list[dict]:
+        self._use(unit.method)
         self.records = {record.image_id: record for record in unit.records}
         return [self.run_episode(episode) for episode in unit.episodes]
 
@@ -184,6 +225,7 @@ class EpisodeWorker:
             pred_path = self._save_prediction(episode, score_map)
         except Exception as exc:  # noqa: BLE001 - one bad episode must not stop the run
             row = error_row(self.context, episode, describe_error(exc), self.worker_name)
+            row["device"] = self.device
             row["error_trace"] = traceback.format_exc(limit=-3)
             return row
         row = {**asdict(self.context), **episode_fields(episode), **metrics}
@@ -192,6 +234,7 @@ class EpisodeWorker:
             latency_s=predicted - loaded,
             load_s=loaded - start,
             worker=self.worker_name,
+            device=self.device,
             finished_at=datetime.now(timezone.utc),
             pred_path=str(pred_path) if pred_path else None,
         )
@@ -224,6 +267,42 @@ class MethodJob:
     done_rows: Callable[[WorkUnit, list[dict]], None] = field(default=lambda unit, rows: None)
 
 
+def interleave(jobs: Sequence[MethodJob]) -> list[list[WorkUnit]]:
+    """Units grouped by chunk (all methods' units of chunk i together, in method order), chunks in order.
+
+    A group is the scheduling atom: it runs on one worker in sequence, so the episodes of the
+    chunk's query images are computed where the previous method left their features."""
+    groups: dict[int, list[WorkUnit]] = {}
+    for job in jobs:
+        for unit in job.units:
+            groups.setdefault(unit.chunk_index, []).append(unit)
+    return [groups[index] for index in sorted(groups)]
+
+
+def merge_stats(into: dict, stats: dict) -> dict:
+    """Unite per-method view stats of several workers (passes add up, view keys are a union)."""
+    for name, item in stats.items():
+        slot = into.setdefault(name, {"backbone_passes": 0, "view_keys": set()})
+        slot["backbone_passes"] += int(item.get("backbone_passes", 0))
+        slot["view_keys"] |= set(item.get("view_keys", ()))
+    return into
+
+
+def summarise_stats(merged: dict) -> dict:
+    """``{method: {backbone_passes, unique_views, ratio}, "all": {...}}`` from :func:`merge_stats`."""
+    out, keys, passes = {}, set(), 0
+    for name, item in merged.items():
+        views = len(item["view_keys"])
+        out[name] = {"backbone_passes": item["backbone_passes"], "unique_views": views,
+                     "passes_per_view": round(item["backbone_passes"] / views, 4) if views else None}
+        keys |= item["view_keys"]
+        passes += item["backbone_passes"]
+    if out:
+        out["all"] = {"backbone_passes": passes, "unique_views": len(keys),
+                      "passes_per_view": round(passes / len(keys), 4) if keys else None}
+    return out
+
+
 class InlineExecutor:
     """Runs the same worker code in this process (debugging, tests, no Ray)."""
 
@@ -231,10 +310,27 @@ class InlineExecutor:
 
     def __init__(self, threads: int | None = None):
         self.threads = threads
+        self.view_stats: dict = {}  # merge_stats of the workers, per method
+        self.devices: dict = {}  # method -> device it ran on
 
     def run(self, job: MethodJob, settings: EvalSettings, progress) -> None:
-        worker = EpisodeWorker(job.spec, job.context, settings, job.predictions_dir, self.threads)
-        for unit in job.units:
-            rows = worker.run_chunk(unit)
-            job.done_rows(unit, rows)
-            progress(len(rows), rows)
+        self.run_all([job], settings, progress)
+
+    def run_all(self, jobs: Sequence[MethodJob], settings: EvalSettings, progress) -> None:
+        """One worker holding every method; each chunk's units of all methods run back to back."""
+        jobs = [job for job in jobs if job.units]
+        if not jobs:
+            return
+        by_name = {job.spec.name: job for job in jobs}
+        first, *rest = jobs
+        worker = EpisodeWorker(first.spec, first.context, settings, first.predictions_dir, self.threads,
+                               more=[(j.spec, j.context, j.predictions_dir) for j in rest])
+        try:
+            for group in interleave(jobs):
+                for unit in group:
+                    rows = worker.run_chunk(unit)
+                    by_name[unit.method].done_rows(unit, rows)
+                    progress(len(rows), rows)
+        finally:
+            merge_stats(self.view_stats, worker.stats())
+            self.devices.update(worker.devices())

@@ -6,11 +6,12 @@ harness.metrics.episode_metrics, so every pooled number of the report is a group
 """
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Version history (older parts stay readable: read_run fills columns they lack with nulls):
 #   1: initial schema.
 #   2: + gt_comp_pred_px (predicted pixels inside each GT component: the ">= 50 %" hit rule) and
 #      pro_overlap_sum (per score bin, summed over GT components: AUPRO). Null in version-1 rows.
+#   3: + device (the torch device the method computed on: "cpu", "cuda:0", ...). Null in older rows.
 HIST_BINS = 64  # fixed bins of the score map over [0, 1] (bin i = [i/64, (i+1)/64), last closed)
 
 EPISODE_FIELDS = [
@@ -63,6 +64,7 @@ EPISODE_FIELDS = [
     pa.field("latency_s", pa.float64()),  # the method's own predict() wall time
     pa.field("load_s", pa.float64()),  # reading images + masks (harness overhead)
     pa.field("worker", pa.string()),
+    pa.field("device", pa.string()),  # v3: torch device of the method ("cpu", "cuda:0"); null if unknown
     pa.field("finished_at", pa.timestamp("us", tz="UTC")),
     pa.field("pred_path", pa.string()),
 ]

@@ -97,6 +97,7 @@ class FeatureCache:
         self.items: OrderedDict = OrderedDict()
         self.bytes = 0
         self.overflow: tuple | None = None  # (key, value) of the latest entry larger than the budget
+        self.evictions = 0
         self.lock = threading.Lock()
 
     def get(self, key):
@@ -121,6 +122,7 @@ class FeatureCache:
             while self.items and (self.bytes > self.budget_bytes or len(self.items) > self.max_entries):
                 _, old = self.items.popitem(last=False)
                 self.bytes -= old.nbytes()
+                self.evictions += 1
 
     def ensure_budget(self, budget_bytes: int) -> None:
         """Grow the byte budget to at least ``budget_bytes`` (the largest any user asked for)."""
@@ -132,6 +134,7 @@ class FeatureCache:
             self.items.clear()
             self.bytes = 0
             self.overflow = None
+            self.evictions = 0
 
 
 FEATURE_CACHE = FeatureCache(budget_bytes=0)  # grows to the largest feature_cache_mb in use
