@@ -71,8 +71,10 @@ def summarise(rows: pd.DataFrame, sources: dict[str, MethodSource], *, size_edge
     """
     agg = aggregate(rows, size_edges=tuple(size_edges), component_edges_px=tuple(component_edges_px),
                     declared_protocols=_declared_protocols(sources), run_rates=_run_rates(sources))
-    ok = rows[rows["status"] == "ok"]
-    defective = ok[~ok["query_is_normal"].astype(bool)]
+    # Scalar columns only: copying the list columns (histograms) of a million rows is slow.
+    scalars = [c for c in rows.columns if not isinstance(rows[c].dtype, pd.ArrowDtype)]
+    keep = (rows["status"] == "ok").to_numpy() & ~rows["query_is_normal"].astype(bool).to_numpy()
+    defective = rows.loc[keep, scalars]
     intervals, paired = confidence_tables(defective, agg.keys, n_resamples=max(bootstrap, 1), seed=seed)
     if bootstrap <= 0:
         intervals[["ci_low", "ci_high"]] = float("nan")

@@ -53,6 +53,14 @@ def group_keys(rows: pd.DataFrame) -> list[str]:
     return (["dataset"] if rows["dataset"].nunique() > 1 else []) + GROUP_KEYS
 
 
+def _arrow(column: pd.Series):
+    """The Arrow array behind an ``ArrowDtype`` column, as one chunk."""
+    import pyarrow as pa
+
+    array = pa.array(column)
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
 def list_matrix(column: pd.Series, width: int = HIST_BINS) -> np.ndarray:
     """A list column of fixed-length lists as an int64 matrix ``[N, width]``."""
     if len(column) == 0:
@@ -60,7 +68,7 @@ def list_matrix(column: pd.Series, width: int = HIST_BINS) -> np.ndarray:
     if isinstance(column.dtype, pd.ArrowDtype):
         import pyarrow as pa
 
-        flat = pa.array(column).flatten().to_numpy(zero_copy_only=False)
+        flat = _arrow(column).flatten().to_numpy(zero_copy_only=False)
         return flat.astype(np.int64).reshape(len(column), width)
     return np.stack(column.to_numpy()).astype(np.int64, copy=False)
 
@@ -71,7 +79,7 @@ def flatten_lists(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        array = pa.array(column)
+        array = _arrow(column)
         return (pc.list_flatten(array).to_numpy(zero_copy_only=False),
                 pc.list_parent_indices(array).to_numpy(zero_copy_only=False))
     items = [np.asarray(x) if x is not None else np.empty(0) for x in column.to_numpy()]
@@ -257,6 +265,10 @@ def _size_miou(defective: pd.DataFrame, keys: list[str], edges) -> pd.DataFrame:
 def _float_lists(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Non-null fixed-length float lists as ``([n, B] float64, bool [N] which rows had one)``."""
     present = column.notna().to_numpy()
+    if isinstance(column.dtype, pd.ArrowDtype):
+        values, parent = flatten_lists(column[present])
+        n = int(present.sum())
+        return (values.astype(np.float64).reshape(n, -1) if n else np.zeros((0, HIST_BINS))), present
     items = [np.asarray(x, np.float64) for x in column[present]]
     return (np.stack(items) if items else np.zeros((0, HIST_BINS))), present
 

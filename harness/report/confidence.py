@@ -7,9 +7,10 @@ count. For a stratum of n episodes the B resamples are drawn at once (``[B, n]``
 i.e. multinomial weights ``W``) and the resampled class sums are ``W @ counts [n, 3]``: no
 per-resample group-by.
 
-Strata of more than ``NORMAL_APPROX_ABOVE`` episodes (only in very large runs) draw their
+Strata of more than ``NORMAL_APPROX_ABOVE`` episodes (200; only in very large runs) draw their
 resampled sums from the normal approximation (CLT: mean n·μ, covariance n·Σ) instead of drawing
-episodes, so the bootstrap of a 1 M-row report costs O(B) per stratum; smaller strata are exact.
+episodes, so the bootstrap of a 1 M-row report costs O(B) per
+stratum; smaller strata are exact.
 
 Paired differences resample the episodes both methods ran (joined on ``episode_id``) with the
 same weights for both, so the interval reflects the methods, not the episode draw.
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 _MAX_DRAW_CELLS = 20_000_000  # cap on B x n drawn at once (memory); resamples are chunked
-NORMAL_APPROX_ABOVE = 500  # strata with more episodes use the normal approximation of their sum
+NORMAL_APPROX_ABOVE = 200  # strata with more episodes use the normal approximation of their sum
 
 
 def _resampled_sums(counts: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:

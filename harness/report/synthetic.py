@@ -24,6 +24,33 @@ def _list_array(values: np.ndarray, lengths: np.ndarray, value_type) -> pa.Array
 
 
 def make_synthetic_rows(n: int, seed: int = 0, n_classes: int = 40, normal_frac: float = 0.2) -> pd.DataFrame:
+    return make_synthetic_table(n, seed, n_classes, normal_frac).to_pandas()
+
+
+def write_synthetic_run(run_dir, n: int, seed: int = 0, rows_per_part: int = 50_000):
+    """A run folder of about ``n`` synthetic rows (``episodes/method=<m>/part-*.parquet`` + run.json),
+    for timing ``bench.py report`` at scale. Returns the folder."""
+    import json
+    from pathlib import Path
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    run_dir = Path(run_dir)
+    table = make_synthetic_table(n, seed)
+    for method in _METHODS:
+        rows = table.filter(pc.equal(table["method"], method)).drop_columns(["method"])
+        folder = run_dir / "episodes" / f"method={method}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for part, start in enumerate(range(0, rows.num_rows, rows_per_part)):
+            pq.write_table(rows.slice(start, rows_per_part), folder / f"part-{part:05d}.parquet")
+    record = {"run_id": "synthetic", "manifest_id": "synthetic-manifest", "command": f"synthetic {n} rows",
+              "methods": {m: {"threshold_protocol": "deployable" if m == "patchcore" else "native"} for m in _METHODS}}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    return run_dir
+
+
+def make_synthetic_table(n: int, seed: int = 0, n_classes: int = 40, normal_frac: float = 0.2) -> pa.Table:
     """About ``n`` realistic episode rows (all schema columns + ``method``), as ``read_run`` returns.
 
     Episodes are shared by the four methods (so paired comparisons work), spread over
@@ -126,8 +153,7 @@ def make_synthetic_rows(n: int, seed: int = 0, n_classes: int = 40, normal_frac:
     table = pa.Table.from_arrays([columns[f.name].cast(f.type) if f.name in columns else pa.nulls(rows_n, f.type)
                                   for f in EPISODE_SCHEMA],
                                  schema=EPISODE_SCHEMA)
-    table = table.append_column("method", pa.array(np.array(list(_METHODS))[method_index]))
-    return table.to_pandas()
+    return table.append_column("method", pa.array(np.array(list(_METHODS))[method_index]))
 
 
 def benchmark_aggregation(n_rows: int = 1_000_000, seed: int = 0) -> float:

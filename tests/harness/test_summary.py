@@ -138,7 +138,7 @@ def test_several_draws_and_enough_episodes_are_not_flagged():
     ]
     rows[0] = _row("many", "e0-0", {40: 4}, {5: 96}, repeat=0)  # repeats differ -> non-zero std
     display = _table(pd.DataFrame(rows)).display.iloc[0]
-    assert "±" in display["mIoU % (@protocol)"] and "draw" not in display["mIoU % (@protocol)"]
+    assert display["mIoU % (@protocol)"].endswith(" (2 draws)") and "±" in display["mIoU % (@protocol)"]
     assert not display["mIoU 95% CI"].endswith("‡")
     assert display["flags"] == "–"
 
