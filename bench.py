@@ -435,8 +435,14 @@ def ablate():
 @click.option("--episodes", default=24, show_default=True, help="Episodes per measurement.")
 @click.option("--rows", default=1_000_000, show_default=True, help="Rows for the aggregation timing.")
 @click.option("--method", default="panet", show_default=True, help="Method whose episodes are timed.")
-def benchmark(episodes, rows, method):
-    """Harness overhead, 1 vs 2 workers, peak RSS, report aggregation speed (prints ratios)."""
+@click.option("--cli-only", is_flag=True, help="Only the start-up (--help, usage error) and `report` timings.")
+def benchmark(episodes, rows, method, cli_only):
+    """CLI start-up and report speed, then harness overhead, 1 vs 2 workers, RSS (prints ratios)."""
+    from benchmarks import cli_bench
+
+    cli_bench.main(rows=rows)
+    if cli_only:
+        return
     from benchmarks.harness_bench import main
 
     main(episodes=episodes, rows=rows, method=method)
