@@ -1,9 +1,15 @@
 """Harness performance, printed as figures and ratios (never asserted by unit tests).
 
-1. Harness overhead per episode: wall time per episode of an inline run minus the method's own
-   predict() time, on the embedded default (1024 x 768 images), as a ratio to the method time.
-2. Throughput: episodes/s with 1 vs 2 Ray workers (same episodes, same method).
-3. Memory: peak RSS of the driver over a long inline run (first half vs end), to catch leaks.
+0. Backbone work: backbone passes / unique views per method and across methods, for a
+   sofs,panet,patchcore run (2 seeds, shots 1,2, few queries per class) of the embedded default
+   (run.json ``backbone_views``; 1.00 = every view computed once).
+1. Harness overhead per episode after warm-up: per chunk (first chunk = model load and first
+   features, excluded), wall time of run_chunk + the Parquet write minus the methods' predict()
+   time, on the embedded default (1024 x 768 images), and its ratio to the method time.
+2. Throughput after warm-up: episodes/s with 1 vs 2 Ray workers (same episodes and CPUs), counted
+   from the moment every worker has returned its first chunk (actor start and model load excluded).
+3. Memory: RSS slope of a long inline run once the feature cache is full (a small cache budget,
+   measured from its first eviction on), MB per 100 episodes (~0 = no leak).
 4. Report aggregation over 1 M synthetic episode rows (seconds).
 
     python bench.py benchmark [--episodes 24] [--rows 1000000] [--method panet]
@@ -54,33 +60,146 @@ def _limited_manifest_run(method: str, out: Path, episodes: int, executor: str, 
     return summary, read_run(summary.run_dir), wall
 
 
+def _manifest(shots=(1,), seeds=1, max_queries=None):
+    from datasets.base import load_dataset
+    from harness.episodes import build_manifest
+
+    dataset = load_dataset("synthetic")
+    return dataset, build_manifest(dataset, shots=shots, seeds=seeds, fold="novel", max_queries_per_class=max_queries)
+
+
+def bench_backbone_views(out: Path, methods: str = "sofs,panet,patchcore", max_queries: int = 2) -> dict:
+    """[views] passes / unique views of a 3-method, 2-seed, 2-shot inline run (one worker)."""
+    import json
+
+    from methods._common import reset_shared
+
+    reset_shared()
+    config = RunConfig(
+        methods=[MethodSpec.create(m) for m in methods.split(",")], dataset="synthetic", out=str(out),
+        manifest=ManifestSettings(shots=(1, 2), seeds=2, max_queries_per_class=max_queries), executor="inline",
+    )
+    start = time.perf_counter()
+    summary = execute(config, progress_out=None)
+    wall = time.perf_counter() - start
+    views = json.loads((summary.run_dir / "run.json").read_text()).get("backbone_views", {})
+    print(f"[views] {methods}, shots 1,2, seeds 2, {summary.episodes} episodes per method, inline, {wall:.0f} s")
+    for name, item in views.items():
+        print(f"[views] {name:<10} backbone passes {item['backbone_passes']:>6} / unique views {item['unique_views']:>6} "
+              f"= {item['passes_per_view']:.3f}")
+    return views
+
+
+def _units(manifest, method_names, chunk_size):
+    from datasets.base import load_dataset
+    from harness.run import order_episodes
+    from harness.runner import make_unit
+
+    by_id = load_dataset("synthetic").by_id()
+    ordered = order_episodes(manifest.episodes, "query")
+    chunks = [ordered[i : i + chunk_size] for i in range(0, len(ordered), chunk_size)]
+    return [[make_unit(m, i, chunk, by_id) for m in method_names] for i, chunk in enumerate(chunks)]
+
+
+def _worker(method_names, options=None):
+    from harness.runner import EpisodeWorker, EvalSettings, RowContext
+
+    specs = [MethodSpec.create(m, options or {}) for m in method_names]
+    context = RowContext("bench", "bench", "synthetic", "bench", "{}")
+    return EpisodeWorker(specs[0], context, EvalSettings(), None, None, more=[(s, context, None) for s in specs[1:]])
+
+
+def bench_overhead(out: Path, method: str, episodes: int) -> float:
+    """[overhead] harness seconds per episode after warm-up (run_chunk + Parquet write - predict)."""
+    from harness.store import RunStore
+    from methods._common import reset_shared
+
+    reset_shared()
+    _, manifest = _manifest()
+    groups = _units(manifest, [method], max(2, episodes // 6))
+    worker, store = _worker([method]), RunStore(out)
+    harness_s = method_s = 0.0
+    counted = 0
+    for index, (unit,) in enumerate(groups):
+        start = time.perf_counter()
+        rows = worker.run_chunk(unit)
+        store.write_part(method, unit.chunk_index, rows)
+        wall = time.perf_counter() - start
+        if index == 0:
+            continue  # warm-up: first features, lazy imports, allocator growth
+        predict = sum(r["latency_s"] or 0.0 for r in rows)
+        harness_s += wall - predict
+        method_s += predict
+        counted += len(rows)
+        if counted >= episodes:
+            break
+    per_episode = harness_s / max(1, counted)
+    print(f"[overhead] {method}: {counted} episodes after a warm-up chunk; predict() {method_s / max(1, counted):.3f} s/episode; "
+          f"harness (image decode, metrics, Parquet) {per_episode:.4f} s/episode; ratio harness/method = "
+          f"{harness_s / max(method_s, 1e-9):.3f}")
+    return per_episode
+
+
+def _rate_after_warmup(frame) -> float:
+    """Episodes/s from the moment every worker has returned rows (its first chunk) to the last row."""
+    times = frame.groupby("worker")["finished_at"].min()
+    start = times.max()
+    later = frame[frame["finished_at"] > start]
+    span = (frame["finished_at"].max() - start).total_seconds()
+    return len(later) / span if span > 0 else float("nan")
+
+
+def bench_throughput(out: Path, method: str, episodes: int) -> dict:
+    """[throughput] episodes/s after warm-up, 1 worker x 2 CPU vs 2 workers x 1 CPU."""
+    rates = {}
+    for workers in (1, 2):
+        _, frame, wall = _limited_manifest_run(method, out / f"ray{workers}", episodes, "ray", workers=workers, cpus=2 / workers)
+        rates[workers] = _rate_after_warmup(frame[frame["status"] == "ok"])
+        print(f"[throughput] {workers} worker(s) x {2 / workers:g} CPU: {rates[workers]:.3f} episodes/s after warm-up "
+              f"({len(frame)} episodes, {wall:.1f} s wall incl. actor start)")
+    print(f"[throughput] speed-up 2 vs 1 workers after warm-up = {rates[2] / rates[1]:.2f}x")
+    return rates
+
+
+def bench_memory(method: str, episodes: int, cache_mb: int = 16) -> float:
+    """[memory] RSS slope (MB / 100 episodes) of a long inline run once the feature cache is full."""
+    import numpy as np
+
+    from methods._common import FEATURE_CACHE, reset_shared
+
+    reset_shared()
+    _, manifest = _manifest(shots=(1, 2), seeds=3)
+    groups = _units(manifest, [method], 4)
+    worker = _worker([method], {"feature_cache_mb": cache_mb})
+    seen, points, full_at = 0, [], None
+    while seen < episodes:
+        for (unit,) in groups:
+            worker.run_chunk(unit)
+            seen += len(unit.episodes)
+            if full_at is None and FEATURE_CACHE.evictions:
+                full_at = seen  # the first eviction: the cache is at its budget from here on
+            if full_at is not None:
+                points.append((seen, _rss_mb()))
+            if seen >= episodes:
+                break
+    if len(points) < 3:
+        print(f"[memory] the {cache_mb} MB cache did not fill within {episodes} episodes; raise --episodes")
+        return float("nan")
+    x, y = np.array(points).T
+    slope = float(np.polyfit(x, y, 1)[0]) * 100
+    print(f"[memory] {method}: cache {cache_mb} MB full after {full_at} episodes; RSS {y[0]:.0f} -> {y[-1]:.0f} MiB over "
+          f"{int(x[-1] - x[0])} more episodes; slope {slope:+.2f} MB per 100 episodes")
+    return slope
+
+
 def main(episodes: int = 24, rows: int = 1_000_000, method: str = "panet") -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sofs-bench-benchmark-"))
     print(f"benchmark: method {method}, {episodes} episodes of the embedded default (1024x768), results in {tmp}")
 
-    # 1. overhead (inline: no Ray in the way)
-    _, rows_inline, wall = _limited_manifest_run(method, tmp / "inline", episodes, "inline")
-    ok = rows_inline[rows_inline["status"] == "ok"]
-    method_s = float(ok["latency_s"].sum())
-    load_s = float(ok["load_s"].sum())
-    overhead = (wall - method_s) / len(rows_inline)
-    print(f"[overhead] wall {wall:.1f} s for {len(rows_inline)} episodes; method predict() {method_s / len(ok):.3f} s/episode; "
-          f"harness {overhead:.3f} s/episode (image loading {load_s / len(ok):.3f}), incl. model load once")
-    print(f"[overhead] ratio harness/method = {overhead / (method_s / len(ok)):.3f}")
-
-    # 2. throughput, 1 vs 2 Ray workers
-    rates = {}
-    for workers in (1, 2):
-        _, rows_ray, wall = _limited_manifest_run(method, tmp / f"ray{workers}", episodes, "ray", workers=workers, cpus=2 / workers)
-        rates[workers] = len(rows_ray) / wall
-        print(f"[throughput] {workers} worker(s) x {2 / workers:g} CPU: {rates[workers]:.3f} episodes/s ({wall:.1f} s, incl. actor start)")
-    print(f"[throughput] speed-up 2 vs 1 workers = {rates[2] / rates[1]:.2f}x")
-
-    # 3. memory over a longer run
-    rss_start = _rss_mb()
-    _, rows_long, _ = _limited_manifest_run(method, tmp / "long", episodes * 3, "inline")
-    print(f"[memory] driver RSS {rss_start:.0f} MiB before, {_rss_mb():.0f} MiB after {len(rows_long)} more episodes; "
-          f"peak {_peak_rss_mb():.0f} MiB; ratio after/before = {_rss_mb() / rss_start:.2f}")
+    bench_backbone_views(tmp / "views")
+    bench_overhead(tmp / "overhead", method, episodes)
+    bench_throughput(tmp, method, episodes)
+    bench_memory(method, episodes * 8)
 
     # 4. aggregation
     try:

@@ -46,8 +46,41 @@ def git_info() -> dict:
         return out.stdout.strip() if out.returncode == 0 else None
 
     sha = git("rev-parse", "HEAD")
+    if sha is None:  # no .git (e.g. a Ray job's uploaded working dir): what the submitter stamped
+        return submitted_git_info()
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"sha": sha, "dirty": bool(status) if status is not None else None, "describe": git("describe", "--always", "--dirty")}
+    return {"sha": sha, "dirty": bool(status) if status is not None else None, "describe": git("describe", "--always", "--dirty"),
+            "source": "git"}
+
+
+GIT_SHA_ENV = "SOFS_BENCH_GIT_SHA"  # set at submit time: --runtime-env-json '{"env_vars": {...}}'
+GIT_DIRTY_ENV = "SOFS_BENCH_GIT_DIRTY"  # "1"/"0"
+PROVENANCE_FILE = "sofs_bench_provenance.json"  # or written at submit time by `python -m harness.provenance`
+
+
+def submitted_git_info() -> dict:
+    """Code provenance of a checkout without ``.git``: $SOFS_BENCH_GIT_SHA (+ $SOFS_BENCH_GIT_DIRTY),
+    else ``<repo>/sofs_bench_provenance.json``; all None when neither exists."""
+    sha = os.environ.get(GIT_SHA_ENV) or None
+    if sha:
+        dirty = os.environ.get(GIT_DIRTY_ENV)
+        return {"sha": sha, "dirty": None if dirty is None else dirty.strip().lower() in ("1", "true", "yes"),
+                "describe": None, "source": f"${GIT_SHA_ENV}"}
+    try:
+        stamped = json.loads((REPO_ROOT / PROVENANCE_FILE).read_text())
+        return {"sha": stamped.get("sha"), "dirty": stamped.get("dirty"), "describe": stamped.get("describe"),
+                "source": PROVENANCE_FILE}
+    except (OSError, ValueError, AttributeError):
+        return {"sha": None, "dirty": None, "describe": None, "source": None}
+
+
+def write_provenance_file(path: Path | None = None) -> Path:
+    """Stamp this checkout's git info into ``sofs_bench_provenance.json`` (before ``ray job submit``)."""
+    info = git_info()
+    path = Path(path) if path else REPO_ROOT / PROVENANCE_FILE
+    path.write_text(json.dumps({k: info[k] for k in ("sha", "dirty", "describe")}, indent=1) + "\n")
+    return path
+
 
 
 def package_versions() -> dict:
@@ -132,3 +165,7 @@ class ContentHashes:
             self.changed = False
         except OSError:
             tmp.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    print(write_provenance_file())
