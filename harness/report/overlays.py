@@ -108,8 +108,8 @@ class PixelSource:
 
 MAX_CROPS_GT = 4  # zoomed crops per episode around GT components (smallest first)
 CROP_MIN_SIDE = 96  # px at native resolution: a crop shows at least this much context
-METHOD_COLOURS = ["#ff3030", "#2f7bff", "#ffb000", "#d040ff", "#00d0d0", "#ff70a0"]
-GT_COLOUR = "#30ff30"
+METHOD_COLOURS = ["#ff3030", "#30a0ff", "#ffb000", "#d040ff", "#00d0d0", "#ff70a0"]
+GT_COLOUR = "#ffffff"  # white with a black edge: visible on dark, bright and green (PCB) surfaces
 
 
 def _downscale(array: np.ndarray, nearest: bool) -> np.ndarray:
@@ -148,7 +148,10 @@ def _crop_window(box, shape) -> tuple[slice, slice]:
 
 def _contour(ax, mask: np.ndarray, colour: str, width: float) -> None:
     if mask is not None and mask.any() and not mask.all():
-        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=width)
+        import matplotlib.patheffects as effects
+
+        lines = ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=width)
+        lines.set(path_effects=[effects.withStroke(linewidth=width + 1.6, foreground="black")])
 
 
 def episode_figure(pixels: PixelSource, episode_id: str, rows: pd.DataFrame, title: str) -> str:
@@ -187,12 +190,15 @@ def episode_figure(pixels: PixelSource, episode_id: str, rows: pd.DataFrame, tit
             area, *box = max(blobs)
             crops.append((f"largest FP blob of {label.split(':')[0]}", tuple(box), area))
 
-    n_panels = 1 + len(crops)
-    whole_width = 5.0 * canvas.shape[1] / max(canvas.shape[0], 1)
-    whole_width = float(np.clip(whole_width, 3.5, 7.0))
-    fig = plt.figure(figsize=(whole_width + 2.7 * len(crops), 4.4))
-    grid = fig.add_gridspec(1, n_panels, width_ratios=[whole_width / 2.7] + [1] * len(crops))
-    ax = fig.add_subplot(grid[0, 0])
+    # More than three crops: two rows of crops beside the whole query, so the page never shrinks
+    # the figure below readability.
+    crop_rows = 2 if len(crops) > 3 else 1
+    crop_cols = max(1, -(-len(crops) // crop_rows))
+    whole_width = 5.0 * crop_rows * canvas.shape[1] / max(canvas.shape[0], 1)
+    whole_width = float(np.clip(whole_width, 3.5, 7.5))
+    fig = plt.figure(figsize=(whole_width + 2.7 * crop_cols, 3.6 * crop_rows + 0.9))
+    grid = fig.add_gridspec(crop_rows, 1 + crop_cols, width_ratios=[whole_width / 2.7] + [1] * crop_cols)
+    ax = fig.add_subplot(grid[:, 0])
     scale = MAX_SIDE / max(canvas.shape[:2]) if max(canvas.shape[:2]) > MAX_SIDE else 1.0
     small = _downscale(canvas, nearest=False)
     ax.imshow(small)
@@ -211,7 +217,7 @@ def episode_figure(pixels: PixelSource, episode_id: str, rows: pd.DataFrame, tit
                  + ("" if gt is not None else ", GT unavailable"), fontsize=8)
     ax.axis("off")
     for k, (what, box, area) in enumerate(crops):
-        ax = fig.add_subplot(grid[0, k + 1])
+        ax = fig.add_subplot(grid[k // crop_cols, 1 + k % crop_cols])
         rows_slice, cols_slice = _crop_window(box, canvas.shape)
         ax.imshow(canvas[rows_slice, cols_slice], interpolation="nearest")
         _contour(ax, gt[rows_slice, cols_slice] if gt is not None else None, GT_COLOUR, 1.5)
@@ -219,11 +225,12 @@ def episode_figure(pixels: PixelSource, episode_id: str, rows: pd.DataFrame, tit
             _contour(ax, predicted[rows_slice, cols_slice] if predicted is not None else None, colour, 1.2)
         ax.set_title(f"{k + 1}: {what}, {area} px", fontsize=7)
         ax.axis("off")
-    handles = [plt.Line2D([], [], color=GT_COLOUR, linewidth=2, label="ground truth")]
+    handles = [plt.Line2D([], [], color=GT_COLOUR, linewidth=2, label="ground truth (white)",
+                          path_effects=[__import__("matplotlib.patheffects").patheffects.withStroke(linewidth=3.6, foreground="black")])]
     handles += [plt.Line2D([], [], color=colour, linewidth=2, label=label) for label, colour, _ in methods]
     fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=7, frameon=False)
     fig.suptitle(title + "\n" + "   ".join(label for label, _, _ in methods), fontsize=8.5)
-    fig.tight_layout(rect=(0, 0.1, 1, 0.92))
+    fig.tight_layout(rect=(0, 0.08 / crop_rows, 1, 1 - 0.08 / crop_rows))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)

@@ -180,7 +180,10 @@ def verdict(table: Table, paired: pd.DataFrame) -> list[str]:
         best = ranked.iloc[0]
         ci = ci_text(best.get("ci_low", np.nan), best.get("ci_high", np.nan),
                      float(best.get("min_class_episodes", np.nan)))
-        text = (f"{where}: best is {best['method']} with mIoU {miou_text(best['miou_mean'], best['miou_std'], float(best['n_repeats']))} % "
+        draws = float(best["n_repeats"])
+        spread = (f" ± {_pct(best['miou_std'])} over {int(draws)} draws" if np.isfinite(draws) and draws > 1
+                  else " (1 draw)")
+        text = (f"{where}: best is {best['method']} with mIoU {_pct(best['miou_mean'])} %{spread} "
                 f"(95% CI {ci}, {protocol_label(best['threshold_protocol'], best['threshold'])})")
         if len(ranked) > 1:
             second = ranked.iloc[1]
