@@ -364,3 +364,21 @@ def test_html_layout_verdict_contents_and_provenance_last(toy_report):
     assert "1-shot: best is" in verdict and "95% CI" in verdict and "significantly better" in verdict
     for key in SECTIONS:
         assert f'href="#{key}"' in page
+
+
+def test_normal_approximation_of_large_strata_matches_exact_bootstrap(monkeypatch):
+    from harness.report import confidence
+
+    rng = np.random.default_rng(0)
+    n = 1500  # one (repeat, class) stratum above NORMAL_APPROX_ABOVE
+    gt = rng.integers(5, 400, n)
+    tp = rng.binomial(gt, 0.5)
+    frame = pd.DataFrame({"repeat": 0, "class_id": "c", "tp": tp, "fp": rng.integers(0, 80, n), "fn": gt - tp})
+    approx = bootstrap_miou(frame, n_resamples=2000, seed=1)
+    monkeypatch.setattr(confidence, "NORMAL_APPROX_ABOVE", 10 ** 9)
+    exact = bootstrap_miou(frame, n_resamples=2000, seed=1)
+    assert approx["miou"] == exact["miou"]
+    width = exact["ci_high"] - exact["ci_low"]
+    assert width > 0
+    assert abs(approx["ci_low"] - exact["ci_low"]) < 0.1 * width
+    assert abs(approx["ci_high"] - exact["ci_high"]) < 0.1 * width
