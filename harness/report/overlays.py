@@ -108,7 +108,7 @@ class PixelSource:
 
 MAX_CROPS_GT = 4  # zoomed crops per episode around GT components (smallest first)
 CROP_MIN_SIDE = 96  # px at native resolution: a crop shows at least this much context
-METHOD_COLOURS = ["#ff3030", "#30a0ff", "#ffb000", "#d040ff", "#00d0d0", "#ff70a0"]
+METHOD_COLOURS = ["#00e5ff", "#ffe000", "#ff40ff", "#ff8c00", "#7dff3a", "#3a7dff"]  # cyan, yellow first: visible on red, green and grey surfaces
 GT_COLOUR = "#ffffff"  # white with a black edge: visible on dark, bright and green (PCB) surfaces
 
 
