@@ -331,7 +331,10 @@ def report(runs, out, per_class, size_edges, bootstrap):
             raise click.ClickException(str(exc)) from None
     from harness.summary import auroc_warnings, console_text
 
+    from harness.report.tables import verdict
+
     click.echo(console_text(result.tables["summary"]))  # the same columns and cells as after `run`
+    click.echo("\nverdict: " + " ".join(verdict(result.tables["summary"], result.tables["paired_differences"].data)))
     for line in auroc_warnings(result.tables["summary"].data):
         click.echo(line, err=True)
     for note in result.notes:
