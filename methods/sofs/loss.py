@@ -64,7 +64,7 @@ def sofs_loss(prob: torch.Tensor, target: torch.Tensor, smooth_r: float = 1e5,
     """dice_weight * mixed normal Dice + ce_weight * CE; prob = sigmoid(logits) ``[B, 37, 37]``.
 
     With ``logits`` the CE term is :func:`logits_ce` (no saturation; see methods/sofs/README.md
-    decision 22), else the reference's ``log(p + 1e-6)`` form (:func:`binary_ce`).
+    decision 23), else the reference's ``log(p + 1e-6)`` form (:func:`binary_ce`).
 
     ``mixed_normal=False`` (the ablation ``--no-mixed-normal-dice``): a standard FSS loss, plain
     Dice + CE over the defective episodes only (target not empty); normal episodes are left out of

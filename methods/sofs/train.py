@@ -56,7 +56,7 @@ class TrainConfig:
     smooth_r: float = 1e5
     dice_weight: float = 1.0
     ce_weight: float = 0.01
-    ce_form: str = "reference"  # "logits": CE from logits, no saturation (README decision 22)
+    ce_form: str = "reference"  # "logits": CE from logits, no saturation (README decision 23)
     target_threshold: float = 0.1
     abnormal_prior: bool = True
     intensity_downsampling: bool = True
