@@ -104,6 +104,65 @@ def _class_iou(sums: pd.DataFrame) -> np.ndarray:
                      for tp, fp, fn in zip(sums["tp"], sums["fp"], sums["fn"])], dtype=float)
 
 
+CELL_KEYS = ["dataset", "method", "shots", "class_id", "query_is_normal", "has_pro"]
+
+
+@dataclass(eq=False)  # identity equality: pandas compares ``attrs`` when frames are combined
+class HistCells:
+    """The per-row 64-bin lists of the ok rows, summed per cell (``CELL_KEYS``): all the report
+    needs of them. ``load.read_report_rows`` builds it while streaming the Parquet parts (the
+    lists of a million rows never sit in memory); ``from_rows`` builds it from an in-memory frame."""
+
+    frame: pd.DataFrame  # CELL_KEYS (+ n), one row per cell
+    pos: np.ndarray  # [cells, 64] int64: summed score_hist_pos
+    neg: np.ndarray  # [cells, 64] int64: summed score_hist_neg
+    pro: np.ndarray  # [cells, 64] float64: summed pro_overlap_sum (rows that have it)
+
+    @staticmethod
+    def from_rows(rows: pd.DataFrame) -> "HistCells":
+        ok = (rows["status"] == "ok").to_numpy()
+        keys = rows.loc[ok, [k for k in CELL_KEYS if k != "has_pro"]].copy()
+        keys["class_id"] = keys["class_id"].astype(str)
+        keys["query_is_normal"] = keys["query_is_normal"].astype(bool)
+        if "pro_overlap_sum" in rows:
+            overlap, present = _float_lists(rows.loc[ok, "pro_overlap_sum"])
+        else:
+            overlap, present = np.zeros((0, HIST_BINS)), np.zeros(int(ok.sum()), bool)
+        keys["has_pro"] = present
+        pro = np.zeros((len(keys), HIST_BINS))
+        pro[present] = overlap
+        return HistCells.combine([(keys, list_matrix(rows["score_hist_pos"][ok]),
+                                   list_matrix(rows["score_hist_neg"][ok]), pro)])
+
+    @staticmethod
+    def combine(parts) -> "HistCells":
+        """Sum ``[(key frame, pos, neg, pro), ...]`` (row-aligned) into one cell per key."""
+        parts = [p for p in parts if len(p[0])]
+        if not parts:
+            empty = np.zeros((0, HIST_BINS))
+            return HistCells(pd.DataFrame(columns=CELL_KEYS + ["n"]), empty.astype(np.int64), empty.astype(np.int64), empty)
+        frame = pd.concat([p[0] for p in parts], ignore_index=True)
+        grouped = frame.groupby(CELL_KEYS, sort=True, observed=True)
+        codes, n = grouped.ngroup().to_numpy(), grouped.ngroups
+        weights = frame["n"].to_numpy() if "n" in frame else np.ones(len(frame), np.int64)
+        out = grouped.size().rename("n").reset_index()
+        out["n"] = np.bincount(codes, weights=weights, minlength=n).astype(np.int64)
+        return HistCells(out, group_sum(codes, np.concatenate([p[1] for p in parts]), n),
+                         group_sum(codes, np.concatenate([p[2] for p in parts]), n),
+                         group_sum_float(codes, np.concatenate([p[3] for p in parts]), n))
+
+
+def group_sum_float(codes: np.ndarray, matrix: np.ndarray, n_groups: int) -> np.ndarray:
+    """:func:`group_sum` for float matrices."""
+    out = np.zeros((n_groups, matrix.shape[1]), np.float64)
+    if len(codes):
+        order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[order]
+        starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+        out[sorted_codes[starts]] = np.add.reduceat(matrix[order], starts, axis=0)
+    return out
+
+
 def threshold_protocol(rows: pd.DataFrame, declared: str | None) -> str:
     """"native" for a fixed method threshold, "deployable" for one fitted per episode on support
     data (the stored threshold varies between episodes), unless run.json declares it."""
@@ -115,14 +174,22 @@ def threshold_protocol(rows: pd.DataFrame, declared: str | None) -> str:
 def aggregate(rows: pd.DataFrame, *, size_edges=DEFAULT_SIZE_EDGES,
               component_edges_px=DEFAULT_COMPONENT_EDGES_PX,
               declared_protocols: dict[str, str] | None = None,
-              run_rates: dict[str, float] | None = None) -> Aggregates:
+              run_rates: dict[str, float] | None = None,
+              hist_cells: HistCells | None = None) -> Aggregates:
     """Every pooled number of the report.
 
     ``declared_protocols``: method label -> threshold protocol from run.json (optional).
     ``run_rates``: method label -> episodes/s of its run from run.json, used when rows carry
-    no ``latency_s``.
+    no ``latency_s``. ``hist_cells``: the histogram lists already summed per cell (rows then need
+    no list of 64 bins, only ``has_pro``); built from ``rows`` when not given.
     """
     keys = group_keys(rows)
+    if hist_cells is None and "score_hist_pos" not in rows:
+        hist_cells = rows.attrs.get("hist_cells")  # streamed by load.load_runs
+    if hist_cells is None:
+        hist_cells = HistCells.from_rows(rows)
+        rows = rows.assign(has_pro=rows["pro_overlap_sum"].notna().to_numpy() if "pro_overlap_sum" in rows
+                           else np.zeros(len(rows), bool))
     # A narrow frame of scalar columns: group-bys never drag the list columns along.
     scalars = rows[keys + [c for c in _SCALAR_COLUMNS if c not in keys]].copy()
     scalars["class_id"] = scalars["class_id"].astype("category")
@@ -158,11 +225,11 @@ def aggregate(rows: pd.DataFrame, *, size_edges=DEFAULT_SIZE_EDGES,
     sums["fb_iou"] = [metrics.fb_iou(*r) for r in sums[["tp", "fp", "fn", "tn"]].to_numpy()]
     summary = summary.merge(sums[keys + ["fb_iou"]], on=keys, how="left")
 
-    hist_metrics, pooled_hist, per_class = _histogram_metrics(rows, ok, ok_mask, defective, keys, groups)
+    hist_metrics, pooled_hist, per_class = _histogram_metrics(hist_cells, ok, defective, keys, groups)
     summary = summary.merge(hist_metrics, on=keys, how="left")
     oracle = per_class.groupby(keys, observed=True)["oracle_iou"].mean().rename("oracle_miou")
     summary = summary.merge(oracle.reset_index(), on=keys, how="left")
-    summary = summary.merge(_image_and_region(rows, ok_mask, keys, groups), on=keys, how="left")
+    summary = summary.merge(_image_and_region(rows, ok_mask, keys, groups, hist_cells), on=keys, how="left")
     summary = summary.merge(_false_alarms(normal, keys), on=keys, how="left")
     summary = summary.merge(_operational(scalars, ok, keys, declared_protocols or {}, run_rates or {}),
                             on=keys, how="left")
@@ -175,8 +242,8 @@ def aggregate(rows: pd.DataFrame, *, size_edges=DEFAULT_SIZE_EDGES,
         per_class=per_class, pooled_hist=pooled_hist)
 
 
-def _histogram_metrics(rows: pd.DataFrame, ok: pd.DataFrame, ok_mask: np.ndarray,
-                       defective: pd.DataFrame, keys: list[str], groups: pd.DataFrame):
+def _histogram_metrics(hist_cells: HistCells, ok: pd.DataFrame, defective: pd.DataFrame,
+                       keys: list[str], groups: pd.DataFrame):
     """Pixel AUROC / AP / F1-max per group, the pooled defective histograms, and per-class IoU
     with the oracle threshold.
 
@@ -184,11 +251,15 @@ def _histogram_metrics(rows: pd.DataFrame, ok: pd.DataFrame, ok_mask: np.ndarray
     curve then sums a few cells.
     """
     n_groups = len(groups)
-    cell_grouped = ok.groupby(keys + ["class_id", "query_is_normal"], sort=True, observed=True)
-    cell_codes = cell_grouped.ngroup().to_numpy()
-    cells = cell_grouped.size().rename("n").reset_index()
-    cell_pos = group_sum(cell_codes, list_matrix(rows["score_hist_pos"][ok_mask]), len(cells))
-    cell_neg = group_sum(cell_codes, list_matrix(rows["score_hist_neg"][ok_mask]), len(cells))
+    cells = ok.groupby(keys + ["class_id", "query_is_normal"], sort=True, observed=True).size()
+    cells = cells.rename("n").reset_index()
+    # The same cells from the summed histograms (both sorted: class ids as sorted categories).
+    by_cell = hist_cells.frame.groupby(keys + ["class_id", "query_is_normal"], sort=True, observed=True)
+    if by_cell.ngroups != len(cells):
+        raise ValueError(f"report: histogram cells ({by_cell.ngroups}) do not match the ok rows ({len(cells)})")
+    cell_codes = by_cell.ngroup().to_numpy()
+    cell_pos = group_sum(cell_codes, hist_cells.pos, len(cells))
+    cell_neg = group_sum(cell_codes, hist_cells.neg, len(cells))
     cell_group = cells.merge(groups.assign(_group=np.arange(n_groups)), on=keys, how="left")["_group"]
     cell_group = cell_group.to_numpy()
     pos_all = group_sum(cell_group, cell_pos, n_groups)
@@ -274,11 +345,21 @@ def _float_lists(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _image_and_region(rows: pd.DataFrame, ok_mask: np.ndarray, keys: list[str],
-                      groups: pd.DataFrame) -> pd.DataFrame:
+                      groups: pd.DataFrame, hist_cells: HistCells) -> pd.DataFrame:
     """Per group: image AUROC / AP / F1-max, AUPRO, component recall under both hit rules."""
-    columns = keys + ["query_is_normal", "max_score", "gt_comp_areas", "gt_comp_hit"]
-    extra = [c for c in ("pro_overlap_sum", "gt_comp_pred_px") if c in rows]
+    columns = keys + ["query_is_normal", "max_score", "gt_comp_areas", "gt_comp_hit", "has_pro"]
+    extra = [c for c in ("gt_comp_pred_px",) if c in rows]
     ok = rows.loc[ok_mask, columns + extra]
+    with_pro = hist_cells.frame["has_pro"].to_numpy(bool)
+    pro_frame = hist_cells.frame[with_pro]
+    pro_sums = {}
+    if len(pro_frame):
+        grouped = pro_frame.groupby(keys, sort=True, observed=True)
+        codes = grouped.ngroup().to_numpy()
+        overlap = group_sum_float(codes, hist_cells.pro[with_pro], grouped.ngroups)
+        neg = group_sum(codes, hist_cells.neg[with_pro], grouped.ngroups)
+        for i, group in enumerate(grouped.size().index):  # sorted, as the ngroup codes
+            pro_sums[group if isinstance(group, tuple) else (group,)] = (overlap[i], neg[i])
     out = []
     for group, sub in ok.groupby(keys, sort=True, observed=True):
         group = group if isinstance(group, tuple) else (group,)
@@ -299,13 +380,11 @@ def _image_and_region(rows: pd.DataFrame, ok_mask: np.ndarray, keys: list[str],
             pred_px, _ = flatten_lists(sub["gt_comp_pred_px"][has])
             v2_areas, _ = flatten_lists(sub["gt_comp_areas"][has])
             entry["comp_recall_half"] = metrics.component_recall(v2_areas, pred_px, "half")
-        if "pro_overlap_sum" in sub:
-            overlap, present = _float_lists(sub["pro_overlap_sum"])
-            v2 = sub[present]
-            neg = list_matrix(rows.loc[v2.index, "score_hist_neg"]).sum(axis=0)
+        if group in pro_sums:
+            overlap, neg = pro_sums[group]
+            v2 = sub[sub["has_pro"].to_numpy(bool)]
             n_components = len(flatten_lists(v2["gt_comp_areas"][~v2["query_is_normal"].to_numpy(bool)])[0])
-            if len(v2):
-                entry["aupro"] = metrics.aupro(overlap.sum(axis=0), n_components, neg)
+            entry["aupro"] = metrics.aupro(overlap, n_components, neg)
         out.append(entry)
     names = ["image_auroc", "image_ap", "image_f1_max", "aupro", "comp_recall_touch", "comp_recall_half"]
     return pd.DataFrame(out, columns=keys + names)

@@ -50,13 +50,16 @@ def _resampled_sums(counts: np.ndarray, n_resamples: int, rng: np.random.Generat
 
 
 def _strata(frame: pd.DataFrame) -> list[tuple[int, np.ndarray]]:
-    """``(repeat position, row positions)`` of each (repeat, class) stratum, in a fixed order."""
-    repeats = frame["repeat"].to_numpy()
-    classes = frame["class_id"].astype(str).to_numpy()
-    order = np.lexsort((classes, repeats))
-    keys = np.char.add(repeats[order].astype(str), np.char.add("\x00", classes[order].astype(str)))
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    """``(repeat position, row positions)`` of each (repeat, class) stratum, in a fixed order
+    (repeat, then class id)."""
+    if len(frame) == 0:
+        return []
+    codes = frame.groupby(["repeat", frame["class_id"].astype(str)], sort=True, observed=True).ngroup().to_numpy()
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
     stops = np.r_[starts[1:], len(order)]
+    repeats = frame["repeat"].to_numpy()
     repeat_values = np.unique(repeats)
     return [(int(np.searchsorted(repeat_values, repeats[order[a]])), order[a:b])
             for a, b in zip(starts, stops)]

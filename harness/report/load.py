@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness.store import StoreError, read_run
@@ -54,23 +55,89 @@ def _unique_run_labels(run_dirs: list[Path]) -> list[str]:
     return labels
 
 
-def read_report_rows(run_dir: Path) -> pd.DataFrame:
-    """``REPORT_COLUMNS`` of a run, list columns kept in Arrow (``pd.ArrowDtype``): converting
-    millions of lists to numpy objects dominated the report's time. Any read problem falls back to
-    ``read_run``, whose one-line error names the bad part."""
+HIST_LISTS = ("score_hist_pos", "score_hist_neg", "pro_overlap_sum")  # 64 values per row each
+
+
+def _fixed_lists(column, width: int, dtype) -> np.ndarray | None:
+    """A list column whose lists all hold ``width`` values as ``[n, width]``; None otherwise."""
+    import pyarrow.compute as pc
+
+    if column.null_count or len(column) == 0:
+        return None if column.null_count else np.zeros((0, width), dtype)
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    if not (lengths == width).all():
+        return None
+    return column.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(len(column), width)
+
+
+def _batch_cells(batch, has_pro):
+    """One record batch's histogram lists summed per cell (``aggregate.CELL_KEYS``) of its ok rows:
+    cell codes from one dictionary-encoded key string per row (no per-row Python), non-ok rows in
+    a discarded extra cell. None when a list is null or not 64 long (the caller falls back)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from harness.report.aggregate import CELL_KEYS, HistCells, group_sum, group_sum_float
+    from harness.schema import HIST_BINS
+
+    ok = pc.fill_null(pc.equal(batch.column("status"), "ok"), False)
+    pos = _fixed_lists(batch.column("score_hist_pos"), HIST_BINS, np.int64)
+    neg = _fixed_lists(batch.column("score_hist_neg"), HIST_BINS, np.int64)
+    overlap = _fixed_lists(batch.column("pro_overlap_sum").filter(has_pro), HIST_BINS, np.float64)
+    if pos is None or neg is None or overlap is None:
+        return None
+    text = [pc.cast(batch.column(k), pa.string()) for k in ("dataset", "method", "shots", "class_id", "query_is_normal")]
+    key = pc.binary_join_element_wise(*text, pc.cast(has_pro, pa.string()), "\x1f")
+    key = pc.if_else(ok, key, pa.scalar(None, pa.string()))
+    encoded = pc.dictionary_encode(key)
+    n_cells = len(encoded.dictionary)
+    codes = pc.fill_null(encoded.indices, n_cells).to_numpy(zero_copy_only=False).astype(np.int64)
+    pro = np.zeros((batch.num_rows, HIST_BINS))
+    pro[has_pro.to_numpy(zero_copy_only=False)] = overlap
+    fields = [item.split("\x1f") for item in encoded.dictionary.to_pylist()]
+    frame = pd.DataFrame(fields, columns=CELL_KEYS) if fields else pd.DataFrame(columns=CELL_KEYS)
+    frame["shots"] = frame["shots"].astype(np.int64)
+    for flag in ("query_is_normal", "has_pro"):
+        frame[flag] = frame[flag] == "true"
+    frame["n"] = np.bincount(codes, minlength=n_cells + 1)[:n_cells]
+    return HistCells.combine([(frame, group_sum(codes, pos, n_cells + 1)[:n_cells],
+                               group_sum(codes, neg, n_cells + 1)[:n_cells],
+                               group_sum_float(codes, pro, n_cells + 1)[:n_cells])])
+
+
+def read_report_rows(run_dir: Path):
+    """``(rows, hist_cells)`` of a run: ``REPORT_COLUMNS`` without the three 64-bin lists, plus
+    ``has_pro`` (the row stores ``pro_overlap_sum``); the lists are summed per cell batch by batch
+    while streaming (``aggregate.HistCells``), so the ~1.5 GB of a million rows never sit in memory.
+    Other list columns stay in Arrow (``pd.ArrowDtype``). Rows whose lists are not all 64 long, or
+    any read problem, fall back to ``read_run`` (whose one-line error names the bad part) and
+    ``hist_cells`` None (computed from the rows)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    from harness.schema import EPISODE_SCHEMA_WITH_METHOD
+    from harness.report.aggregate import CELL_KEYS
+    from harness.schema import EPISODE_SCHEMA_WITH_METHOD, HIST_BINS
 
     try:
         dataset = ds.dataset(Path(run_dir) / "episodes", format="parquet",
                              partitioning=ds.partitioning(pa.schema([pa.field("method", pa.string())]), flavor="hive"),
                              schema=EPISODE_SCHEMA_WITH_METHOD, exclude_invalid_files=False, ignore_prefixes=[".", "_"])
-        table = dataset.to_table(columns=REPORT_COLUMNS).combine_chunks()  # one chunk: fast takes
-        return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_list(t) else None)
+        scalars, parts = [], []
+        narrow = [c for c in REPORT_COLUMNS if c not in HIST_LISTS]
+        for batch in dataset.to_batches(columns=REPORT_COLUMNS, batch_size=1 << 17):
+            has_pro = pc.is_valid(batch.column("pro_overlap_sum"))
+            scalars.append(pa.RecordBatch.from_arrays([*batch.select(narrow).columns, has_pro], narrow + ["has_pro"]))
+            part = _batch_cells(batch, has_pro)
+            if part is None:
+                return read_run(run_dir, columns=REPORT_COLUMNS), None
+            parts.append(part)
+        table = pa.Table.from_batches(scalars) if scalars else pa.table(
+            {c: pa.array([], EPISODE_SCHEMA_WITH_METHOD.field(c).type) for c in narrow} | {"has_pro": pa.array([], pa.bool_())})
+        rows = table.combine_chunks().to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_list(t) else None)
+        return rows, parts
     except (OSError, pa.ArrowException):
-        return read_run(run_dir, columns=REPORT_COLUMNS)
+        return read_run(run_dir, columns=REPORT_COLUMNS), None
 
 
 def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[RunInfo], dict[str, MethodSource]]:
@@ -82,7 +149,7 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[RunInfo], dict[s
     """
     if not run_dirs:
         raise StoreError("report: no run folder given")
-    frames, runs = [], []
+    frames, runs, hist_parts = [], [], []
     for run_dir, label in zip(map(Path, run_dirs), _unique_run_labels([Path(p) for p in run_dirs])):
         if not (run_dir / "episodes").is_dir():
             raise StoreError(f"{run_dir}: no episodes/ folder (is this a run folder?)")
@@ -92,10 +159,11 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[RunInfo], dict[s
                 provenance = json.loads((run_dir / "run.json").read_text())
             except json.JSONDecodeError as error:
                 raise StoreError(f"{run_dir / 'run.json'}: not valid JSON ({error})") from None
-        rows = read_report_rows(run_dir)
+        rows, parts = read_report_rows(run_dir)
         rows["method"] = rows["method"].astype(str)
         rows["run"] = label
         frames.append(rows)
+        hist_parts.append((label, parts))
         runs.append(RunInfo(label=label, run_dir=run_dir, provenance=provenance, n_rows=len(rows)))
     rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if rows.empty:
@@ -112,7 +180,28 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[RunInfo], dict[s
     if shared:
         prefixed = rows["method"].isin(shared)
         rows.loc[prefixed, "method"] = rows.loc[prefixed, "run"] + ":" + rows.loc[prefixed, "method"]
+    rows.attrs["hist_cells"] = _hist_cells(rows, frames, hist_parts, shared)
     return rows, runs, sources
+
+
+def _hist_cells(rows: pd.DataFrame, frames, hist_parts, shared: set[str]):
+    """The runs' streamed histogram sums under the display labels (``aggregate.HistCells``);
+    None when some run fell back to in-memory lists (then ``aggregate`` sums ``rows``)."""
+    from harness.report.aggregate import HistCells
+
+    if any(parts is None for _, parts in hist_parts):
+        if "score_hist_pos" not in rows:  # mixed: rebuild every run's lists is not possible here
+            raise StoreError("report: could not read the score histograms of every run")
+        return None
+    relabelled = []
+    for label, parts in hist_parts:
+        for cells in parts:
+            keys, pos, neg, pro = cells.frame.copy(), cells.pos, cells.neg, cells.pro
+            keys["method"] = keys["method"].astype(str)
+            mask = keys["method"].isin(shared)
+            keys.loc[mask, "method"] = label + ":" + keys.loc[mask, "method"]
+            relabelled.append((keys, pos, neg, pro))
+    return HistCells.combine(relabelled)
 
 
 def planned_episodes(run: RunInfo) -> int | None:
