@@ -19,6 +19,9 @@ from pathlib import Path
 
 import click
 
+from harness.constants import SIZE_BIN_EDGES
+from harness.io import short_error
+
 # Start-up stays under a second: only click at module level; torch, ray, pandas, pyarrow and the
 # methods are imported inside the commands that use them (tests/test_cli_ux.py checks sys.modules).
 DEFAULT_METHODS = "sofs,panet,patchcore"
@@ -32,8 +35,7 @@ EXIT_INTERRUPTED = 130
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    return short_error(exc, 300)
 
 
 # The project's one-line error types, named so that no module is imported to catch them.
@@ -313,7 +315,7 @@ def episodes_build(dataset, dataset_format, shots, seeds, normal_fraction, fad, 
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Report folder (default <first run>/report).")
 @click.option("--per-class/--no-per-class", default=True, show_default=True, help="Also write the per-class table.")
-@click.option("--size-edges", default="0.001,0.003,0.01,0.05", show_default=True, help="GT area-fraction bin edges.")
+@click.option("--size-edges", default=",".join(map(str, SIZE_BIN_EDGES)), show_default=True, help="GT area-fraction bin edges.")
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for confidence intervals.")
 def report(runs, out, per_class, size_edges, bootstrap):
     """Tables (md/csv/tex), size-stratified mIoU, false alarms, plots and one HTML file."""

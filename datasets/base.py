@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from harness.io import short_error
 from harness.records import ImageRecord
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -172,7 +173,7 @@ def defect_image_size(image: Path, mask: Path, log: "SkipLog",
 def _short(exc: Exception) -> str:
     if isinstance(exc, Image.DecompressionBombError):
         return "decompression bomb: " + str(exc).split(" pixels")[0].replace("Image size ", "") + " pixels declared"
-    return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+    return short_error(exc, 120)
 
 
 # --------------------------------------------------------------------------- readers

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.constants import SIZE_BIN_EDGES, size_bin_labels
 from harness.records import ImageRecord
 
 from .base import DatasetError, load_dataset, load_mask_values, read_image, class_pixels
 
 # Area-fraction bin edges, as the report's size-stratified mIoU (DESIGN.md "Metrics").
-AREA_EDGES = (0.001, 0.003, 0.01, 0.05)
-AREA_BINS = ("<0.1%", "0.1-0.3%", "0.3-1%", "1-5%", ">=5%")
+AREA_EDGES = SIZE_BIN_EDGES
+AREA_BINS = tuple(size_bin_labels(AREA_EDGES))
 WARNING_REASONS = {"empty_masks", "empty_folders"}
 
 

@@ -24,6 +24,7 @@ import skimage
 from PIL import Image
 from skimage.draw import polygon as draw_polygon
 
+from harness.io import atomic_write
 from harness.records import ImageRecord
 
 from .base import Dataset, DatasetError, SkipLog, object_dirs
@@ -138,9 +139,8 @@ def _cache_root(root: Path) -> Path:
 
 
 def _write_png(path: Path, mask: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _rasterize_split(coco: dict, cache_dir: Path, key: str) -> dict:
@@ -168,9 +168,8 @@ def _rasterize_split(coco: dict, cache_dir: Path, key: str) -> dict:
             png = f"{Path(info['file_name']).stem}__{safe_name(category)}.png"
             _write_png(cache_dir / png, mask)
             masks.setdefault(info["file_name"], {})[category] = [png, int(mask.sum())]
-    tmp = index_path.with_name(".index.json.tmp")
-    tmp.write_text(json.dumps({"key": key, "rasterizer": RASTERIZER, "masks": masks}))
-    os.replace(tmp, index_path)
+    text = json.dumps({"key": key, "rasterizer": RASTERIZER, "masks": masks})
+    atomic_write(index_path, lambda tmp: tmp.write_text(text))
     return masks
 
 

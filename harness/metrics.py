@@ -28,27 +28,14 @@ from typing import Any, Sequence
 import numpy as np
 from skimage.measure import label
 
+from harness.constants import ABS_SIZE_BIN_EDGES_PX, NORMAL_SIZE_BIN, SIZE_BIN_EDGES, size_bin_labels
 from harness.schema import HIST_BINS
 
-SIZE_BIN_EDGES = (0.001, 0.003, 0.01, 0.05)  # GT area fraction of the image
-ABS_SIZE_BIN_EDGES_PX = (64, 256, 1024, 9216)  # 8², 16², 32², 96² pixels (AI-TOD / COCO)
-NORMAL_SIZE_BIN = "normal"
 _HIST_CHUNK_PX = 1 << 20  # histogram pass in row chunks of about this many pixels (bounded memory)
 
 
 # ------------------------------------------------------------------------------------------------
 # size bins
-
-
-def _format_number(value: float) -> str:
-    return f"{value:g}"
-
-
-def size_bin_labels(edges: Sequence[float] = SIZE_BIN_EDGES) -> list[str]:
-    """Labels of the area-fraction bins, smallest first: ``<0.1%``, ``0.1-0.3%``, ..., ``>=5%``."""
-    percents = [_format_number(edge * 100) for edge in edges]
-    middle = [f"{lo}-{hi}%" for lo, hi in zip(percents, percents[1:])]
-    return [f"<{percents[0]}%", *middle, f">={percents[-1]}%"]
 
 
 def size_bin_label(area_frac: float, edges: Sequence[float] = SIZE_BIN_EDGES) -> str:

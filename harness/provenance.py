@@ -11,7 +11,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from harness.io import REPO_ROOT, atomic_write, file_sha256  # noqa: F401 (file_sha256: re-exported)
+
 PACKAGES = ("torch", "torchvision", "timm", "transformers", "ray", "pyarrow", "pandas", "numpy", "scikit-image", "click")
 
 
@@ -19,20 +20,6 @@ def canonical_hash(obj: object, length: int = 16) -> str:
     """sha256 of canonical JSON (sorted keys, no whitespace); ``default=str`` for paths."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, or of a folder's files in sorted order (weights folders)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def git_info() -> dict:
@@ -157,14 +144,13 @@ class ContentHashes:
         """Write the cache back (best effort: a read-only cache folder only costs re-hashing)."""
         if not self.changed or self.entries is None:
             return
-        tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp")
+        text = json.dumps(self.entries, separators=(",", ":"))
         try:
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(self.entries, separators=(",", ":")))
-            os.replace(tmp, self.cache_file)
+            atomic_write(self.cache_file, lambda tmp: tmp.write_text(text))
             self.changed = False
         except OSError:
-            tmp.unlink(missing_ok=True)
+            pass
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from harness.io import atomic_write, short_error
 from harness.schema import EPISODE_SCHEMA, EPISODE_SCHEMA_WITH_METHOD
 
 Warn = Callable[[str], None]
@@ -55,18 +56,11 @@ def atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
 
     An ``OSError`` (disk full, permissions) becomes a ``StoreError`` naming ``path``.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except OSError as exc:
         raise StoreError(f"{path}: cannot write ({os_problem(exc)})") from None
-    finally:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass  # renamed (the usual case) or never created
 
 
 def verify_part(path: Path, rows: int | None = None) -> str | None:
@@ -81,7 +75,7 @@ def verify_part(path: Path, rows: int | None = None) -> str | None:
         meta = pq.read_metadata(path)
         schema = meta.schema.to_arrow_schema()
     except (OSError, pa.ArrowException) as exc:
-        return f"unreadable Parquet ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
+        return f"unreadable Parquet ({short_error(exc)})"
     for column in schema:
         expected = EPISODE_SCHEMA.field(column.name) if column.name in EPISODE_SCHEMA.names else None
         if expected is None or not expected.type.equals(column.type):
@@ -324,4 +318,4 @@ def read_run(run_dir: Path | str, columns: list[str] | None = None) -> pd.DataFr
         if where is not None:
             raise StoreError(f"{where} (run the same command to recompute it, or delete the file)") from None
         raise StoreError(f"{episodes}: cannot read the episode parts "
-                         f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+                         f"({short_error(exc)})") from None

@@ -28,6 +28,7 @@ from typing import Mapping
 
 import torch
 
+from harness.io import short_error
 from methods.base import MethodError
 
 # Whole-module renames, Painter prefix -> transformers prefix.
@@ -113,8 +114,7 @@ def convert_painter_checkpoint(
     try:
         checkpoint = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise MethodError(f"{source}: cannot read as a torch checkpoint ({reason})") from None
+        raise MethodError(f"{source}: cannot read as a torch checkpoint ({short_error(err)})") from None
     state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state_dict, dict):
         raise MethodError(f"{source}: no state dict (expected a dict, optionally under 'model')")

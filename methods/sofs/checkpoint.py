@@ -24,8 +24,6 @@ tensors, so the released file needs no hparams (spec defaults: DINOv2 ViT-B/14, 
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,14 +32,16 @@ import torch
 from torch import nn
 
 from methods.base import MethodError
+from harness.constants import SOFS_LAYERS
 from harness.features import FeatureExtractor, torch_load_problem
+from harness.io import atomic_write, file_sha256, short_error  # noqa: F401 (file_sha256: re-exported)
 from methods.sofs.model import HeadConfig, SOFSHead
 
 FORMAT = "sofs-bench/sofs-head/1"
 REFERENCE_PREFIX = "feature_recorrect."
 REFERENCE_HPARAMS = {
     "backbone": "dinov2_vitb14",
-    "layers": [5, 6, 7, 8, 9, 10],
+    "layers": list(SOFS_LAYERS),
     "num_heads": 4,
     "temperature": 0.1,
     "source": "reference SOFS_model.pth layout",
@@ -129,8 +129,7 @@ def build_head(state: Mapping[str, torch.Tensor], hparams: Mapping[str, Any], pa
         head = SOFSHead(head_config_from_state(state, hparams))
         head.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except (KeyError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: does not match the SOFS head layout ({first})") from None
+        raise CheckpointError(f"{path}: does not match the SOFS head layout ({short_error(exc)})") from None
     return head
 
 
@@ -161,18 +160,8 @@ def save_head(path: Path, head: nn.Module, hparams: Mapping[str, Any]) -> Path:
 def atomic_save(obj: Any, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
     return path
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_backbone(arch: str, path: Path | None, layers) -> FeatureExtractor:

@@ -28,7 +28,8 @@ import torch
 
 from harness.features import BackboneError, default_weights
 from methods.base import REPO_ROOT, MethodError
-from methods.sofs.checkpoint import atomic_save, file_sha256, hparams_of, load_backbone, save_head
+from harness.io import LRU, atomic_write, file_sha256
+from methods.sofs.checkpoint import atomic_save, hparams_of, load_backbone, save_head
 from methods.sofs.data import EpisodeConfig, EpisodeSampler, ViewSpec
 from methods.sofs.loss import CE_FORMS, patch_target, sofs_loss
 from methods.sofs.model import HeadConfig, SOFSHead, SOFSModel
@@ -78,29 +79,22 @@ class TrainResult:
     losses: list[float]
 
 
+def _entry_bytes(entry: tuple[list[torch.Tensor], torch.Tensor]) -> int:
+    features, mask = entry
+    return sum(f.numel() * f.element_size() for f in features) + mask.numel()
+
+
 class FeatureCache:
     """LRU of backbone features of fixed views, bounded in megabytes."""
 
     def __init__(self, max_mb: int):
-        self.max_bytes = max_mb * 2**20
-        self.used = 0
-        self.items: OrderedDict[tuple, tuple[list[torch.Tensor], torch.Tensor]] = OrderedDict()
+        self.lru = LRU(max_bytes=max_mb * 2**20, size=_entry_bytes)
 
     def get(self, key: tuple):
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
-        return None
+        return self.lru.get(key)
 
     def put(self, key: tuple, features: list[torch.Tensor], mask: torch.Tensor) -> None:
-        size = sum(f.numel() * f.element_size() for f in features) + mask.numel()
-        if self.max_bytes <= 0 or size > self.max_bytes:
-            return
-        while self.used + size > self.max_bytes and self.items:
-            _, (old, old_mask) = self.items.popitem(last=False)
-            self.used -= sum(f.numel() * f.element_size() for f in old) + old_mask.numel()
-        self.items[key] = (features, mask)
-        self.used += size
+        self.lru.put(key, (features, mask))
 
 
 def build_training_model(config: TrainConfig) -> tuple[SOFSModel, dict[str, Any]]:
@@ -310,9 +304,8 @@ def _save(out: Path, model: SOFSModel, optimizer, step: int, losses: list[float]
     summary = {"step": step, "steps": config.steps, "last_loss": losses[-1] if losses else None,
                "losses": losses, "config": config.as_json(), "train_classes": hparams.get("train_classes", []),
                "held_out": hparams.get("held_out", []), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    tmp = out / "train_state.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(out / "train_state.json")
+    text = json.dumps(summary, indent=1)
+    atomic_write(out / "train_state.json", lambda tmp: tmp.write_text(text))
 
 
 def _progress(enabled: bool, total: int, initial: int):

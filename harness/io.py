@@ -1,0 +1,99 @@
+"""Small idioms every package shares, defined once: the repository root, temp-file-then-rename
+writes, the one-line text of an exception, a file's sha256 and a bounded LRU.
+
+Standard library only, so that datasets, methods and the harness can all import it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Hashable
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any], *, suffix: str = "") -> None:
+    """Call ``write(temp)`` then rename the temp file over ``path``; the temp file never survives.
+
+    The temp file sits next to ``path`` (same file system) as ``.<name>.<pid>.tmp<suffix>``
+    (``suffix`` keeps an ending a writer reads, e.g. ``".png"`` for PIL). ``OSError`` propagates:
+    callers turn it into their own one-line error.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass  # renamed (the usual case) or never created
+
+
+def short_error(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of ``str(exc)`` (at most ``limit`` characters), or the type's name if empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder's files in sorted order (weights folders)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class LRU:
+    """Least-recently-used map bounded by entries and/or bytes (``size(value)``; None = no bound).
+
+    ``put`` of a value larger than ``max_bytes`` (or with ``max_bytes <= 0``) stores nothing; ``put`` returns the evicted values.
+    """
+
+    def __init__(self, max_entries: int | None = None, max_bytes: int | None = None,
+                 size: Callable[[Any], int] | None = None):
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.size = size or (lambda value: 0)
+        self.items: OrderedDict = OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self.items
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        return default
+
+    def put(self, key: Hashable, value: Any) -> list:
+        size = self.size(value)
+        if self.max_bytes is not None and (size > self.max_bytes or self.max_bytes <= 0):
+            return []
+        if key in self.items:
+            self.bytes -= self.size(self.items.pop(key))
+        self.items[key] = value
+        self.bytes += size
+        evicted = []
+        while self.items and self._over():
+            _, old = self.items.popitem(last=False)
+            self.bytes -= self.size(old)
+            evicted.append(old)
+        return evicted
+
+    def _over(self) -> bool:
+        return ((self.max_entries is not None and len(self.items) > self.max_entries)
+                or (self.max_bytes is not None and self.bytes > self.max_bytes))
