@@ -56,7 +56,7 @@ def file_sha256(path: Path) -> str:
 class LRU:
     """Least-recently-used map bounded by entries and/or bytes (``size(value)``; None = no bound).
 
-    ``put`` of a value larger than ``max_bytes`` (or with ``max_bytes <= 0``) stores nothing; ``put`` returns the evicted values.
+    ``put`` of a value larger than ``max_bytes`` stores nothing; ``put`` returns the evicted values.
     """
 
     def __init__(self, max_entries: int | None = None, max_bytes: int | None = None,
@@ -73,6 +73,15 @@ class LRU:
     def __contains__(self, key: Hashable) -> bool:
         return key in self.items
 
+    def __getitem__(self, key: Hashable) -> Any:
+        return self.items[key]  # a look without refreshing recency (as OrderedDict)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def keys(self):
+        return self.items.keys()
+
     def get(self, key: Hashable, default: Any = None) -> Any:
         if key in self.items:
             self.items.move_to_end(key)
@@ -81,7 +90,7 @@ class LRU:
 
     def put(self, key: Hashable, value: Any) -> list:
         size = self.size(value)
-        if self.max_bytes is not None and (size > self.max_bytes or self.max_bytes <= 0):
+        if self.max_bytes is not None and size > self.max_bytes:
             return []
         if key in self.items:
             self.bytes -= self.size(self.items.pop(key))

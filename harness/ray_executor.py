@@ -27,9 +27,9 @@ import time
 from collections import deque
 from pathlib import Path
 
+from harness.io import REPO_ROOT, short_error
 from harness.runner import EpisodeWorker, EvalSettings, MethodJob, describe_error, error_row, interleave, merge_stats
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ClusterError(Exception):
@@ -358,7 +358,7 @@ def _creation_cause(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or getattr(getattr(exc, "error_msg", None), "cause", None)
     if isinstance(cause, BaseException):
         cause = getattr(cause, "cause", None) or cause
-        return f"{type(cause).__name__}: {cause}".strip().splitlines()[0]
+        return short_error(f"{type(cause).__name__}: {cause}")
     text = str(exc)
     for line in text.splitlines():
         if "Error:" in line and "ray::" not in line:

@@ -20,7 +20,8 @@ from typing import Sequence
 from harness import provenance
 from harness.runner import EvalSettings, InlineExecutor, MethodJob, RowContext, WorkUnit, make_unit
 from harness.store import RunStore, StoreError, os_problem, partition_value
-from methods.base import MethodError, MethodSpec, REPO_ROOT
+from harness.io import REPO_ROOT
+from methods.base import MethodError, MethodSpec
 
 
 class RunError(Exception):

@@ -16,7 +16,6 @@ import os
 import socket
 import time
 import traceback
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from harness.constants import SIZE_BIN_EDGES
+from harness.io import LRU, atomic_write, short_error
 from harness.metrics import episode_metrics
 from harness.records import Episode, ImageRecord
 from harness.schema import METRIC_COLUMNS
@@ -36,7 +37,7 @@ class EvalSettings:
 
     min_area: int = 1
     hist_bins: int = 64
-    frac_edges: tuple[float, ...] = (0.001, 0.003, 0.01, 0.05)
+    frac_edges: tuple[float, ...] = SIZE_BIN_EDGES
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def error_row(context: RowContext, episode: Episode, status: str, worker: str = 
 
 
 def describe_error(exc: BaseException) -> str:
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    message = short_error(exc) if str(exc).strip() else ""
     return f"error: {type(exc).__name__}: {message}"
 
 
@@ -102,17 +103,13 @@ class ImageCache:
     """Small LRU of decoded images/masks: supports recur across the episodes of a chunk."""
 
     def __init__(self, capacity: int = 32):
-        self.capacity = capacity
-        self.items: OrderedDict = OrderedDict()
+        self.lru = LRU(max_entries=capacity)
 
     def get(self, key, load: Callable):
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
+        if key in self.lru:
+            return self.lru.get(key)
         value = load()
-        self.items[key] = value
-        if len(self.items) > self.capacity:
-            self.items.popitem(last=False)
+        self.lru.put(key, value)
         return value
 
 
@@ -247,12 +244,8 @@ class EpisodeWorker:
 
         path = self.predictions_dir / f"{episode.episode_id}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-        try:
-            Image.fromarray(np.round(np.clip(score_map, 0, 1) * 255).astype(np.uint8)).save(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)  # a full disk must not leave half-written temp files
+        image = Image.fromarray(np.round(np.clip(score_map, 0, 1) * 255).astype(np.uint8))
+        atomic_write(path, image.save, suffix=".png")  # a full disk leaves no half-written temp file
         return path
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -43,7 +42,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.features import IMAGENET_MEAN, IMAGENET_STD, BackboneError, arch_of, make_features
+from harness.constants import IMAGENET_MEAN, IMAGENET_STD
+from harness.features import BackboneError, arch_of, make_features
+from harness.io import LRU
 from harness.tiling import Tile, resize_image, resize_map, resize_mask_fraction, resized_shape, stitch, tile_grid
 from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec
 
@@ -92,19 +93,35 @@ class FeatureCache:
     ``get``/``put`` take any hashable key; values need ``nbytes()``. Thread-safe."""
 
     def __init__(self, budget_bytes: int = 512 * 2**20, max_entries: int = CACHE_MAX_ENTRIES):
-        self.budget_bytes = budget_bytes
-        self.max_entries = max_entries
-        self.items: OrderedDict = OrderedDict()
-        self.bytes = 0
+        self.lru = LRU(max_entries=max_entries, max_bytes=budget_bytes, size=lambda value: value.nbytes())
         self.overflow: tuple | None = None  # (key, value) of the latest entry larger than the budget
         self.evictions = 0
         self.lock = threading.Lock()
 
+    @property
+    def budget_bytes(self) -> int:
+        return self.lru.max_bytes
+
+    @budget_bytes.setter
+    def budget_bytes(self, value: int) -> None:
+        self.lru.max_bytes = value
+
+    @property
+    def max_entries(self) -> int:
+        return self.lru.max_entries
+
+    @property
+    def items(self):
+        return self.lru.items
+
+    @property
+    def bytes(self) -> int:
+        return self.lru.bytes
+
     def get(self, key):
         with self.lock:
-            if key in self.items:
-                self.items.move_to_end(key)
-                return self.items[key]
+            if key in self.lru:
+                return self.lru.get(key)
             if self.overflow is not None and self.overflow[0] == key:
                 return self.overflow[1]
             return None
@@ -112,27 +129,22 @@ class FeatureCache:
     def put(self, key, value) -> None:
         size = value.nbytes()
         with self.lock:
-            if key in self.items:
+            if key in self.lru:
                 return
             if size > self.budget_bytes:
                 self.overflow = (key, value)
                 return
-            self.items[key] = value
-            self.bytes += size
-            while self.items and (self.bytes > self.budget_bytes or len(self.items) > self.max_entries):
-                _, old = self.items.popitem(last=False)
-                self.bytes -= old.nbytes()
-                self.evictions += 1
+            self.evictions += len(self.lru.put(key, value))
 
     def ensure_budget(self, budget_bytes: int) -> None:
         """Grow the byte budget to at least ``budget_bytes`` (the largest any user asked for)."""
         with self.lock:
-            self.budget_bytes = max(self.budget_bytes, budget_bytes)
+            self.lru.max_bytes = max(self.lru.max_bytes, budget_bytes)
 
     def clear(self) -> None:
         with self.lock:
-            self.items.clear()
-            self.bytes = 0
+            self.lru.items.clear()
+            self.lru.bytes = 0
             self.overflow = None
             self.evictions = 0
 

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from harness.io import REPO_ROOT
 
 
 class MethodError(Exception):

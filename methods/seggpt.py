@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -38,11 +37,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.constants import IMAGENET_MEAN, IMAGENET_STD
+from harness.io import LRU, short_error
 from harness.tiling import pad_bottom_right, resize_map, resize_mask_fraction, stitch, tile_grid
 from methods.base import MethodError, WeightSpec
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
 )
@@ -78,8 +77,7 @@ def load_seggpt(folder: Path | str):
             folder, local_files_only=True, output_loading_info=True
         )
     except Exception as err:  # transformers raises OSError, ValueError, RuntimeError, safetensors errors
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise MethodError(f"{folder}: cannot load SegGPT weights ({first_line})") from None
+        raise MethodError(f"{folder}: cannot load SegGPT weights ({short_error(err)})") from None
     if info.get("missing_keys"):
         missing = sorted(info["missing_keys"])
         raise MethodError(f"{folder}: weights lack {len(missing)} SegGPT tensors, e.g. {missing[0]}")
@@ -292,7 +290,7 @@ class SegGPT:
         self.dtype = getattr(torch, config.dtype)
         self.model = load_seggpt(weights["model"]).to(self.device, self.dtype)
         self.side = model_input_side(self.model.config)
-        self._prompt_cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._prompt_cache = LRU(max_entries=config.prompt_cache_size)  # key -> (image, RGB mask)
         self.last_ensemble_spread = 0.0  # max |element i - element 0| of the last k-shot score maps
 
     # -- public ----------------------------------------------------------------------------
@@ -361,17 +359,14 @@ class SegGPT:
         crop = self.config.resolution == "native" and self.config.native_support == "crop"
         key = (_digest(image), _digest(mask), crop)
         if key in self._prompt_cache:
-            self._prompt_cache.move_to_end(key)
-            return self._prompt_cache[key]
+            return self._prompt_cache.get(key)
         if crop:
             prompt_image, prompt_mask = crop_support(image, mask, self.side)
         else:
             prompt_image = resize_image_bicubic(image, self.side)
             prompt_mask = resize_mask_nearest(mask, self.side)
         prompt = (prompt_image, encode_mask(prompt_mask))
-        self._prompt_cache[key] = prompt
-        while len(self._prompt_cache) > self.config.prompt_cache_size:
-            self._prompt_cache.popitem(last=False)
+        self._prompt_cache.put(key, prompt)
         return prompt
 
 

@@ -27,8 +27,8 @@ from typing import Any, Sequence
 import torch
 
 from harness.features import BackboneError, default_weights
-from methods.base import REPO_ROOT, MethodError
-from harness.io import LRU, atomic_write, file_sha256
+from methods.base import MethodError
+from harness.io import LRU, REPO_ROOT, atomic_write, file_sha256
 from methods.sofs.checkpoint import atomic_save, hparams_of, load_backbone, save_head
 from methods.sofs.data import EpisodeConfig, EpisodeSampler, ViewSpec
 from methods.sofs.loss import CE_FORMS, patch_target, sofs_loss
