@@ -121,8 +121,9 @@ def check_method_names(names: list[str]) -> None:
     """Unknown or repeated ``--methods`` names are usage errors (exit 2), found without torch."""
     import difflib
 
-    import methods.registry  # noqa: F401  (fills REGISTRY; imports no method module)
-    from methods.base import REGISTRY
+    from methods.registry import REGISTRY, load_plugins  # imports no method module
+
+    load_plugins()
 
     if not names:
         raise click.BadParameter("no method given", param_hint="--methods")

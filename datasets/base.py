@@ -8,7 +8,6 @@ definitions of the format; nothing here knows about episodes or methods.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import struct
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,9 @@ from PIL import Image, ImageOps
 from harness.io import short_error
 from harness.records import ImageRecord
 
+from . import formats
+from .formats import ADAPTERS  # detection order (re-exported)
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 
@@ -30,8 +32,6 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Memor
 # EXIF orientations 5-8 are 90-degree turns: the displayed width is the stored height.
 _TURNED_ORIENTATIONS = (5, 6, 7, 8)
 
-# Detection order: layouts with a distinctive marker first, the permissive generic one last.
-ADAPTERS = ("vision", "mvtec", "opendomain", "defect_spectrum", "visa", "severstal", "dagm", "kolektor", "folder")
 
 
 class DatasetError(Exception):
@@ -263,8 +263,7 @@ def read_mask(record: ImageRecord) -> np.ndarray:
 # --------------------------------------------------------------------------- loading
 
 
-def _adapter(name: str):
-    return importlib.import_module(f"{__package__}.{name}")
+_adapter = formats.adapter
 
 
 def detect_format(root: Path) -> str:
@@ -287,9 +286,8 @@ def load_dataset(spec: str, fmt: str = "auto", follow_links: bool = False) -> Da
     """
     spec = str(spec)
     if spec == "synthetic" or spec.startswith("synthetic:"):
-        from .synthetic import load_synthetic
         seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
-        return load_synthetic(seed=seed)
+        return formats.generator("synthetic")(seed=seed)
     root = Path(spec).expanduser()
     if not root.exists():
         raise DatasetError(f"{root}: dataset path does not exist")

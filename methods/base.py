@@ -17,7 +17,6 @@ A method knows nothing about Ray, Parquet, result paths or metrics.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
@@ -25,6 +24,7 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from harness.io import REPO_ROOT
+from methods.registry import REGISTRY, MethodEntry, load_plugins, register  # noqa: F401 (register: for plugins)
 
 
 class MethodError(Exception):
@@ -73,30 +73,8 @@ class Method(Protocol):
     ) -> np.ndarray | Prediction: ...
 
 
-@dataclass(frozen=True)
-class MethodEntry:
-    """A registry entry: ``target`` is imported lazily ("module:Class"); ``options`` fix a variant."""
-
-    name: str
-    target: str
-    description: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    def load_class(self) -> type:
-        module_name, class_name = self.target.split(":")
-        return getattr(importlib.import_module(module_name), class_name)
-
-
-REGISTRY: dict[str, MethodEntry] = {}
-
-
-def register(name: str, target: str, description: str, **options: Any) -> None:
-    REGISTRY[name] = MethodEntry(name, target, description, dict(options))
-
-
 def get_entry(name: str) -> MethodEntry:
-    import methods.registry  # noqa: F401  (fills REGISTRY)
-
+    load_plugins()
     if name not in REGISTRY:
         from harness.features import did_you_mean
 

@@ -1,8 +1,37 @@
 """Every method by name. Adding a method = one new module in methods/ + one line here.
 
-Variants are entries with fixed options (ablations, resolution policies).
+Variants are entries with fixed options (ablations, resolution policies). Targets are imported
+lazily ("module:Class"), and this module imports nothing from ``methods``: ``methods.base`` reads
+the registry, the registry never reads ``methods.base`` (no import circle).
 """
-from methods.base import register
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registry entry: ``target`` is imported lazily ("module:Class"); ``options`` fix a variant."""
+
+    name: str
+    target: str
+    description: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def load_class(self) -> type:
+        module_name, class_name = self.target.split(":")
+        return getattr(importlib.import_module(module_name), class_name)
+
+
+REGISTRY: dict[str, MethodEntry] = {}
+
+
+def register(name: str, target: str, description: str, **options: Any) -> None:
+    REGISTRY[name] = MethodEntry(name, target, description, dict(options))
+
 
 register("panet", "methods.panet:PANet", "training-free PANet: masked-average fg/bg prototypes, cosine x 20")
 register("patchcore", "methods.patchcore:PatchCore", "few-shot PatchCore: memory bank of defect-free support patches, 1-NN distance")
@@ -20,9 +49,15 @@ register("sofs-no-mixed-dice", "methods.sofs.inference:SOFS", "SOFS ablation: he
 register("sofs-prior", "methods.sofs.inference:SOFS", "SOFS's training-free abnormal prior alone (the head's input and FAD map): 1 - max cosine to the support's normal tokens", output="prior")
 register("sofs-no-fad", "methods.sofs.inference:SOFS", "SOFS ablation: no abnormal-prior fallback for defect-free supports", fad_fallback=False)
 
-# Outside packages add methods by naming modules that call methods.base.register(...).
-import importlib as _importlib
-import os as _os
+_plugins_loaded = False
 
-for _module in filter(None, _os.environ.get("SOFS_BENCH_PLUGINS", "").split(",")):
-    _importlib.import_module(_module.strip())
+
+def load_plugins() -> None:
+    """Import the modules named in ``SOFS_BENCH_PLUGINS`` (comma-separated), once: outside packages
+    add methods by naming modules that call ``methods.base.register(...)``."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    for module in filter(None, os.environ.get("SOFS_BENCH_PLUGINS", "").split(",")):
+        importlib.import_module(module.strip())
+    _plugins_loaded = True
