@@ -182,6 +182,8 @@ def check_resources(resources: dict, workers: int, cpus_per_worker: float, gpus_
 
 
 class RayExecutor:
+    """Work units on a set of Ray actors (see the module doc). An ``harness.runner.Executor``."""
+
     name = "ray"
 
     def __init__(
@@ -193,6 +195,8 @@ class RayExecutor:
         max_attempts: int = 3,
         wait_timeout_s: float = 30.0,
         start_timeout_s: float = 600.0,
+        resources: dict | None = None,
+        owns_cluster: bool = False,
     ):
         self.workers = workers
         self.cpus_per_worker = cpus_per_worker
@@ -202,7 +206,8 @@ class RayExecutor:
         self.wait_timeout_s = wait_timeout_s
         self.start_timeout_s = start_timeout_s
         self.lost: list = []  # (WorkUnit, reason) of chunks that kept killing workers
-        self.owns_cluster = False  # set when the run's own connect started the local cluster
+        self.resources = resources  # the cluster's, as connect() reported them
+        self.owns_cluster = owns_cluster  # the run's own connect started the local cluster
         self.view_stats: dict = {}  # merge_stats of the actors, per method
         self.devices: dict = {}  # method -> device its actors ran on
 

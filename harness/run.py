@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness import provenance
-from harness.runner import EvalSettings, InlineExecutor, MethodJob, RowContext, WorkUnit, make_unit
+from harness.runner import EvalSettings, Executor, InlineExecutor, MethodJob, RowContext, WorkUnit, make_unit
 from harness.store import RunStore, StoreError, os_problem, partition_value
 from harness.io import REPO_ROOT
 from methods.base import MethodError, MethodSpec
@@ -249,9 +249,7 @@ def _execute_locked(config: RunConfig, store: RunStore, dataset, manifest, ident
     try:
         return _run_methods(config, store, dataset, manifest, identities, previous, executor, progress_out, started)
     finally:
-        close = getattr(executor, "close", None)
-        if close is not None:
-            close()
+        executor.close()
 
 
 def order_episodes(episodes: Sequence, chunk_order: str) -> list:
@@ -267,7 +265,7 @@ def order_episodes(episodes: Sequence, chunk_order: str) -> list:
 def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identities, previous, executor,
                  progress_out, started: float) -> RunSummary:
     run_dir = store.run_dir
-    workers = getattr(executor, "workers", 1)
+    workers = executor.workers
     chunk_size = config.chunk_size or previous.get("chunk_size") or choose_chunk_size(len(manifest.episodes), workers)
     if previous.get("chunk_size") not in (None, chunk_size):
         raise RunError(f"{run_dir}: was chunked by {previous['chunk_size']} episodes; drop --chunk-size to resume")
@@ -297,9 +295,8 @@ def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identiti
         "hardware": provenance.hardware(),
         "status": "running",
         "ended_at": None,
-        "executor": {"name": executor.name, "workers": workers, "cpus_per_worker": getattr(executor, "cpus_per_worker", None),
-                     "gpus_per_worker": getattr(executor, "gpus_per_worker", config.gpus_per_worker or 0.0),
-                     "cluster_resources": getattr(executor, "resources", None)},
+        "executor": {"name": executor.name, "workers": workers, "cpus_per_worker": executor.cpus_per_worker,
+                     "gpus_per_worker": executor.gpus_per_worker, "cluster_resources": executor.resources},
         "started_at": previous.get("started_at") or datetime.now(timezone.utc).isoformat(),
     }
     # Each invocation (first run, resumes) is recorded, so a resumed run shows every code version.
@@ -345,7 +342,7 @@ def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identiti
             progress.set_description(",".join(job.spec.name for job in jobs if job.units))
             executor.run_all(jobs, config.settings, progress.update_rows)
         for job, summary in zip(jobs, summaries):
-            for unit, reason in getattr(executor, "lost", []):
+            for unit, reason in executor.lost:
                 if unit.method == job.spec.name:
                     summary.lost += len(unit.episodes)
                     summary.errors[f"not stored, re-run to retry: {reason}"] = len(unit.episodes)
@@ -360,13 +357,13 @@ def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identiti
     return RunSummary(run_dir, manifest.manifest_id, len(manifest.episodes), summaries, time.time() - started)
 
 
-def record_backbone_work(record: dict, executor) -> None:
+def record_backbone_work(record: dict, executor: Executor) -> None:
     """run.json: per method (this invocation) backbone passes, unique views and their ratio, and
     the device it ran on; ``backbone_views`` adds the ratio across methods ("all")."""
     from harness.runner import summarise_stats
 
-    views = summarise_stats(getattr(executor, "view_stats", {}) or {})
-    devices = getattr(executor, "devices", {}) or {}
+    views = summarise_stats(executor.view_stats or {})
+    devices = executor.devices or {}
     for name, entry in record.get("methods", {}).items():
         if name in views:
             entry["backbone_views"] = views[name]
@@ -448,9 +445,10 @@ def default_gpus_per_worker(given: float | None, resources: dict) -> float:
     return 0.0
 
 
-def make_executor(config: RunConfig):
+def make_executor(config: RunConfig) -> Executor:
     if config.executor == "inline":
-        return InlineExecutor(threads=int(config.cpus_per_worker) if config.cpus_per_worker else None)
+        return InlineExecutor(threads=int(config.cpus_per_worker) if config.cpus_per_worker else None,
+                              gpus_per_worker=config.gpus_per_worker or 0.0)
     if config.executor != "ray":
         raise RunError(f"unknown executor '{config.executor}' (ray or inline)")
     import ray
@@ -465,10 +463,8 @@ def make_executor(config: RunConfig):
         raise RunError("--workers must be at least 1")
     cpus = config.cpus_per_worker or max(1.0, float(int(resources.get("CPU", 1.0) // workers)))
     check_resources(resources, workers, cpus, gpus)
-    executor = RayExecutor(workers, cpus, gpus)
-    executor.resources = resources
-    executor.owns_cluster = not joined_existing and started_local()
-    return executor
+    return RayExecutor(workers, cpus, gpus, resources=resources,
+                       owns_cluster=not joined_existing and started_local())
 
 
 def make_progress(total: int, out):

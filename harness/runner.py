@@ -19,7 +19,7 @@ import traceback
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -296,15 +296,48 @@ def summarise_stats(merged: dict) -> dict:
     return out
 
 
+@runtime_checkable
+class Executor(Protocol):
+    """Where work units run: ``harness.run`` builds one, calls ``run_all`` once, then ``close``.
+
+    Besides running, an executor reports what it ran on (run.json "executor") and what came back
+    beside the rows. Implementations: :class:`InlineExecutor` (this process) and
+    ``harness.ray_executor.RayExecutor`` (a Ray actor set).
+    """
+
+    name: str  # run.json executor.name
+    workers: int  # parallel workers (sets the default chunk size)
+    cpus_per_worker: float | None  # None: not bounded (inline)
+    gpus_per_worker: float
+    resources: dict | None  # the cluster's resources ({"CPU": n, "GPU": n, ...}); None: this process
+    lost: list  # (WorkUnit, reason) of chunks that ran but could not be stored; re-run to retry
+    view_stats: dict  # merge_stats of the workers, per method
+    devices: dict  # method -> device it ran on
+
+    def run_all(self, jobs: Sequence[MethodJob], settings: EvalSettings, progress: Callable) -> None:
+        """Run every job's units; ``job.done_rows(unit, rows)`` and ``progress(n, rows)`` per unit."""
+
+    def close(self) -> None:
+        """End of the run: release what the executor started (called once, also after a failure)."""
+
+
 class InlineExecutor:
-    """Runs the same worker code in this process (debugging, tests, no Ray)."""
+    """Runs the same worker code in this process (debugging, tests, no Ray). An :class:`Executor`."""
 
     name = "inline"
+    workers = 1
+    cpus_per_worker = None
+    resources = None
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, gpus_per_worker: float = 0.0):
         self.threads = threads
+        self.gpus_per_worker = gpus_per_worker  # recorded as given (the method picks its device)
+        self.lost: list = []  # nothing is lost in-process: a failure raises
         self.view_stats: dict = {}  # merge_stats of the workers, per method
         self.devices: dict = {}  # method -> device it ran on
+
+    def close(self) -> None:
+        pass
 
     def run(self, job: MethodJob, settings: EvalSettings, progress) -> None:
         self.run_all([job], settings, progress)
