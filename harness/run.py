@@ -262,22 +262,33 @@ def order_episodes(episodes: Sequence, chunk_order: str) -> list:
     return sorted(episodes, key=lambda e: (e.object, e.category, e.query_id))
 
 
-def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identities, previous, executor,
+def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identities, previous, executor: Executor,
                  progress_out, started: float) -> RunSummary:
-    run_dir = store.run_dir
-    workers = executor.workers
+    """Chunk the episodes, record the run, build one job per method, run them, finish run.json."""
+    chunk_size, chunk_order, chunks = plan_chunks(config, store, manifest, previous, executor.workers)
+    record = start_record(config, dataset, manifest, previous, executor, chunk_size, chunk_order)
+    jobs, summaries = build_jobs(config, store, dataset, manifest, identities, record, chunks)
+    store.write_json(record)
+    run_jobs(config, store, manifest, executor, jobs, summaries, record, progress_out, started)
+    return RunSummary(store.run_dir, manifest.manifest_id, len(manifest.episodes), summaries, time.time() - started)
+
+
+def plan_chunks(config: RunConfig, store: RunStore, manifest, previous: dict, workers: int):
+    """(chunk size, chunk order, chunks of episodes); a resumed run keeps its size and order."""
     chunk_size = config.chunk_size or previous.get("chunk_size") or choose_chunk_size(len(manifest.episodes), workers)
     if previous.get("chunk_size") not in (None, chunk_size):
-        raise RunError(f"{run_dir}: was chunked by {previous['chunk_size']} episodes; drop --chunk-size to resume")
+        raise RunError(f"{store.run_dir}: was chunked by {previous['chunk_size']} episodes; drop --chunk-size to resume")
     # A run folder made before chunks were grouped by query keeps the manifest order.
     chunk_order = previous.get("chunk_order") or ("manifest" if previous.get("chunk_size") else "query")
     ordered = order_episodes(manifest.episodes, chunk_order)
     chunks = [tuple(ordered[i : i + chunk_size]) for i in range(0, len(ordered), chunk_size)]
-    chunk_rows = {index: len(chunk) for index, chunk in enumerate(chunks)}
-    by_id = dataset.by_id()
+    return chunk_size, chunk_order, chunks
 
+
+def start_record(config: RunConfig, dataset, manifest, previous: dict, executor: Executor, chunk_size: int,
+                 chunk_order: str) -> dict:
+    """run.json of this invocation before any episode runs (provenance, executor, invocations)."""
     run_id = previous.get("run_id") or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{manifest.manifest_id[:8]}"
-    stored_methods = dict(previous.get("methods", {}))
     record = {
         **previous,
         "run_id": run_id,
@@ -295,7 +306,7 @@ def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identiti
         "hardware": provenance.hardware(),
         "status": "running",
         "ended_at": None,
-        "executor": {"name": executor.name, "workers": workers, "cpus_per_worker": executor.cpus_per_worker,
+        "executor": {"name": executor.name, "workers": executor.workers, "cpus_per_worker": executor.cpus_per_worker,
                      "gpus_per_worker": executor.gpus_per_worker, "cluster_resources": executor.resources},
         "started_at": previous.get("started_at") or datetime.now(timezone.utc).isoformat(),
     }
@@ -304,7 +315,15 @@ def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identiti
     record["invocations"] = [*earlier, {
         "started_at": datetime.now(timezone.utc).isoformat(), "command": config.command,
         "git_sha": record["git"]["sha"], "git_dirty": record["git"]["dirty"], "host": record["hardware"]["hostname"]}]
+    return record
 
+
+def build_jobs(config: RunConfig, store: RunStore, dataset, manifest, identities, record: dict, chunks):
+    """One :class:`MethodJob` per method with the chunks it has not stored yet (resume, overwrite);
+    fills ``record["methods"]`` and ``record["counts"]``. Returns (jobs, summaries)."""
+    chunk_rows = {index: len(chunk) for index, chunk in enumerate(chunks)}
+    by_id = dataset.by_id()
+    stored_methods = dict(record.get("methods", {}))
     jobs, summaries = [], []
     for spec in config.methods:
         config_hash, options_json, identity = identities[spec.name]
@@ -313,24 +332,29 @@ def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identiti
             store.clear_method(spec.name)
         elif stored and stored.get("config_hash") != config_hash and store.part_files(spec.name):
             raise RunError(
-                f"{run_dir}: method '{spec.name}' was run with another config or weights "
+                f"{store.run_dir}: method '{spec.name}' was run with another config or weights "
                 f"({stored.get('config_hash')} vs {config_hash}); use --overwrite always or another --out"
             )
         done = store.done_chunks(spec.name, chunk_rows, warn=warn)
         if config.overwrite == "never" and done:
-            raise RunError(f"{run_dir}: method '{spec.name}' already has results and --overwrite never was given")
+            raise RunError(f"{store.run_dir}: method '{spec.name}' already has results and --overwrite never was given")
         stored_methods[spec.name] = {**identity, "config_hash": config_hash}
         summary = MethodSummary(spec.name, planned=len(manifest.episodes))
         summary.skipped = sum(len(chunks[i]) for i in done if i < len(chunks))
         units = [make_unit(spec.name, i, chunk, by_id) for i, chunk in enumerate(chunks) if i not in done]
-        context = RowContext(run_id, manifest.manifest_id, dataset.name, config_hash, options_json)
+        context = RowContext(record["run_id"], manifest.manifest_id, dataset.name, config_hash, options_json)
         predictions = str(store.predictions_dir / spec.name) if config.save_predictions else None
         jobs.append(MethodJob(spec, context, units, predictions, make_writer(store, summary)))
         summaries.append(summary)
     record["methods"] = stored_methods
     record["counts"] = {"planned": len(manifest.episodes) * len(config.methods)}
-    store.write_json(record)
+    return jobs, summaries
 
+
+def run_jobs(config: RunConfig, store: RunStore, manifest, executor: Executor, jobs, summaries, record: dict,
+             progress_out, started: float) -> None:
+    """Run every job on the executor with a progress bar; run.json ends complete, incomplete
+    (units lost) or interrupted (an exception, re-raised)."""
     total = sum(len(u.episodes) for job in jobs for u in job.units)
     progress = make_progress(total, progress_out)
     record["status"] = "interrupted"
@@ -354,7 +378,6 @@ def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identiti
         progress.close()
         record_backbone_work(record, executor)
         finish_record(store, record, [s.name for s in config.methods], len(manifest.episodes), started, failure)
-    return RunSummary(run_dir, manifest.manifest_id, len(manifest.episodes), summaries, time.time() - started)
 
 
 def record_backbone_work(record: dict, executor: Executor) -> None:
