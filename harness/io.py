@@ -33,6 +33,17 @@ def atomic_write(path: Path, write: Callable[[Path], Any], *, suffix: str = "") 
             pass  # renamed (the usual case) or never created
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one owned by another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
 def short_error(exc: BaseException, limit: int | None = None) -> str:
     """The first line of ``str(exc)`` (at most ``limit`` characters), or the type's name if empty."""
     text = str(exc).strip()

@@ -27,7 +27,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from harness.io import REPO_ROOT, short_error
+from harness.io import REPO_ROOT, pid_alive, short_error
 from harness.runner import EpisodeWorker, EvalSettings, MethodJob, describe_error, error_row, interleave, merge_stats
 
 
@@ -53,16 +53,6 @@ def _registry() -> Path:
     return Path(tempfile.gettempdir()) / "sofs-bench-ray"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_ray_process(pid: int) -> bool:
     try:
         return b"ray" in Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -83,10 +73,10 @@ def reap_orphans() -> int:
             driver, pids, host = int(record["driver"]), [int(p) for p in record["pids"]], record["host"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if host != socket.gethostname() or _pid_alive(driver):
+        if host != socket.gethostname() or pid_alive(driver):
             continue
         for pid in pids:
-            if _pid_alive(pid) and _is_ray_process(pid):
+            if pid_alive(pid) and _is_ray_process(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
                     killed += 1

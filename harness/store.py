@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from harness.io import atomic_write, short_error
+from harness.io import atomic_write, pid_alive, short_error
 from harness.schema import EPISODE_SCHEMA, EPISODE_SCHEMA_WITH_METHOD
 
 Warn = Callable[[str], None]
@@ -183,16 +183,6 @@ class RunStore:
         return RunLock(self.lock_path, warn).acquire()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
 class RunLock:
     """``<run>/.lock``: one writer per run folder, created with O_EXCL and holding pid + host.
 
@@ -272,7 +262,7 @@ class RunLock:
         if holder.get("host") != socket.gethostname():
             return False  # cannot see that host's processes
         pid = holder.get("pid")
-        return isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid)
+        return isinstance(pid, int) and pid != os.getpid() and not pid_alive(pid)
 
     def release(self) -> None:
         if self.held:

@@ -25,6 +25,7 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
+from harness.constants import SOFS_DEFAULT_CHECKPOINT
 from harness.features import ARCHS
 from harness.tiling import resize_map, resized_shape, stitch, tile_grid
 from methods._common import FEATURE_CACHE, ViewStats
@@ -33,7 +34,7 @@ from methods.sofs.checkpoint import build_head, load_backbone, read_checkpoint
 from methods.sofs.data import area_fraction, episode_seed, model_input, support_views
 from methods.sofs.model import SOFSModel, SupportContext, probability
 
-DEFAULT_CHECKPOINT = "methods/weights/sofs_synthetic.pt"
+DEFAULT_CHECKPOINT = SOFS_DEFAULT_CHECKPOINT  # the shipped head
 MAP_BACK = ("probability", "label")
 LABEL_REBINARISE = 0.9  # the reference re-binarises resized label maps at > 0.9 (spec §5)
 # training switch (hparams / config key) -> (train flag, registry variant that loads such a head)
