@@ -21,7 +21,6 @@ Lite files: the lukemelas ``efficientnet_pytorch`` layout shipped by the PyPI pa
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import re
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.constants import IMAGENET_MEAN, IMAGENET_STD, SOFS_LAYERS
-from harness.io import REPO_ROOT
+from harness.io import REPO_ROOT, file_sha256
 
 TF_MEAN = TF_STD = (0.5, 0.5, 0.5)
 
@@ -167,11 +166,7 @@ def packaged_file(packaged: PackagedWeights) -> Path:
 
 @lru_cache(maxsize=16)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(Path(path))  # size and mtime only key the cache
 
 
 def torch_load_problem(exc: BaseException) -> str:
