@@ -343,7 +343,7 @@ def build_jobs(config: RunConfig, store: RunStore, dataset, manifest, identities
         summary.skipped = sum(len(chunks[i]) for i in done if i < len(chunks))
         units = [make_unit(spec.name, i, chunk, by_id) for i, chunk in enumerate(chunks) if i not in done]
         context = RowContext(record["run_id"], manifest.manifest_id, dataset.name, config_hash, options_json)
-        predictions = str(store.predictions_dir / spec.name) if config.save_predictions else None
+        predictions = str(store.method_predictions_dir(spec.name)) if config.save_predictions else None
         jobs.append(MethodJob(spec, context, units, predictions, make_writer(store, summary)))
         summaries.append(summary)
     record["methods"] = stored_methods

@@ -242,7 +242,9 @@ class EpisodeWorker:
             return None
         from PIL import Image
 
-        path = self.predictions_dir / f"{episode.episode_id}.png"
+        from harness.store import prediction_file  # the store owns the layout (imported only when saving)
+
+        path = prediction_file(self.predictions_dir, episode.episode_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         image = Image.fromarray(np.round(np.clip(score_map, 0, 1) * 255).astype(np.uint8))
         atomic_write(path, image.save, suffix=".png")  # a full disk leaves no half-written temp file

@@ -88,6 +88,11 @@ def verify_part(path: Path, rows: int | None = None) -> str | None:
     return None
 
 
+def prediction_file(method_predictions_dir: Path, episode_id: str) -> Path:
+    """The 8-bit score-map PNG of one episode inside ``RunStore.method_predictions_dir(method)``."""
+    return Path(method_predictions_dir) / f"{episode_id}.png"
+
+
 class RunStore:
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
@@ -104,8 +109,12 @@ class RunStore:
     def part_path(self, method: str, chunk_index: int) -> Path:
         return self.method_dir(method) / f"part-{chunk_index:05d}.parquet"
 
+    def method_predictions_dir(self, method: str) -> Path:
+        """Where a method's workers write its score maps (:func:`prediction_file` names them)."""
+        return self.predictions_dir / partition_value(method)
+
     def prediction_path(self, method: str, episode_id: str) -> Path:
-        return self.predictions_dir / partition_value(method) / f"{episode_id}.png"
+        return prediction_file(self.method_predictions_dir(method), episode_id)
 
     def part_files(self, method: str) -> dict[int, Path]:
         folder = self.method_dir(method)
