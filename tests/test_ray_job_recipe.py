@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -86,8 +87,12 @@ def test_readme_ray_job_recipe_runs_on_a_local_head_node_and_records_the_git_sha
                 # the test environment has the extra already; `ray stop` would stop every Ray
                 # process of this user on the machine, so only this head's processes are ended below
                 continue
-            done = subprocess.run(["bash", "-c", line], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                                  timeout=900)
+            for _ in range(12):  # the head's job agent can come up seconds after `ray start` returns
+                done = subprocess.run(["bash", "-c", line], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                                      timeout=900)
+                if done.returncode == 0 or "No available agent" not in done.stderr:
+                    break
+                time.sleep(5)
             assert done.returncode == 0, f"{line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     finally:
         _stop_head(temp_dir)
