@@ -88,14 +88,15 @@ def flatten_lists(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return values, np.repeat(np.arange(len(items)), lengths)
 
 
-def group_sum(codes: np.ndarray, matrix: np.ndarray, n_groups: int) -> np.ndarray:
-    """Row sums of ``matrix [N, B]`` per group code -> ``[n_groups, B]`` (sort, then reduceat)."""
-    out = np.zeros((n_groups, matrix.shape[1]), np.int64)
+def group_sum(codes: np.ndarray, matrix: np.ndarray, n_groups: int, dtype=np.int64) -> np.ndarray:
+    """Row sums of ``matrix [N, B]`` per group code -> ``[n_groups, B]`` of ``dtype`` (sort, then
+    reduceat): int64 for histogram counts, float64 for the AUPRO overlap sums."""
+    out = np.zeros((n_groups, matrix.shape[1]), dtype)
     if len(codes):
         order = np.argsort(codes, kind="stable")
         sorted_codes = codes[order]
         starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-        out[sorted_codes[starts]] = np.add.reduceat(matrix[order], starts, axis=0, dtype=np.int64)
+        out[sorted_codes[starts]] = np.add.reduceat(matrix[order], starts, axis=0, dtype=dtype)
     return out
 
 
@@ -149,18 +150,7 @@ class HistCells:
         out["n"] = np.bincount(codes, weights=weights, minlength=n).astype(np.int64)
         return HistCells(out, group_sum(codes, np.concatenate([p[1] for p in parts]), n),
                          group_sum(codes, np.concatenate([p[2] for p in parts]), n),
-                         group_sum_float(codes, np.concatenate([p[3] for p in parts]), n))
-
-
-def group_sum_float(codes: np.ndarray, matrix: np.ndarray, n_groups: int) -> np.ndarray:
-    """:func:`group_sum` for float matrices."""
-    out = np.zeros((n_groups, matrix.shape[1]), np.float64)
-    if len(codes):
-        order = np.argsort(codes, kind="stable")
-        sorted_codes = codes[order]
-        starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-        out[sorted_codes[starts]] = np.add.reduceat(matrix[order], starts, axis=0)
-    return out
+                         group_sum(codes, np.concatenate([p[3] for p in parts]), n, np.float64))
 
 
 def threshold_protocol(rows: pd.DataFrame, declared: str | None) -> str:
@@ -356,7 +346,7 @@ def _image_and_region(rows: pd.DataFrame, ok_mask: np.ndarray, keys: list[str],
     if len(pro_frame):
         grouped = pro_frame.groupby(keys, sort=True, observed=True)
         codes = grouped.ngroup().to_numpy()
-        overlap = group_sum_float(codes, hist_cells.pro[with_pro], grouped.ngroups)
+        overlap = group_sum(codes, hist_cells.pro[with_pro], grouped.ngroups, np.float64)
         neg = group_sum(codes, hist_cells.neg[with_pro], grouped.ngroups)
         for i, group in enumerate(grouped.size().index):  # sorted, as the ngroup codes
             pro_sums[group if isinstance(group, tuple) else (group,)] = (overlap[i], neg[i])
