@@ -390,6 +390,18 @@ def l2_normalise(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(features.float(), dim=1, eps=1e-6)
 
 
+def defect_free_tokens(feats: TiledFeatures, fraction: torch.Tensor) -> torch.Tensor:
+    """bool ``[T, h, w]``: tokens with no defect pixel (``fraction`` 0, from
+    :meth:`Backbone.mask_fractions`) that lie at least partly inside the image."""
+    return (fraction == 0) & (feats.valid[:, 0] > 0)
+
+
+def support_calibrated(score_map: np.ndarray, threshold: float) -> np.ndarray:
+    """``r / (r + t)``: monotone per episode, maps the support-fitted threshold ``t`` to 0.5 so
+    that calibrated maps compare across episodes (PatchCore, PaDiM; see methods/BASELINES.md)."""
+    return (score_map / (score_map + max(threshold, 1e-6))).astype(np.float32)
+
+
 def check_episode(support_images: Sequence[np.ndarray], support_masks: Sequence[np.ndarray]) -> None:
     if len(support_images) == 0 or len(support_images) != len(support_masks):
         raise MethodError(f"need k >= 1 support images with one mask each (got {len(support_images)} images, {len(support_masks)} masks)")

@@ -15,7 +15,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from methods._common import Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, check_episode, l2_normalise
+from methods._common import (
+    Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, check_episode, defect_free_tokens, l2_normalise,
+)
 from methods.base import MethodError
 
 QUERY_CHUNK = 4096  # query patches per similarity matrix
@@ -68,7 +70,7 @@ class Match:
             feats = self.backbone.extract(image)
             fraction = self.backbone.mask_fractions(feats, np.asarray(mask, dtype=bool))[:, 0]  # [T, h, w]
             fg = defect_tokens(fraction, self.config.fg_fraction)
-            bg = (fraction == 0) & (feats.valid[:, 0] > 0)
+            bg = defect_free_tokens(feats, fraction)
             for level, layer in enumerate(feats.layers):
                 tokens = l2_normalise(layer).permute(0, 2, 3, 1)  # [T, h, w, C]
                 if level == len(fg_rows):

@@ -20,7 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from methods._common import Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, check_episode, l2_normalise
+from methods._common import (
+    Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, check_episode, defect_free_tokens, l2_normalise,
+    support_calibrated,
+)
 from methods.base import MethodError, Prediction
 from methods.patchcore import gaussian_blur
 
@@ -112,13 +115,13 @@ class PaDiM:
         fitted = self.fit_threshold(supports)
         if fitted is None:
             fitted = math.sqrt(gaussians[0][0].shape[0])
-        return Prediction((raw / (raw + max(fitted, EPS))).astype(np.float32), 0.5)
+        return Prediction(support_calibrated(raw, fitted), 0.5)
 
     def _support(self, image: np.ndarray, mask: np.ndarray) -> dict:
         feats = self.backbone.extract(image)
         fg = self.backbone.mask_fractions(feats, mask)[:, 0]  # [T, h, w]
         return dict(feats=feats, features=self.embed(feats), cell=self.cell_index(feats),
-                    normal=(fg == 0) & (feats.valid[:, 0] > 0), mask=mask)
+                    normal=defect_free_tokens(feats, fg), mask=mask)
 
     def fit(self, supports: list[dict], keep: list[torch.Tensor] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """Gaussians ``[(mean [D], precision [D, D])]`` per cell from the supports' normal tokens.

@@ -10,7 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from methods._common import Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, check_episode, l2_normalise
+from methods._common import (
+    Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, check_episode, defect_free_tokens, l2_normalise,
+    support_calibrated,
+)
 from methods.base import MethodError, Prediction
 
 QUERY_CHUNK = 1024  # query tokens per cdist call
@@ -99,8 +102,7 @@ class PatchCore:
         fitted = self.fit_threshold(supports)
         if self.config.score_scale == "fixed" or fitted is None:
             return Prediction(score_map, fitted)
-        calibrated = score_map / (score_map + max(fitted, 1e-6))
-        return Prediction(calibrated.astype(np.float32), 0.5)
+        return Prediction(support_calibrated(score_map, fitted), 0.5)
 
     def _support(self, image: np.ndarray, mask: np.ndarray) -> dict:
         feats = self.backbone.extract(image)
@@ -108,7 +110,7 @@ class PatchCore:
         return dict(
             feats=feats,
             features=self.embed(feats),  # [T, h, w, D]
-            normal=(fg == 0) & (feats.valid[:, 0] > 0),  # [T, h, w]
+            normal=defect_free_tokens(feats, fg),  # [T, h, w]
             mask=mask,
             centres=self.backbone.token_centres(feats),  # [T, h, w, 2]
         )
