@@ -29,14 +29,18 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def lite0_file(tmp_path_factory):
-    """Random-init EfficientNet-Lite0 weights in timm names (the architecture, not Google's weights)."""
+def random_weights(arch: str, path: Path) -> Path:
+    """Seed-0 random-init weights of a ``harness.features`` architecture, saved to ``path``."""
     import torch
 
     from harness.features import build_model
 
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "lite0_random.pt"
-    torch.save(build_model("efficientnet_lite0").state_dict(), path)
+    torch.save(build_model(arch).state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def lite0_file(tmp_path_factory):
+    """Random-init EfficientNet-Lite0 weights in timm names (the architecture, not Google's weights)."""
+    return random_weights("efficientnet_lite0", tmp_path_factory.mktemp("weights") / "lite0_random.pt")

@@ -3,16 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from harness.features import build_vit
 from methods.base import MethodError, MethodSpec
+from tests.conftest import random_weights
 
 
 @pytest.fixture(scope="module")
 def micro_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "vit_micro14.pt"
-    torch.save(build_vit("vit_micro14").state_dict(), path)
-    return path
+    return random_weights("vit_micro14", tmp_path_factory.mktemp("weights") / "vit_micro14.pt")
 
 
 def build(micro_weights, **options):

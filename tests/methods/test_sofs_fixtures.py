@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.features import build_vit
 from methods.sofs.checkpoint import hparams_of, save_head
 from methods.sofs.model import HeadConfig, SOFSHead
+from tests.conftest import random_weights
 
 MICRO_DIM = 32
 LAYERS = (5, 6, 7, 8, 9, 10)
@@ -31,10 +31,7 @@ def single_thread():
 
 @lru_cache(maxsize=None)
 def micro_backbone_file() -> Path:
-    torch.manual_seed(0)
-    path = _DIR / "vit_micro14_seed0.pt"
-    torch.save(build_vit("vit_micro14").state_dict(), path)
-    return path
+    return random_weights("vit_micro14", _DIR / "vit_micro14_seed0.pt")
 
 
 def micro_head(abnormal_prior: bool = True, seed: int = 0) -> SOFSHead:
