@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from methods.sofs.data import EpisodeConfig
+from methods.sofs.loss import CE_FORMS
 from methods.sofs.train import TrainConfig
 
 DEFAULTS = TrainConfig()
@@ -42,7 +43,7 @@ EPISODE = EpisodeConfig()
               help="eta of the normal-query Dice term (reference train.sh: 1, 1, 1e5 for splits 0, 1, 2).")
 @click.option("--ce-weight", type=float, default=DEFAULTS.ce_weight, show_default=True,
               help="Weight of the pixel CE term (reference 0.01; Dice weight 1).")
-@click.option("--ce-form", type=click.Choice(["reference", "logits"]), default=DEFAULTS.ce_form, show_default=True,
+@click.option("--ce-form", type=click.Choice(CE_FORMS), default=DEFAULTS.ce_form, show_default=True,
               help="CE as the reference, -log(p + 1e-6) (flat once p < 1e-6), or from logits (never saturates).")
 @click.option("--alpha", type=float, default=EPISODE.alpha, show_default=True,
               help="Probability of a non-defect-anchored query crop.")

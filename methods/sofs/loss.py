@@ -29,12 +29,14 @@ def mixed_normal_dice(prob: torch.Tensor, target: torch.Tensor, smooth_r: float)
     defective (sum y > 0): 1 - (2 sum(y p) + 1e-5) / (sum y + sum p + 1e-5)
     normal    (sum y = 0): 1 - 1 / (eta sum p + 1)   with eta = ``smooth_r``
     """
+    normal = 1 - 1 / (smooth_r * prob.flatten(1).sum(1) + 1)
+    return torch.where(target.flatten(1).sum(1) > 0, episode_dice(prob, target), normal).mean()
+
+
+def episode_dice(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per episode ``[B]``: 1 - (2 sum(y p) + 1e-5) / (sum y + sum p + 1e-5)."""
     intersection = (prob * target).flatten(1).sum(1)
-    gt_area = target.flatten(1).sum(1)
-    pred_area = prob.flatten(1).sum(1)
-    defective = 1 - (2 * intersection + DICE_SMOOTH) / (gt_area + pred_area + DICE_SMOOTH)
-    normal = 1 - 1 / (smooth_r * pred_area + 1)
-    return torch.where(gt_area > 0, defective, normal).mean()
+    return 1 - (2 * intersection + DICE_SMOOTH) / (target.flatten(1).sum(1) + prob.flatten(1).sum(1) + DICE_SMOOTH)
 
 
 def binary_ce(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -52,10 +54,8 @@ CE_FORMS = ("reference", "logits")
 
 
 def plain_dice(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over episodes of 1 - (2 sum(y p) + 1e-5) / (sum y + sum p + 1e-5) (no normal term)."""
-    intersection = (prob * target).flatten(1).sum(1)
-    return (1 - (2 * intersection + DICE_SMOOTH) / (target.flatten(1).sum(1) + prob.flatten(1).sum(1)
-                                                    + DICE_SMOOTH)).mean()
+    """Mean over episodes of :func:`episode_dice` (no normal term)."""
+    return episode_dice(prob, target).mean()
 
 
 def sofs_loss(prob: torch.Tensor, target: torch.Tensor, smooth_r: float = 1e5,
