@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from scipy.stats import rankdata
+
+from harness.metrics import image_auroc
 
 
 def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
-    ranks = rankdata(np.concatenate([pos, neg]))
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    """Exact pixel AUROC (ties count half) of positive vs negative scores."""
+    return image_auroc(np.concatenate([pos, neg]), np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)])
 
 
 def main(argv: list[str] | None = None) -> None:
