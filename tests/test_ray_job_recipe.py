@@ -40,25 +40,45 @@ def _recipe() -> list[str]:
     return lines
 
 
-def _stop_head(temp_dir: Path) -> None:
-    """End the processes of the head node this test started (their command lines name its temp dir)."""
-    import signal
-    import time
+def _stop_head(temp_dir: Path, gcs_address: str) -> None:
+    """End every process of the head node this test started.
 
-    def ours() -> list[int]:
-        pids = []
+    The head's own processes name its temp dir or its GCS address on their command line; the agents they start rename
+    themselves (``ray::DashboardAgent``), so their descendants are collected before any is signalled.
+    Left running, an orphaned agent keeps its port and the next head's job agent cannot start.
+    """
+    import signal
+
+    def parents() -> dict[int, int]:
+        found = {}
         for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit() or int(proc.name) == os.getpid():
-                continue
+            if proc.name.isdigit():
+                try:
+                    found[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        return found
+
+    def named() -> set[int]:
+        pids = set()
+        for proc in Path("/proc").iterdir():
             try:
-                if str(temp_dir).encode() in (proc / "cmdline").read_bytes():
-                    pids.append(int(proc.name))
+                cmdline = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
             except OSError:
                 continue
-        return pids
+            if str(temp_dir).encode() in cmdline or gcs_address.encode() in cmdline:
+                pids.add(int(proc.name))
+        return pids - {os.getpid()}
 
+    tree = named()
+    parent_of = parents()
+    while True:
+        children = {pid for pid, ppid in parent_of.items() if ppid in tree} - tree
+        if not children:
+            break
+        tree |= children
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in ours():
+        for pid in tree:
             try:
                 os.kill(pid, sig)
             except OSError:
@@ -78,6 +98,7 @@ def test_readme_ray_job_recipe_runs_on_a_local_head_node_and_records_the_git_sha
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "OMP_NUM_THREADS": "1", "GCS_PORT": str(_free_port()), "DASHBOARD_PORT": str(_free_port()),
+           "AGENT_PORT": str(_free_port()),
            "RAY_TMP": str(temp_dir), "OUT": str(tmp_path / "run")}
     env.pop("RAY_ADDRESS", None)
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
@@ -93,9 +114,11 @@ def test_readme_ray_job_recipe_runs_on_a_local_head_node_and_records_the_git_sha
                 if done.returncode == 0 or "No available agent" not in done.stderr:
                     break
                 time.sleep(5)
-            assert done.returncode == 0, f"{line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            agent_log = temp_dir / "session_latest" / "logs" / "dashboard_agent.log"
+            agent_tail = agent_log.read_text()[-2000:] if agent_log.exists() else "(no agent log)"
+            assert done.returncode == 0, f"{line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{agent_tail}"
     finally:
-        _stop_head(temp_dir)
+        _stop_head(temp_dir, f"127.0.0.1:{env['GCS_PORT']}")
         shutil.rmtree(temp_dir, ignore_errors=True)
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["status"] == "complete" and record["counts"]["failed"] == 0 and record["counts"]["done"] > 0
