@@ -347,9 +347,11 @@ def report(runs, out, per_class, size_edges, bootstrap):
 
 @cli.command("methods")
 @click.option("--weights", multiple=True, help="METHOD[.KEY]=PATH to check.")
-def list_methods(weights):
+@click.option("--options", "show_options", is_flag=True,
+              help="Also list each method's options (--set METHOD.KEY=VALUE): type or allowed values, and default.")
+def list_methods(weights, show_options):
     """List methods and whether their weights are available."""
-    from methods.base import MethodError, MethodSpec, REGISTRY, get_entry
+    from methods.base import MethodError, MethodSpec, REGISTRY, get_entry, option_lines
 
     get_entry("panet")  # fills the registry
     given = parse_assignments(weights, "--weights")
@@ -365,6 +367,9 @@ def list_methods(weights):
         except ImportError as exc:
             state = f"unavailable: {exc}"
         click.echo(f"{name:<20} {entry.description}\n{'':<20} {state}")
+        if show_options and state.startswith(("ready", "needs")):
+            for line in option_lines(cls.Config, entry.options):
+                click.echo(f"{'':<22}{line}")
 
 
 @cli.group("datasets")

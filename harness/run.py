@@ -105,8 +105,7 @@ def method_identity(spec: MethodSpec, weights: dict[str, Path]) -> tuple[str, st
     return provenance.canonical_hash(identity), json.dumps(options, sort_keys=True, default=str), {
         **identity,
         "weights": {k: str(v) for k, v in weights.items()},
-        # "native" (a fixed threshold) or "deployable" (fitted per episode on support data)
-        "threshold_protocol": getattr(spec.entry().load_class(), "threshold_protocol", None),
+        "threshold_protocol": spec.method_class().threshold_protocol,  # methods.base.ThresholdProtocol
     }
 
 

@@ -28,7 +28,7 @@ from harness.io import LRU, atomic_write, short_error
 from harness.metrics import episode_metrics
 from harness.records import Episode, ImageRecord
 from harness.schema import METRIC_COLUMNS
-from methods.base import MethodSpec, as_prediction
+from methods.base import MethodSpec, check_inputs, checked_prediction
 
 
 @dataclass(frozen=True)
@@ -199,18 +199,14 @@ class EpisodeWorker:
             query_image = self._image(episode.query_id)
             gt_mask = self._mask(episode.query_id)
             loaded = time.perf_counter()
-            prediction = as_prediction(
+            check_inputs(support_images, support_masks, query_image)
+            prediction = checked_prediction(
                 self.method.predict(support_images, support_masks, query_image),
                 self.method.threshold,
+                gt_mask.shape,
             )
             predicted = time.perf_counter()
             score_map = prediction.score_map
-            if score_map.shape != gt_mask.shape:
-                raise ValueError(
-                    f"method returned a {score_map.shape} map for a {gt_mask.shape} query"
-                )
-            if not np.isfinite(score_map).all():
-                raise ValueError("method returned non-finite scores")
             metrics = episode_metrics(
                 np.clip(score_map, 0.0, 1.0),
                 prediction.threshold,

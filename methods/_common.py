@@ -36,7 +36,7 @@ import hashlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -48,9 +48,9 @@ from harness.io import LRU
 from harness.tiling import Tile, resize_image, resize_map, resize_mask_fraction, resized_shape, stitch, tile_grid
 from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec
 
-RESOLUTIONS = ("native", "resize")
 DEFAULT_BACKBONE = "efficientnet_lite0"
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+Precision = Literal["fp32", "bf16", "fp16"]  # frozen backbone forward (autocast)
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CACHE_MAX_ENTRIES = 4096  # feature-cache entries (images), whatever their size
 
 
@@ -223,13 +223,13 @@ class BackboneConfig:
 
     backbone: str = DEFAULT_BACKBONE  # a harness.features.ARCHS entry
     layers: tuple[int, ...] = ()  # feature levels (ViT blocks / EfficientNet stages); () = the backbone's default
-    resolution: str = "native"  # "native" (tiles at native pixels) or "resize" (longest side -> input_size)
+    resolution: Literal["native", "resize"] = "native"  # native: tiles at native pixels; resize: longest side -> input_size
     input_size: int = 0  # tile side (native) or resized side; 0 = the backbone's tile size (ViT 518, CNN 512)
     tile_overlap: int = 0  # native: minimum pixels shared by neighbouring tiles (maps averaged there)
     batch_size: int = 4  # tiles per backbone forward
     feature_cache_mb: int = 512  # process-wide LRU of backbone features, shared by methods (0 = off for this method)
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
-    precision: str = "fp32"  # frozen backbone forward: fp32 | bf16 | fp16 (autocast)
+    precision: Precision = "fp32"  # frozen backbone forward (autocast); fp32 keeps numbers comparable
 
 
 @dataclass
@@ -260,12 +260,8 @@ class Backbone:
     """A frozen ViT plus the resolution policy: image -> :class:`TiledFeatures`, token maps -> image maps."""
 
     def __init__(self, config: BackboneConfig, weights: Path):
-        if config.resolution not in RESOLUTIONS:
-            raise MethodError(f"resolution '{config.resolution}' unknown; use one of {', '.join(RESOLUTIONS)}")
         if config.tile_overlap < 0:
             raise MethodError(f"tile_overlap must be >= 0 pixels, got {config.tile_overlap}")
-        if config.precision not in PRECISIONS:
-            raise MethodError(f"precision '{config.precision}' unknown; use one of {', '.join(PRECISIONS)}")
         self.device = resolve_device(config.device)
         try:
             size = config.input_size or arch_of(config.backbone).tile_size
@@ -400,11 +396,3 @@ def support_calibrated(score_map: np.ndarray, threshold: float) -> np.ndarray:
     """``r / (r + t)``: monotone per episode, maps the support-fitted threshold ``t`` to 0.5 so
     that calibrated maps compare across episodes (PatchCore, PaDiM; see methods/BASELINES.md)."""
     return (score_map / (score_map + max(threshold, 1e-6))).astype(np.float32)
-
-
-def check_episode(support_images: Sequence[np.ndarray], support_masks: Sequence[np.ndarray]) -> None:
-    if len(support_images) == 0 or len(support_images) != len(support_masks):
-        raise MethodError(f"need k >= 1 support images with one mask each (got {len(support_images)} images, {len(support_masks)} masks)")
-    for image, mask in zip(support_images, support_masks):
-        if image.shape[:2] != mask.shape:
-            raise MethodError(f"support mask shape {mask.shape} does not match its image {image.shape[:2]}")

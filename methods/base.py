@@ -1,12 +1,23 @@
-"""The Method protocol, weight declarations and the method registry.
+"""The method contract, weight declarations and the method registry.
 
-A method is built from a config dataclass plus local weight files, then asked per episode::
+A method is a class that declares, in one place (see :class:`Method`):
+
+* ``Config``: a dataclass whose typed fields are the method's options (``--set M.key=value``).
+  ``bool``, ``int``, ``float``, ``str``, ``tuple[int, ...]``, ``X | None`` and ``Literal[...]``
+  fields are read from strings by :func:`coerce_options`; a ``Literal`` option refuses any other
+  value with a one-line error, so allowed values live in the type, not in a comment.
+* ``weight_specs``: the local files it needs (:class:`WeightSpec`).
+* ``threshold_protocol``: how its decision threshold is set (:data:`ThresholdProtocol`).
+* ``threshold``, ``__init__(config, weights)`` and ``predict``::
 
     method.predict(support_images, support_masks, query_image) -> score_map  # float32 [H, W] in [0, 1]
 
-* ``support_images``: list of k uint8 RGB arrays ``[Hs, Ws, 3]`` at native resolution.
+* ``support_images``: list of k >= 1 uint8 RGB arrays ``[Hs, Ws, 3]`` at native resolution.
 * ``support_masks``: list of k bool arrays ``[Hs, Ws]`` (all False for a defect-free support).
 * ``query_image``: uint8 RGB ``[H, W, 3]``; the score map has the query's original ``[H, W]``.
+
+The runner checks the inputs (:func:`check_inputs`) and the output (:func:`checked_prediction`)
+once for every method, so a method's ``predict`` may rely on them.
 
 ``method.threshold`` is the native decision threshold: a pixel is predicted defective when
 ``score_map > threshold``. A method whose threshold depends on the episode (e.g. one fitted on the
@@ -17,9 +28,11 @@ A method knows nothing about Ray, Parquet, result paths or metrics.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence, get_args, get_origin, runtime_checkable
 
 import numpy as np
 
@@ -61,9 +74,24 @@ class Prediction:
     threshold: float | None = None  # None: the method's native ``threshold``
 
 
+ThresholdProtocol = Literal["native", "deployable"]
+"""``native``: a fixed threshold of the method (``threshold``), the same for every episode;
+``deployable``: fitted per episode on the support's defect-free pixels (returned in a Prediction).
+The report labels every method's numbers with it."""
+THRESHOLD_PROTOCOLS: tuple[str, ...] = get_args(ThresholdProtocol)
+
+
 @runtime_checkable
 class Method(Protocol):
+    """The whole method contract. ``Config``, ``weight_specs`` and ``threshold_protocol`` are
+    class attributes (read before a model is built); ``threshold`` may be set per instance."""
+
+    Config: ClassVar[type]  # a dataclass: its typed fields are the options
+    weight_specs: ClassVar[Sequence[WeightSpec]]
+    threshold_protocol: ClassVar[ThresholdProtocol]
     threshold: float
+
+    def __init__(self, config: Any, weights: dict[str, Path]) -> None: ...
 
     def predict(
         self,
@@ -71,6 +99,47 @@ class Method(Protocol):
         support_masks: Sequence[np.ndarray],
         query_image: np.ndarray,
     ) -> np.ndarray | Prediction: ...
+
+
+def check_method_class(cls: type, target: str) -> type:
+    """``cls`` if it declares the :class:`Method` contract, else a one-line MethodError naming what is missing."""
+    problems = []
+    if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
+        problems.append("a Config dataclass")
+    if not isinstance(getattr(cls, "weight_specs", None), (tuple, list)):
+        problems.append("weight_specs (a tuple of WeightSpec, () for none)")
+    if getattr(cls, "threshold_protocol", None) not in THRESHOLD_PROTOCOLS:
+        problems.append(f"threshold_protocol ({' or '.join(THRESHOLD_PROTOCOLS)})")
+    if not callable(getattr(cls, "predict", None)):
+        problems.append("predict(support_images, support_masks, query_image)")
+    if problems:
+        raise MethodError(f"{target} is not a method class: it lacks {', '.join(problems)} (the contract: methods/base.py Method)")
+    return cls
+
+
+def check_inputs(support_images: Sequence[np.ndarray], support_masks: Sequence[np.ndarray], query_image: np.ndarray) -> None:
+    """The episode every ``predict`` may rely on; raises ValueError (an error row) otherwise."""
+    if len(support_images) == 0 or len(support_images) != len(support_masks):
+        raise ValueError(f"need k >= 1 support images with one mask each (got {len(support_images)} images, "
+                         f"{len(support_masks)} masks)")
+    for what, image in [*(("support image", i) for i in support_images), ("query image", query_image)]:
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"{what} must be uint8 RGB [H, W, 3], got {image.dtype} {image.shape}")
+    for image, mask in zip(support_images, support_masks):
+        if mask.dtype != bool or mask.shape != image.shape[:2]:
+            raise ValueError(f"support mask must be bool {image.shape[:2]} like its image, got {mask.dtype} {mask.shape}")
+
+
+def checked_prediction(output: np.ndarray | Prediction, native_threshold: float, shape: tuple[int, int]) -> Prediction:
+    """A method's output as a float32 :class:`Prediction`, checked: the query's shape, finite scores."""
+    prediction = as_prediction(output, native_threshold)
+    if prediction.score_map.shape != tuple(shape):
+        raise ValueError(f"method returned a {prediction.score_map.shape} map for a {tuple(shape)} query")
+    if not np.isfinite(prediction.score_map).all():
+        raise ValueError("method returned non-finite scores")
+    if not np.isfinite(prediction.threshold):
+        raise ValueError(f"method returned a non-finite threshold {prediction.threshold}")
+    return prediction
 
 
 def get_entry(name: str) -> MethodEntry:
@@ -83,40 +152,80 @@ def get_entry(name: str) -> MethodEntry:
 
 
 def coerce_options(config_cls: type, options: Mapping[str, Any]) -> Any:
-    """Build ``config_cls`` from options given as strings or values, with a clear error."""
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    """Build ``config_cls`` from options given as strings or values, read by each field's type."""
+    fields = [f.name for f in dataclasses.fields(config_cls)]
+    types_ = typing.get_type_hints(config_cls)
     kwargs = {}
     for key, value in options.items():
         if key not in fields:
+            from harness.features import did_you_mean
+
             raise MethodError(
-                f"{config_cls.__qualname__} has no option '{key}'; options: {', '.join(fields)}"
+                f"{config_cls.__qualname__} has no option '{key}'{did_you_mean(key, fields)}; options: {', '.join(fields)}"
             )
-        kwargs[key] = _coerce(value, fields[key].type, key)
+        kwargs[key] = coerce_value(value, types_[key], key)
     return config_cls(**kwargs)
 
 
-def _coerce(value: Any, type_name: Any, key: str) -> Any:
+def option_type_text(type_: Any) -> str:
+    """``Literal['a', 'b']`` -> ``a | b``; ``tuple[int, ...]`` -> ``int list``; else the type's name."""
+    origin, args = get_origin(type_), get_args(type_)
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("none" if a is type(None) else option_type_text(a) for a in args)
+    if origin is tuple:
+        return f"{option_type_text(args[0])} list"
+    return getattr(type_, "__name__", str(type_))
+
+
+def option_lines(config_cls: type, fixed: Mapping[str, Any] = {}) -> list[str]:
+    """``key: type = default`` per option of ``config_cls`` (a variant's ``fixed`` values shown as set)."""
+    types_ = typing.get_type_hints(config_cls)
+    lines = []
+    for f in dataclasses.fields(config_cls):
+        value = fixed.get(f.name, f.default)
+        if isinstance(value, tuple):
+            shown = "+".join(map(str, value)) or "()"
+        else:
+            shown = "none" if value is None else repr(value) if value == "" else value
+        lines.append(f"{f.name}: {option_type_text(types_[f.name])} = {shown}"
+                     + (" (fixed by this variant)" if f.name in fixed else ""))
+    return lines
+
+
+def coerce_value(value: Any, type_: Any, key: str) -> Any:
+    """One option value (a string from the command line, or a value) as ``type_``; MethodError if it is not one."""
+    origin, args = get_origin(type_), get_args(type_)
+    if origin is Literal:
+        for choice in args:
+            if value == choice or (isinstance(value, str) and value == str(choice)):
+                return choice
+        from harness.features import did_you_mean
+
+        raise MethodError(f"option '{key}': '{value}' is not one of {option_type_text(type_)}"
+                          f"{did_you_mean(str(value), [str(a) for a in args])}")
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", ""))):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce_value(value, inner[0], key) if len(inner) == 1 else value
     if not isinstance(value, str):
         return value
-    t = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
-    if not isinstance(type_name, (str, type)):
-        t = str(type_name)  # generic aliases such as tuple[int, ...]
     try:
-        if t.startswith("bool"):
+        if type_ is bool:
             if value.lower() in ("1", "true", "yes", "on"):
                 return True
             if value.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
-        if t.startswith("int"):
-            return int(value)
-        if t.startswith("float"):
-            return float(value)
-        if t.startswith("tuple"):
-            inner = float if "float" in t else int if "int" in t else str
+        if type_ in (int, float):
+            return type_(value)
+        if origin is tuple:
+            inner = args[0] if args else str
             return tuple(inner(v) for v in value.replace("+", " ").replace(";", " ").split())
     except ValueError:
-        raise MethodError(f"option '{key}': cannot read '{value}' as {t}") from None
+        raise MethodError(f"option '{key}': cannot read '{value}' as {option_type_text(type_)}") from None
     return value
 
 
@@ -181,15 +290,20 @@ class MethodSpec:
     def resolved_options(self) -> dict[str, Any]:
         return {**self.entry().options, **self.options}
 
+    def method_class(self) -> type:
+        """The method's class, checked against the :class:`Method` contract."""
+        entry = self.entry()
+        return check_method_class(entry.load_class(), entry.target)
+
     def build(self) -> Method:
         """Import the method class, check weights, construct it."""
-        cls = self.entry().load_class()
+        cls = self.method_class()
         config = coerce_options(cls.Config, self.resolved_options())
         return cls(config, self._weights(cls, config))
 
     def check(self) -> dict[str, Path]:
         """Validate options and weights without building the model (fails fast, before any work)."""
-        cls = self.entry().load_class()
+        cls = self.method_class()
         return self._weights(cls, coerce_options(cls.Config, self.resolved_options()))
 
     def _weights(self, cls: type, config: Any) -> dict[str, Path]:
@@ -197,7 +311,7 @@ class MethodSpec:
         when the class defines it (SOFS: the checkpoint's backbone), else ``config.backbone``."""
         namer = getattr(cls, "backbone_name", None)
         backbone = (lambda resolved: namer(config, resolved)) if namer else (lambda _: getattr(config, "backbone", ""))
-        return resolve_weights(self.name, getattr(cls, "weight_specs", ()), self.weights, backbone)
+        return resolve_weights(self.name, cls.weight_specs, self.weights, backbone)
 
 
 def as_prediction(output: np.ndarray | Prediction, native_threshold: float) -> Prediction:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from methods._common import (
-    Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, check_episode, defect_free_tokens, l2_normalise,
+    Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, defect_free_tokens, l2_normalise,
 )
 from methods.base import MethodError
 
@@ -88,7 +88,6 @@ class Match:
         query_image: np.ndarray,
     ) -> np.ndarray:
         """Return ``sigmoid(scaler * diff)``, float32 ``[H, W]`` in [0, 1], at the query's size."""
-        check_episode(support_images, support_masks)
         banks = self.banks(support_images, support_masks)
         if banks is None:
             return np.zeros(query_image.shape[:2], np.float32)

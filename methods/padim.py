@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from methods._common import (
-    Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, check_episode, defect_free_tokens, l2_normalise,
+    Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, defect_free_tokens, l2_normalise,
     support_calibrated,
 )
 from methods.base import MethodError, Prediction
@@ -104,7 +104,6 @@ class PaDiM:
         query_image: np.ndarray,
     ) -> Prediction:
         """Return the calibrated anomaly map float32 ``[H, W]`` in [0, 1) and threshold 0.5."""
-        check_episode(support_images, support_masks)
         supports = [self._support(image, np.asarray(mask, dtype=bool)) for image, mask in zip(support_images, support_masks)]
         gaussians = self.fit(supports)
         if gaussians is None:  # every support token touches a defect: nothing is known to be normal

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
 
-from methods._common import Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, check_episode, l2_normalise
-from methods.base import MethodError
-
-MERGES = ("concat", "mean")
+from methods._common import Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, l2_normalise
 
 
 class PANet:
@@ -45,11 +42,9 @@ class PANet:
 
     @dataclass
     class Config(BackboneConfig):
-        layer_merge: str = "concat"  # how the per-layer normalised features are combined: concat | mean
+        layer_merge: Literal["concat", "mean"] = "concat"  # how the per-layer normalised features are combined
 
     def __init__(self, config: Config, weights: dict[str, Path]):
-        if config.layer_merge not in MERGES:
-            raise MethodError(f"layer_merge '{config.layer_merge}' unknown; use one of {', '.join(MERGES)}")
         self.config = config
         self.backbone = Backbone(config, weights["backbone"])
         self.device = self.backbone.device  # features, prototypes and cosines live here
@@ -86,7 +81,6 @@ class PANet:
         query_image: np.ndarray,
     ) -> np.ndarray:
         """Return the fg probability map, float32 ``[H, W]`` in [0, 1], at the query's size."""
-        check_episode(support_images, support_masks)
         height, width = query_image.shape[:2]
         protos = self.prototypes(support_images, support_masks)
         if protos is None:  # FAD episode: nothing to segment with

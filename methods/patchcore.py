@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from methods._common import (
-    Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, check_episode, defect_free_tokens, l2_normalise,
+    Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, defect_free_tokens, l2_normalise,
     support_calibrated,
 )
 from methods.base import MethodError, Prediction
@@ -66,8 +66,6 @@ class PatchCore:
     def __init__(self, config: Config, weights: dict[str, Path]):
         if not 0 < config.coreset_ratio <= 1:
             raise MethodError(f"coreset_ratio must be in (0, 1], got {config.coreset_ratio}")
-        if config.score_scale not in ("support", "fixed"):
-            raise MethodError(f"score_scale '{config.score_scale}' unknown; use support or fixed")
         if not 0 < config.threshold_quantile <= 1:
             raise MethodError(f"threshold_quantile must be in (0, 1], got {config.threshold_quantile}")
         self.config = config
@@ -88,7 +86,6 @@ class PatchCore:
         query_image: np.ndarray,
     ) -> Prediction:
         """Return the anomaly map float32 ``[H, W]`` in [0, 1] and the support-fitted threshold."""
-        check_episode(support_images, support_masks)
         supports = [self._support(image, np.asarray(mask, dtype=bool)) for image, mask in zip(support_images, support_masks)]
         normal = [s["normal"].reshape(-1) for s in supports]
         bank = torch.cat([s["features"].reshape(-1, s["features"].shape[-1])[n] for s, n in zip(supports, normal)])

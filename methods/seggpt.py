@@ -31,7 +31,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -235,26 +235,16 @@ def _average_query_half(attention: torch.Tensor, groups: int, shots: int, across
 
 @dataclass(frozen=True)
 class SegGPTConfig:
-    resolution: str = "resize"  # "resize": squash the query to S x S; "native": S x S tiles at native resolution
-    native_support: str = "crop"  # native policy only: "crop" around the defect, or "resize" the whole support
-    reduction: str = "max"  # RGB -> score: "max" (SOFS) or "mean" (HF post-processing)
+    resolution: Literal["resize", "native"] = "resize"  # resize: squash the query to S x S; native: S x S tiles at native resolution
+    native_support: Literal["crop", "resize"] = "crop"  # native policy only: crop around the defect, or resize the whole support
+    reduction: Literal["max", "mean"] = "max"  # RGB -> score: max (SOFS) or mean (HF post-processing)
     threshold: float | None = None  # None: 0.6 for "max" (SOFS), 0.5 for "mean"
-    embedding_type: str = "instance"  # Painter's and SOFS's default
-    merge_rule: str = "hf"  # k-shot ensemble at the merge block: "hf" (transformers) or "painter"
+    embedding_type: Literal["instance", "semantic"] = "instance"  # Painter's and SOFS's default
+    merge_rule: Literal["hf", "painter"] = "hf"  # k-shot ensemble at the merge block: transformers' or Painter's
     batch_size: int = 8  # canvases (query views x prompts) per forward; rounded to a multiple of k
     device: str = "auto"  # "auto": cuda if available
-    dtype: str = "float32"  # "float16" / "bfloat16" on GPU
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # float16 / bfloat16 on GPU
     prompt_cache_size: int = 256  # preprocessed prompts kept across episodes
-
-
-_CHOICES = {
-    "resolution": ("resize", "native"),
-    "native_support": ("crop", "resize"),
-    "reduction": ("max", "mean"),
-    "embedding_type": ("instance", "semantic"),
-    "merge_rule": ("hf", "painter"),
-    "dtype": ("float32", "float16", "bfloat16"),
-}
 
 
 class SegGPT:
@@ -275,10 +265,6 @@ class SegGPT:
     )
 
     def __init__(self, config: SegGPTConfig, weights: dict[str, Path]):
-        for name, allowed in _CHOICES.items():
-            if getattr(config, name) not in allowed:
-                value = getattr(config, name)
-                raise MethodError(f"seggpt option {name}={value!r}; choose one of {', '.join(allowed)}")
         if config.batch_size < 1:
             raise MethodError(f"seggpt option batch_size={config.batch_size}; must be >= 1")
         self.config = config
@@ -302,11 +288,6 @@ class SegGPT:
         query_image: np.ndarray,
     ) -> np.ndarray:
         """Score map float32 ``[H, W]`` in [0, 1] at the query's original size."""
-        if not support_images or len(support_images) != len(support_masks):
-            raise MethodError(
-                f"seggpt needs k >= 1 support images with one mask each, "
-                f"got {len(support_images)} images and {len(support_masks)} masks"
-            )
         prompts = [self._prompt(image, mask) for image, mask in zip(support_images, support_masks)]
         height, width = query_image.shape[:2]
         if self.config.resolution == "resize":

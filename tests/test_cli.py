@@ -23,6 +23,16 @@ def test_methods_lists_availability(runner):
     assert "needs weights" in seggpt and "--weights seggpt=PATH" in seggpt
 
 
+def test_methods_options_lists_types_allowed_values_and_variant_settings(runner):
+    result = runner.invoke(cli, ["methods", "--options"])
+    assert result.exit_code == 0, result.output
+    panet_resize = result.output.split("panet-resize ")[1].split("patchcore ")[0]
+    assert "resolution: native | resize = resize (fixed by this variant)" in panet_resize
+    assert "layer_merge: concat | mean = concat" in panet_resize
+    sofs = result.output.split("\nsofs ")[1].split("\nsofs-")[0]
+    assert "map_back: probability | label = probability" in sofs and "s_in_shot: int = 4" in sofs
+
+
 def test_missing_weights_fail_before_any_work(runner, tmp_path):
     dataset = make_folder_dataset(tmp_path / "data")
     result = runner.invoke(cli, ["run", "--methods", "panet,seggpt", "--dataset", str(dataset),

@@ -26,6 +26,7 @@ class Bright:
     Config = BrightConfig
     weight_specs = ()
     threshold = 0.5
+    threshold_protocol = "native"
 
     def __init__(self, config: BrightConfig, weights):
         if config.fail_init:

@@ -35,7 +35,6 @@ from methods.sofs.data import area_fraction, episode_seed, model_input, support_
 from methods.sofs.model import SOFSModel, SupportContext, probability
 
 DEFAULT_CHECKPOINT = SOFS_DEFAULT_CHECKPOINT  # the shipped head
-MAP_BACK = ("probability", "label")
 LABEL_REBINARISE = 0.9  # the reference re-binarises resized label maps at > 0.9 (spec §5)
 # training switch (hparams / config key) -> (train flag, registry variant that loads such a head)
 TRAINING_SWITCHES = {
@@ -106,10 +105,6 @@ class SOFS:
         return config.backbone or hparams.get("backbone", "")
 
     def __init__(self, config: SOFSConfig, weights: dict[str, Path]):
-        if config.output not in ("head", "prior"):
-            raise MethodError(f"output '{config.output}' unknown; use head or prior")
-        if config.map_back not in MAP_BACK:
-            raise MethodError(f"map_back '{config.map_back}' unknown; use {' or '.join(MAP_BACK)}")
         self.config = config
         path = Path(weights["checkpoint"])
         state, hparams = read_checkpoint(path)
@@ -156,8 +151,6 @@ class SOFS:
         """Defect probability, float32 ``[H, W]`` in [0, 1] at the query's original size."""
         cfg = self.config
         masks = [np.asarray(m, bool) for m in support_masks]
-        if not support_images or len(support_images) != len(masks):
-            raise ValueError("SOFS needs one mask per support image and at least one support")
         context = self._support_context(support_images, masks)
         height, width = query_image.shape[:2]
         resize_query = not cfg.non_resizing or all(area_fraction(m) > cfg.area_resize_ratio for m in masks)

@@ -31,7 +31,7 @@ from methods.base import MethodError
 from harness.io import LRU, REPO_ROOT, atomic_write, file_sha256
 from methods.sofs.checkpoint import atomic_save, hparams_of, load_backbone, save_head
 from methods.sofs.data import EpisodeConfig, EpisodeSampler, ViewSpec
-from methods.sofs.loss import CE_FORMS, patch_target, sofs_loss
+from methods.sofs.loss import CE_FORMS, CeForm, patch_target, sofs_loss
 from methods.sofs.model import HeadConfig, SOFSHead, SOFSModel
 
 TRAIN_FORMAT = "sofs-bench/sofs-train/1"
@@ -57,7 +57,7 @@ class TrainConfig:
     smooth_r: float = 1e5
     dice_weight: float = 1.0
     ce_weight: float = 0.01
-    ce_form: str = "reference"  # "logits": CE from logits, no saturation (README decision 23)
+    ce_form: CeForm = "reference"  # "logits": CE from logits, no saturation (README decision 23)
     target_threshold: float = 0.1
     abnormal_prior: bool = True
     intensity_downsampling: bool = True

@@ -107,7 +107,7 @@ def test_score_reduction_by_hand():
 
 
 def test_bad_option_is_one_line_error(model_dir):
-    with pytest.raises(MethodError, match="resolution='tiles'"):
+    with pytest.raises(MethodError, match="option 'resolution': 'tiles' is not one of resize [|] native"):
         build(model_dir, resolution="tiles")
 
 

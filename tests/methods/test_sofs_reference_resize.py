@@ -165,5 +165,8 @@ def test_tiled_path_averages_probabilities_or_labels(methods, monkeypatch):
 
 
 def test_map_back_option_is_checked():
-    with pytest.raises(MethodError, match="map_back 'labels' unknown"):
-        make_method(map_back="labels")
+    from methods.base import coerce_options
+    from methods.sofs.inference import SOFSConfig
+
+    with pytest.raises(MethodError, match="option 'map_back': 'labels' is not one of probability [|] label"):
+        coerce_options(SOFSConfig, {"map_back": "labels"})
