@@ -107,6 +107,23 @@ CONSOLE_COLUMNS = ["method", "shots", "protocol", "mIoU % (@protocol)", "mIoU 95
                    "episodes", "failed", "flags"]
 
 
+# Summary header -> aggregate column, each shown as a percentage.
+PERCENT_COLUMNS = (
+    ("FB-IoU % (@protocol)", "fb_iou"),
+    ("mIoU % (oracle)", "oracle_miou"),
+    ("pixel AUROC % (thr-free)", "pixel_auroc"),
+    ("pixel AP % (thr-free)", "pixel_ap"),
+    ("F1-max % (oracle)", "f1_max"),
+    ("image AUROC % (thr-free)", "image_auroc"),
+    ("image AP % (thr-free)", "image_ap"),
+    ("image F1-max % (oracle)", "image_f1_max"),
+    ("AUPRO % ≤30% FPR (thr-free)", "aupro"),
+    ("comp. recall touch % (@protocol)", "comp_recall_touch"),
+    ("comp. recall ≥50% % (@protocol)", "comp_recall_half"),
+    ("false-alarm rate % (@protocol)", "false_alarm_rate"),
+)
+
+
 def summary_table(agg: Aggregates, intervals: pd.DataFrame, paired: pd.DataFrame,
                   n_resamples: int) -> Table:
     """The one summary table: the report's section, ``summary.md/csv`` and the console rows
@@ -124,18 +141,8 @@ def summary_table(agg: Aggregates, intervals: pd.DataFrame, paired: pd.DataFrame
                                      zip(data["miou_mean"], data["miou_std"], data["n_repeats"].astype(float))]
     display["mIoU 95% CI"] = [ci_text(lo, hi, n) for lo, hi, n in
                               zip(data["ci_low"], data["ci_high"], data["min_class_episodes"].astype(float))]
-    display["FB-IoU % (@protocol)"] = data["fb_iou"].map(_pct)
-    display["mIoU % (oracle)"] = data["oracle_miou"].map(_pct)
-    display["pixel AUROC % (thr-free)"] = data["pixel_auroc"].map(_pct)
-    display["pixel AP % (thr-free)"] = data["pixel_ap"].map(_pct)
-    display["F1-max % (oracle)"] = data["f1_max"].map(_pct)
-    display["image AUROC % (thr-free)"] = data["image_auroc"].map(_pct)
-    display["image AP % (thr-free)"] = data["image_ap"].map(_pct)
-    display["image F1-max % (oracle)"] = data["image_f1_max"].map(_pct)
-    display["AUPRO % ≤30% FPR (thr-free)"] = data["aupro"].map(_pct)
-    display["comp. recall touch % (@protocol)"] = data["comp_recall_touch"].map(_pct)
-    display["comp. recall ≥50% % (@protocol)"] = data["comp_recall_half"].map(_pct)
-    display["false-alarm rate % (@protocol)"] = data["false_alarm_rate"].map(_pct)
+    for header, column in PERCENT_COLUMNS:
+        display[header] = data[column].map(_pct)
     display["FP px rate % (@protocol)"] = data["fp_pixel_rate"].map(fp_rate_text)
     display["FP blobs/img (@protocol)"] = data["fp_blobs_per_image"].map(lambda x: _num(x, 2))
     display["s/episode"] = data["episodes_per_s"].astype(float).map(seconds_text)
