@@ -28,7 +28,7 @@ from harness.io import LRU, atomic_write, short_error
 from harness.metrics import episode_metrics
 from harness.records import Episode, ImageRecord
 from harness.schema import METRIC_COLUMNS
-from methods.base import MethodSpec, check_inputs, checked_prediction
+from methods.base import MethodSpec, Prediction, check_inputs, checked_prediction
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,9 @@ def describe_error(exc: BaseException) -> str:
     return f"error: {type(exc).__name__}: {message}"
 
 
+PIPELINE_DEPTH = 2  # score maps waiting for the scorer thread (each is float32 [H, W])
+
+
 class ImageCache:
     """Small LRU of decoded images/masks: supports recur across the episodes of a chunk."""
 
@@ -123,6 +126,14 @@ def method_view_stats(method) -> dict | None:
     """Backbone passes / unique views of a method (``view_stats`` or ``backbone.stats``), or None."""
     stats = getattr(method, "view_stats", None) or getattr(getattr(method, "backbone", None), "stats", None)
     return stats.as_dict() if stats is not None else None
+
+
+@dataclass
+class _Failure:
+    """An exception raised off the compute thread, with its traceback text."""
+
+    error: Exception
+    trace: str
 
 
 @dataclass
@@ -187,50 +198,102 @@ class EpisodeWorker:
         return self.worker_name
 
     def run_chunk(self, unit: WorkUnit) -> list[dict]:
+        """Rows of the chunk's episodes, in order, computed as a three-stage pipeline.
+
+        A loader thread decodes episode i+1's images while episode i runs ``predict`` on this
+        thread, and a scorer thread computes episode i-1's metrics and writes its prediction PNG
+        (numpy and PIL release the GIL for most of that), so a GPU is not left idle while the CPU
+        decodes and scores. At most ``PIPELINE_DEPTH`` score maps wait for the scorer."""
+        from concurrent.futures import ThreadPoolExecutor
+
         self._use(unit.method)
         self.records = {record.image_id: record for record in unit.records}
-        return [self.run_episode(episode) for episode in unit.episodes]
+        episodes = unit.episodes
+        if not episodes:
+            return []
+        rows: list = []
+        with ThreadPoolExecutor(1, thread_name_prefix="sofs-load") as loader, \
+                ThreadPoolExecutor(1, thread_name_prefix="sofs-score") as scorer:
+            next_inputs = loader.submit(self._load, episodes[0])
+            for index, episode in enumerate(episodes):
+                inputs = next_inputs.result()
+                if index + 1 < len(episodes):
+                    next_inputs = loader.submit(self._load, episodes[index + 1])
+                outcome = self._predict(episode, inputs)
+                if isinstance(outcome, dict):  # an error row
+                    rows.append(outcome)
+                    continue
+                pending = [r for r in rows if not isinstance(r, dict) and not r.done()]
+                if len(pending) >= PIPELINE_DEPTH:
+                    pending[0].result()  # bound the score maps held in memory
+                rows.append(scorer.submit(self._score, episode, *outcome))
+            return [row if isinstance(row, dict) else row.result() for row in rows]
 
     def run_episode(self, episode: Episode) -> dict:
+        """One episode without the pipeline (load, predict, score on this thread)."""
+        outcome = self._predict(episode, self._load(episode))
+        return outcome if isinstance(outcome, dict) else self._score(episode, *outcome)
+
+    def _load(self, episode: Episode) -> tuple | _Failure:
+        """(support images, support masks, query image, GT mask, load seconds), or what failed."""
         try:
             start = time.perf_counter()
             support_images = [self._image(i) for i in episode.support_ids]
             support_masks = [self._mask(i) for i in episode.support_ids]
             query_image = self._image(episode.query_id)
             gt_mask = self._mask(episode.query_id)
-            loaded = time.perf_counter()
+            return support_images, support_masks, query_image, gt_mask, time.perf_counter() - start
+        except Exception as exc:  # noqa: BLE001 - becomes this episode's error row
+            return _Failure(exc, traceback.format_exc(limit=-3))
+
+    def _predict(self, episode: Episode, inputs: tuple | _Failure) -> tuple | dict:
+        """(prediction, GT mask, load seconds, predict seconds), or the episode's error row."""
+        if isinstance(inputs, _Failure):
+            return self._error_row(episode, inputs.error, inputs.trace)
+        support_images, support_masks, query_image, gt_mask, load_s = inputs
+        try:
+            start = time.perf_counter()
             check_inputs(support_images, support_masks, query_image)
             prediction = checked_prediction(
                 self.method.predict(support_images, support_masks, query_image),
                 self.method.threshold,
                 gt_mask.shape,
             )
-            predicted = time.perf_counter()
-            score_map = prediction.score_map
+            return prediction, gt_mask, load_s, time.perf_counter() - start
+        except Exception as exc:  # noqa: BLE001 - one bad episode must not stop the run
+            return self._error_row(episode, exc, traceback.format_exc(limit=-3))
+
+    def _score(self, episode: Episode, prediction: Prediction, gt_mask: np.ndarray, load_s: float,
+               predict_s: float) -> dict:
+        """The episode's row: metrics of the checked prediction, and its PNG when predictions are kept."""
+        try:
             metrics = episode_metrics(
-                np.clip(score_map, 0.0, 1.0),
+                np.clip(prediction.score_map, 0.0, 1.0),
                 prediction.threshold,
                 gt_mask,
                 min_area=self.settings.min_area,
                 hist_bins=self.settings.hist_bins,
                 frac_edges=self.settings.frac_edges,
             )
-            pred_path = self._save_prediction(episode, score_map)
-        except Exception as exc:  # noqa: BLE001 - one bad episode must not stop the run
-            row = error_row(self.context, episode, describe_error(exc), self.worker_name)
-            row["device"] = self.device
-            row["error_trace"] = traceback.format_exc(limit=-3)
-            return row
+            pred_path = self._save_prediction(episode, prediction.score_map)
+        except Exception as exc:  # noqa: BLE001 - e.g. a full disk while writing the PNG
+            return self._error_row(episode, exc, traceback.format_exc(limit=-3))
         row = {**asdict(self.context), **episode_fields(episode), **metrics}
         row.update(
             status="ok",
-            latency_s=predicted - loaded,
-            load_s=loaded - start,
+            latency_s=predict_s,
+            load_s=load_s,
             worker=self.worker_name,
             device=self.device,
             finished_at=datetime.now(timezone.utc),
             pred_path=str(pred_path) if pred_path else None,
         )
+        return row
+
+    def _error_row(self, episode: Episode, exc: BaseException, trace: str) -> dict:
+        row = error_row(self.context, episode, describe_error(exc), self.worker_name)
+        row["device"] = self.device
+        row["error_trace"] = trace
         return row
 
     def _save_prediction(self, episode: Episode, score_map: np.ndarray) -> Path | None:
