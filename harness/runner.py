@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
@@ -106,6 +107,7 @@ class ImageCache:
     """Small LRU of decoded images/masks: supports recur across the episodes of a chunk."""
 
     def __init__(self, capacity: int = 32):
+        self.capacity = capacity
         self.lru = LRU(max_entries=capacity)
 
     def get(self, key, load: Callable):
@@ -211,6 +213,7 @@ class EpisodeWorker:
         episodes = unit.episodes
         if not episodes:
             return []
+        self._prepare(episodes)
         rows: list = []
         with ThreadPoolExecutor(1, thread_name_prefix="sofs-load") as loader, \
                 ThreadPoolExecutor(1, thread_name_prefix="sofs-score") as scorer:
@@ -228,6 +231,23 @@ class EpisodeWorker:
                     pending[0].result()  # bound the score maps held in memory
                 rows.append(scorer.submit(self._score, episode, *outcome))
             return [row if isinstance(row, dict) else row.result() for row in rows]
+
+    def _prepare(self, episodes: Sequence[Episode]) -> None:
+        """Hand the method the chunk's images it batches with others (``batches_with_others`` /
+        ``prepare``, optional hooks of a method), decoded up to half the image cache (masks share it). A
+        failure here is left to the episodes: each reports its own error row."""
+        prepare = getattr(self.method, "prepare", None)
+        wanted = getattr(self.method, "batches_with_others", None)
+        if prepare is None or wanted is None:
+            return
+        ids = list(dict.fromkeys(i for e in episodes for i in (*e.support_ids, e.query_id)))
+        ids = [i for i in ids if wanted(self.records[i].height, self.records[i].width)][: self.cache.capacity // 2]
+        if len(ids) < 2:
+            return
+        try:
+            prepare([self._image(i) for i in ids])
+        except Exception as exc:  # noqa: BLE001 - the episodes compute (and report) one by one
+            print(f"warning: {self.worker_name}: batched features skipped: {describe_error(exc)}", file=sys.stderr)
 
     def run_episode(self, episode: Episode) -> dict:
         """One episode without the pipeline (load, predict, score on this thread)."""

@@ -282,20 +282,48 @@ class Backbone:
                               self.input_size, config.tile_overlap, config.precision, str(self.device)))
 
     # -- image -> features ---------------------------------------------------------------------
+    def _key(self, image: np.ndarray) -> str:
+        return hashlib.blake2b(f"{self.view_key}|{image_key(image)}".encode(), digest_size=16).hexdigest()
+
     def extract(self, image: np.ndarray) -> TiledFeatures:
         """uint8 ``[H, W, 3]`` -> TiledFeatures (from the shared cache when this view was seen)."""
         image = np.ascontiguousarray(image)
-        content = image_key(image)
-        key = hashlib.blake2b(f"{self.view_key}|{content}".encode(), digest_size=16).hexdigest()
+        key = self._key(image)
         feats = self.cache.get(key) if self.config.feature_cache_mb > 0 else None
         if feats is not None:
             self.stats.record(key, len(feats.tiles), forwarded=False)
             return feats
-        feats = self._extract(image)
+        (feats,) = self._extract([image])
         self.stats.record(key, len(feats.tiles), forwarded=True)
         if self.config.feature_cache_mb > 0:
             self.cache.put(key, feats)
         return feats
+
+    def tiles_per_image(self, height: int, width: int) -> int:
+        return len(tile_grid(height, width, self.input_size, self.config.tile_overlap)) if self.config.resolution == "native" else 1
+
+    def warm(self, images: Sequence[np.ndarray]) -> int:
+        """Cache the features of images not seen yet, their tiles batched across images.
+
+        One image's tiles are batched by :meth:`extract` already; an image of fewer tiles than
+        ``batch_size`` (e.g. 256 x 256 parts) would forward a part-full batch, so a chunk's small
+        images go through shared batches here and ``extract`` then finds them in the cache. The
+        features are those ``extract`` computes (same crops, padding and per-tile forward).
+        Returns how many images were computed."""
+        if self.config.feature_cache_mb <= 0:
+            return 0
+        todo: dict[str, np.ndarray] = {}
+        for image in images:
+            image = np.ascontiguousarray(image)
+            key = self._key(image)
+            if key not in todo and self.cache.get(key) is None:
+                todo[key] = image
+        if len(todo) < 2:
+            return 0
+        for key, feats in zip(todo, self._extract(list(todo.values()))):
+            self.stats.record(key, len(feats.tiles), forwarded=True)
+            self.cache.put(key, feats)
+        return len(todo)
 
     def forward(self, batch: torch.Tensor) -> list[torch.Tensor]:
         """The frozen backbone on a normalised batch, autocast to ``precision`` unless fp32."""
@@ -305,29 +333,44 @@ class Backbone:
         with torch.autocast(self.device.type, dtype=dtype):
             return self.features(batch)
 
-    def _extract(self, image: np.ndarray) -> TiledFeatures:
+    def _views(self, image: np.ndarray) -> tuple[list[Tile], tuple[int, int], list[np.ndarray], tuple[int, int]]:
+        """(tiles, content shape, uint8 crops, padded shape) of one image under the resolution policy."""
         height, width = image.shape[:2]
-        size, patch, align = self.input_size, self.patch, self.align
         if self.config.resolution == "native":
-            tiles = tile_grid(height, width, size, self.config.tile_overlap)
+            tiles = tile_grid(height, width, self.input_size, self.config.tile_overlap)
             content = (tiles[0].height, tiles[0].width)
             crops = [tile.crop(image) for tile in tiles]
-            padded = (_round_up(content[0], align), _round_up(content[1], align))
+            padded = (_round_up(content[0], self.align), _round_up(content[1], self.align))
         else:
             tiles = [Tile(0, 0, height, width)]
-            content = resized_shape(height, width, size)
+            content = resized_shape(height, width, self.input_size)
             crops = [resize_image(image, content)]
-            padded = (size, size)
-        per_layer: list[list[torch.Tensor]] = [[] for _ in self.features.layers]
-        for start in range(0, len(crops), self.config.batch_size):
-            batch = uint8_to_input(crops[start : start + self.config.batch_size], self.device)  # [B, 3, th, tw]
-            batch = F.pad(batch, (0, padded[1] - content[1], 0, padded[0] - content[0]))
-            for store, layer in zip(per_layer, self.forward(batch)):  # [B, C, h, w]
-                store.append(layer.to(torch.float16))
-        valid = torch.ones(1, 1, *content, device=self.device)
-        valid = F.avg_pool2d(F.pad(valid, (0, padded[1] - content[1], 0, padded[0] - content[0])), patch, patch)
-        layers = [torch.cat(store) for store in per_layer]
-        return TiledFeatures((height, width), tiles, content, layers, valid.expand(len(tiles), -1, -1, -1))
+            padded = (self.input_size, self.input_size)
+        return tiles, content, crops, padded
+
+    def _extract(self, images: Sequence[np.ndarray]) -> list[TiledFeatures]:
+        """TiledFeatures of each image; crops of the same shape share batches of ``batch_size``."""
+        views = [self._views(image) for image in images]
+        by_shape: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+        for index, (_, content, crops, padded) in enumerate(views):
+            by_shape.setdefault((content, padded), []).extend((index, crop) for crop in crops)
+        per_image: list[list[list[torch.Tensor]]] = [[[] for _ in self.features.layers] for _ in images]
+        for (content, padded), items in by_shape.items():
+            for start in range(0, len(items), self.config.batch_size):
+                part = items[start : start + self.config.batch_size]
+                batch = uint8_to_input([crop for _, crop in part], self.device)  # [B, 3, th, tw]
+                batch = F.pad(batch, (0, padded[1] - content[1], 0, padded[0] - content[0]))
+                layers = [layer.to(torch.float16) for layer in self.forward(batch)]  # [B, C, h, w] each
+                for row, (index, _) in enumerate(part):
+                    for store, layer in zip(per_image[index], layers):
+                        store.append(layer[row : row + 1])
+        out = []
+        for image, (tiles, content, _, padded), stores in zip(images, views, per_image):
+            valid = torch.ones(1, 1, *content, device=self.device)
+            valid = F.avg_pool2d(F.pad(valid, (0, padded[1] - content[1], 0, padded[0] - content[0])), self.patch, self.patch)
+            layers = [torch.cat(store) for store in stores]
+            out.append(TiledFeatures(image.shape[:2], tiles, content, layers, valid.expand(len(tiles), -1, -1, -1)))
+        return out
 
     # -- masks and maps ------------------------------------------------------------------------
     def mask_fractions(self, feats: TiledFeatures, mask: np.ndarray) -> torch.Tensor:
@@ -375,6 +418,21 @@ class Backbone:
         if self.config.resolution == "native":
             return stitch(list(up), feats.tiles, height, width)
         return resize_map(up[0], (height, width))
+
+
+class BackboneMethod:
+    """The optional batching hooks of a method on the shared :class:`Backbone` (``self.backbone``).
+
+    The runner asks, per image of a chunk, whether its views would leave a backbone batch part
+    full, decodes those images and passes them to ``prepare`` before the chunk's episodes run."""
+
+    backbone: Backbone
+
+    def batches_with_others(self, height: int, width: int) -> bool:
+        return self.backbone.tiles_per_image(height, width) < self.backbone.config.batch_size
+
+    def prepare(self, images: Sequence[np.ndarray]) -> None:
+        self.backbone.warm(images)
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -16,14 +16,14 @@ import numpy as np
 import torch
 
 from methods._common import (
-    Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, defect_free_tokens, l2_normalise,
+    Backbone, BackboneMethod, BackboneConfig, TiledFeatures, backbone_weight_spec, defect_free_tokens, l2_normalise,
 )
 from methods.base import MethodError
 
 QUERY_CHUNK = 4096  # query patches per similarity matrix
 
 
-class Match:
+class Match(BackboneMethod):
     """Nearest-patch matching: best cosine to support defect patches minus best to background.
 
     Per level of the backbone (multi-level: the per-level differences are averaged):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from methods._common import (
-    Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, defect_free_tokens, l2_normalise,
+    Backbone, BackboneMethod, BackboneConfig, TiledFeatures, backbone_weight_spec, defect_free_tokens, l2_normalise,
     support_calibrated,
 )
 from methods.base import MethodError, Prediction
@@ -30,7 +30,7 @@ from methods.patchcore import gaussian_blur
 EPS = 1e-6
 
 
-class PaDiM:
+class PaDiM(BackboneMethod):
     """Few-shot PaDiM: pooled Gaussian(s) of defect-free support tokens, Mahalanobis distance.
 
     * Token feature: per level, L2-normalised (raw pre-norm ViT tokens have a few huge channels),

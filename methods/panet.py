@@ -8,10 +8,10 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from methods._common import Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, l2_normalise
+from methods._common import Backbone, BackboneMethod, BackboneConfig, TiledFeatures, backbone_weight_spec, l2_normalise
 
 
-class PANet:
+class PANet(BackboneMethod):
     """Training-free PANet: masked-average fg/bg prototypes, cosine x 20, softmax over {bg, fg}.
 
     Per episode:

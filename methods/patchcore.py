@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from methods._common import (
-    Backbone, BackboneConfig, TiledFeatures, backbone_weight_spec, defect_free_tokens, l2_normalise,
+    Backbone, BackboneMethod, BackboneConfig, TiledFeatures, backbone_weight_spec, defect_free_tokens, l2_normalise,
     support_calibrated,
 )
 from methods.base import MethodError, Prediction
@@ -20,7 +20,7 @@ QUERY_CHUNK = 1024  # query tokens per cdist call
 EXCLUSION_CANDIDATES = 64  # nearest bank rows checked against the exclusion radius first
 
 
-class PatchCore:
+class PatchCore(BackboneMethod):
     """Few-shot PatchCore: memory bank of defect-free support patches, 1-NN distance.
 
     * Patch feature: per layer, 3x3 average of the token map (AvgPool2d(3, 1, 1), as anomalib),

@@ -78,3 +78,31 @@ def test_a_bad_image_fails_only_its_episodes_and_keeps_the_order(tmp_path):
     assert len(failed) == len(uses_bad) >= 1
     assert all(r["status"] == "error: OSError: truncated file" and "truncated" in r["error_trace"] for r in failed)
     assert all(np.isfinite(r["tp"]) for r in rows if r["status"] == "ok")
+
+
+def test_a_chunk_of_small_images_is_computed_in_shared_batches(tmp_path, lite0_file):
+    from methods._common import reset_shared
+
+    dataset = load_dataset(str(make_folder_dataset(tmp_path / "data", n_per_category=6)))
+    manifest = build_manifest(dataset, shots=(1,), seeds=1, normal_fraction=0.2)
+    unit = make_unit("panet", 0, tuple(manifest.episodes), dataset.by_id())
+    context = RowContext("run", manifest.manifest_id, "widget", "hash", "{}")
+    runs = {}
+    for batched in (True, False):
+        reset_shared()
+        spec = MethodSpec.create("panet", {"backbone": "efficientnet_lite0"}, {"backbone": str(lite0_file)})
+        worker = EpisodeWorker(spec, context, EvalSettings())
+        if not batched:
+            worker.method.prepare = None  # the method without the optional hook
+        batches = []
+        forward = worker.method.backbone.forward
+        worker.method.backbone.forward = lambda batch: batches.append(batch.shape[0]) or forward(batch)
+        runs[batched] = worker.run_chunk(unit), batches
+    (rows, batches), (plain_rows, plain_batches) = runs[True], runs[False]
+    unique = len({i for e in unit.episodes for i in (*e.support_ids, e.query_id)})
+    assert sum(batches) == sum(plain_batches) == unique  # every image once (1 tile each), either way
+    assert max(plain_batches) == 1 and len(batches) < unique / 2  # shared batches instead of one image each
+    assert [r["status"] for r in rows] == ["ok"] * len(unit.episodes)
+    for row, plain in zip(rows, plain_rows):
+        assert row["gt_area_px"] == plain["gt_area_px"]
+        assert abs(row["tp"] - plain["tp"]) + abs(row["fp"] - plain["fp"]) <= 2  # float16 features, other batch

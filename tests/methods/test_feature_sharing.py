@@ -205,3 +205,39 @@ def test_bf16_autocast_stays_within_tolerance_on_cpu():
 def test_unknown_precision_is_refused(lite0_file):
     with pytest.raises(MethodError, match="option 'precision': 'int4' is not one of fp32 [|] bf16 [|] fp16"):
         build("panet", lite0_file, precision="int4")
+
+
+def _count_forwards(backbone):
+    calls = []
+    forward = backbone.forward
+
+    def counted(batch):
+        calls.append(batch.shape[0])
+        return forward(batch)
+
+    backbone.forward = counted
+    return calls
+
+
+def test_small_images_of_a_chunk_share_backbone_batches_and_give_the_same_features(lite0_file):
+    batched = build("panet", lite0_file, batch_size=4)
+    images = [image(seed) for seed in range(10, 16)] + [image(16, shape=(50, 90))]  # two tile shapes
+    assert all(batched.batches_with_others(*im.shape[:2]) for im in images)
+    calls = _count_forwards(batched.backbone)
+    assert batched.prepare(images) is None and calls == [4, 2, 1]  # 6 same-shape tiles in 4 + 2; 1 other
+    warmed = [batched.backbone.extract(im) for im in images]  # all from the cache now
+    assert calls == [4, 2, 1] and batched.backbone.stats.passes == 7 == len(batched.backbone.stats.views)
+
+    reset_shared()
+    single = build("panet", lite0_file, batch_size=4, feature_cache_mb=0)
+    for im, feats in zip(images, warmed):
+        alone = single.backbone.extract(im)
+        assert alone.tiles == feats.tiles and alone.content == feats.content
+        for a, b in zip(alone.layers, feats.layers):
+            torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)  # float16 features; batch composition differs
+        torch.testing.assert_close(alone.valid, feats.valid)
+
+
+def test_large_images_are_left_to_extract(lite0_file):
+    method = build("panet", lite0_file, batch_size=2, input_size=64)
+    assert method.batches_with_others(60, 60) and not method.batches_with_others(70, 140)  # 1 tile vs 2 x 3 tiles
