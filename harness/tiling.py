@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -56,14 +57,19 @@ def _starts(length: int, tile: int, overlap: int = 0) -> list[int]:
     return [min(i * step, length - tile) for i in range(count)]
 
 
-def stitch(tile_maps: list[np.ndarray], tiles: list[Tile], height: int, width: int) -> np.ndarray:
-    """Average per-tile maps ``[h, w]`` into one ``[H, W]`` map (overlaps are averaged)."""
-    total = np.zeros((height, width), dtype=np.float64)
-    count = np.zeros((height, width), dtype=np.float64)
-    for tile_map, tile in zip(tile_maps, tiles):
+def stitch(tile_maps: Sequence[np.ndarray | torch.Tensor], tiles: list[Tile], height: int, width: int) -> np.ndarray:
+    """Average per-tile maps ``[h, w]`` into one float32 ``[H, W]`` map (overlaps are averaged).
+
+    Tensor maps are stitched on their device (float64 sums, as NumPy's) and copied to the host
+    once, as the finished map."""
+    maps = [torch.as_tensor(tile_map) for tile_map in tile_maps]
+    device = maps[0].device if maps else torch.device("cpu")
+    total = torch.zeros((height, width), dtype=torch.float64, device=device)
+    count = torch.zeros((height, width), dtype=torch.float64, device=device)
+    for tile_map, tile in zip(maps, tiles):
         total[tile.top : tile.top + tile.height, tile.left : tile.left + tile.width] += tile_map
         count[tile.top : tile.top + tile.height, tile.left : tile.left + tile.width] += 1
-    return (total / np.maximum(count, 1)).astype(np.float32)
+    return (total / count.clamp(min=1)).float().cpu().numpy()
 
 
 def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
@@ -108,13 +114,14 @@ def pil_resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.array(Image.fromarray(grey).resize((shape[1], shape[0]), Image.BILINEAR))
 
 
-def resize_map(score_map: np.ndarray, shape: tuple[int, int], align_corners: bool = False) -> np.ndarray:
+def resize_map(score_map: np.ndarray | torch.Tensor, shape: tuple[int, int], align_corners: bool = False) -> np.ndarray:
     """float ``[h, w]`` -> float32 ``[H, W]``, bilinear (align_corners False unless asked; SOFS's
-    reference maps its predictions back with align_corners True)."""
-    if score_map.shape == tuple(shape):
-        return score_map.astype(np.float32)
-    tensor = torch.from_numpy(np.ascontiguousarray(score_map, dtype=np.float32))[None, None]
-    return F.interpolate(tensor, size=shape, mode="bilinear", align_corners=align_corners)[0, 0].numpy()
+    reference maps its predictions back with align_corners True). A tensor is resized on its device."""
+    tensor = torch.as_tensor(score_map).float()
+    if tuple(tensor.shape) == tuple(shape):
+        return tensor.cpu().numpy().copy()  # a new array, as from a resize
+    tensor = F.interpolate(tensor.contiguous()[None, None], size=shape, mode="bilinear", align_corners=align_corners)
+    return tensor[0, 0].cpu().numpy()
 
 
 def pad_bottom_right(array: np.ndarray, size: int, value: float = 0) -> np.ndarray:

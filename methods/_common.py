@@ -413,8 +413,8 @@ class Backbone:
         grid_h, grid_w = feats.grid
         up = F.interpolate(
             token_map[:, None].float(), size=(grid_h * self.patch, grid_w * self.patch), mode="bilinear", align_corners=False
-        )[:, 0, : feats.content[0], : feats.content[1]].cpu().numpy()
-        height, width = feats.shape
+        )[:, 0, : feats.content[0], : feats.content[1]]
+        height, width = feats.shape  # stitched or resized on the device; one copy of the finished map
         if self.config.resolution == "native":
             return stitch(list(up), feats.tiles, height, width)
         return resize_map(up[0], (height, width))

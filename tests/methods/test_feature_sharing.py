@@ -241,3 +241,14 @@ def test_small_images_of_a_chunk_share_backbone_batches_and_give_the_same_featur
 def test_large_images_are_left_to_extract(lite0_file):
     method = build("panet", lite0_file, batch_size=2, input_size=64)
     assert method.batches_with_others(60, 60) and not method.batches_with_others(70, 140)  # 1 tile vs 2 x 3 tiles
+
+
+def test_a_stitched_map_is_copied_to_the_host_once_finished(lite0_file, monkeypatch):
+    method = build("panet", lite0_file, device="cpu", input_size=64)
+    feats = method.backbone.extract(image(20))  # 70 x 90 at 64-px tiles: 2 x 2 tiles
+    assert len(feats.tiles) == 4
+    copies = []
+    cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: copies.append(tuple(self.shape)) or cpu(self, *a, **k))
+    out = method.backbone.to_image(feats, torch.rand(len(feats.tiles), *feats.grid))
+    assert copies == [(70, 90)] and out.shape == (70, 90) and out.dtype == np.float32
