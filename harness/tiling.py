@@ -114,14 +114,22 @@ def pil_resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.array(Image.fromarray(grey).resize((shape[1], shape[0]), Image.BILINEAR))
 
 
+def resize_tensor(score_map: torch.Tensor, shape: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
+    """float ``[h, w]`` -> float32 ``[H, W]`` on the map's device, bilinear (the map itself when
+    it has that shape already)."""
+    score_map = score_map.float()
+    if tuple(score_map.shape) == tuple(shape):
+        return score_map
+    return F.interpolate(score_map.contiguous()[None, None], size=shape, mode="bilinear", align_corners=align_corners)[0, 0]
+
+
 def resize_map(score_map: np.ndarray | torch.Tensor, shape: tuple[int, int], align_corners: bool = False) -> np.ndarray:
-    """float ``[h, w]`` -> float32 ``[H, W]``, bilinear (align_corners False unless asked; SOFS's
-    reference maps its predictions back with align_corners True). A tensor is resized on its device."""
-    tensor = torch.as_tensor(score_map).float()
-    if tuple(tensor.shape) == tuple(shape):
-        return tensor.cpu().numpy().copy()  # a new array, as from a resize
-    tensor = F.interpolate(tensor.contiguous()[None, None], size=shape, mode="bilinear", align_corners=align_corners)
-    return tensor[0, 0].cpu().numpy()
+    """float ``[h, w]`` -> a new float32 ``[H, W]`` array, bilinear (align_corners False unless
+    asked; SOFS's reference maps its predictions back with align_corners True). A tensor is
+    resized on its device and copied to the host once."""
+    tensor = torch.as_tensor(score_map)
+    resized = resize_tensor(tensor, shape, align_corners).cpu().numpy()
+    return resized.copy() if tuple(tensor.shape) == tuple(shape) else resized
 
 
 def pad_bottom_right(array: np.ndarray, size: int, value: float = 0) -> np.ndarray:

@@ -27,7 +27,7 @@ import torch
 
 from harness.constants import SOFS_DEFAULT_CHECKPOINT
 from harness.features import ARCHS
-from harness.tiling import resize_map, resized_shape, stitch, tile_grid
+from harness.tiling import resize_tensor, resized_shape, stitch, tile_grid
 from methods._common import FEATURE_CACHE, ViewStats
 from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec
 from methods.sofs.checkpoint import build_head, load_backbone, read_checkpoint
@@ -157,7 +157,7 @@ class SOFS:
         if resize_query:
             (score,) = self._tile_probabilities([query_image], context)
             shape = resized_shape(height, width, self.image_size)
-            score_map = self._map_back(score[: shape[0], : shape[1]], (height, width))
+            score_map = self._map_back(score[: shape[0], : shape[1]], (height, width)).cpu().numpy()
         else:
             tiles = tile_grid(height, width, self.crop_size)
             scores = self._tile_probabilities([t.crop(query_image) for t in tiles], context)
@@ -165,19 +165,19 @@ class SOFS:
             for tile, score in zip(tiles, scores):
                 shape = resized_shape(tile.height, tile.width, self.image_size)
                 maps.append(self._map_back(score[: shape[0], : shape[1]], (tile.height, tile.width)))
-            score_map = stitch(maps, tiles, height, width)
+            score_map = stitch(maps, tiles, height, width)  # on the device; one copy to the host
         return np.clip(score_map, 0.0, 1.0).astype(np.float32)
 
-    def _map_back(self, score: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    def _map_back(self, score: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
         """Unpadded ``[h', w']`` model-resolution map -> ``[H, W]``: bilinear, align_corners True
         (spec §2.1/§5). ``map_back="label"``: the reference's label path, ``p > 0.5``, resized,
         then ``> 0.9`` (identity when no resize is needed)."""
         if self.config.map_back == "label":
-            labels = (score > 0.5).astype(np.float32)
-            if labels.shape == tuple(shape):
+            labels = (score > 0.5).float()
+            if tuple(labels.shape) == tuple(shape):
                 return labels
-            return (resize_map(labels, shape, align_corners=True) > LABEL_REBINARISE).astype(np.float32)
-        return resize_map(score, shape, align_corners=True)
+            return (resize_tensor(labels, shape, align_corners=True) > LABEL_REBINARISE).float()
+        return resize_tensor(score, shape, align_corners=True)
 
     def _support_context(self, images: Sequence[np.ndarray], masks: list[np.ndarray]) -> SupportContext:
         """K support images -> context of n = K * S views (each distinct view encoded once)."""
@@ -224,8 +224,8 @@ class SOFS:
                   for i in range(0, len(images), self.config.nd_batch_size)]
         return [torch.cat(layer) for layer in zip(*chunks)]
 
-    def _tile_probabilities(self, tiles: list[np.ndarray], context: SupportContext) -> list[np.ndarray]:
-        """Tiles (uint8, any size <= crop) -> probability maps ``[518, 518]`` (padding included)."""
+    def _tile_probabilities(self, tiles: list[np.ndarray], context: SupportContext) -> list[torch.Tensor]:
+        """Tiles (uint8, any size <= crop) -> probability maps ``[518, 518]`` (padding included), on the device."""
         cfg = self.config
         out = []
         for start in range(0, len(tiles), cfg.nd_batch_size):
@@ -234,7 +234,7 @@ class SOFS:
             output = self.model.query(self._encode_cached(batch), context)
             weight = context.mask_weight if cfg.output == "head" else torch.zeros_like(context.mask_weight)
             prob = probability(output, weight, self.image_size, cfg.fad_fallback or cfg.output == "prior")
-            out += list(prob.float().cpu().numpy())
+            out += list(prob.float())
         return out
 
 

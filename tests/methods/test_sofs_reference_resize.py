@@ -3,6 +3,7 @@ PIL bilinear on uint8 images and 0/255 masks, align_corners=True when mapping pr
 the reference's hard-label map-back as the ``map_back="label"`` option."""
 # ruff: noqa: F401  (single_thread is an autouse fixture)
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -131,7 +132,8 @@ def methods():
 
 def _fixed_probabilities(monkeypatch, method, maps):
     calls = iter(maps)
-    monkeypatch.setattr(method, "_tile_probabilities", lambda tiles, context: [next(calls) for _ in tiles])
+    # the method's tile probabilities are tensors on its device
+    monkeypatch.setattr(method, "_tile_probabilities", lambda tiles, context: [torch.from_numpy(next(calls)) for _ in tiles])
 
 
 def test_resized_path_maps_back_like_the_reference(methods, monkeypatch):
