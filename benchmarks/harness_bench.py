@@ -73,7 +73,7 @@ def bench_backbone_views(out: Path, methods: str = "sofs,panet,patchcore", max_q
     """[views] passes / unique views of a 3-method, 2-seed, 2-shot inline run (one worker)."""
     import json
 
-    from methods._common import reset_shared
+    from methods.sharing import reset_shared
 
     reset_shared()
     config = RunConfig(
@@ -113,7 +113,7 @@ def _worker(method_names, options=None):
 def bench_overhead(out: Path, method: str, episodes: int) -> float:
     """[overhead] harness seconds per episode after warm-up (run_chunk + Parquet write - predict)."""
     from harness.store import RunStore
-    from methods._common import reset_shared
+    from methods.sharing import reset_shared
 
     reset_shared()
     _, manifest = _manifest()
@@ -167,7 +167,7 @@ def bench_memory(method: str, episodes: int, cache_mb: int = 16) -> float:
     """[memory] RSS slope (MB / 100 episodes) of a long inline run once the feature cache is full."""
     import numpy as np
 
-    from methods._common import FEATURE_CACHE, reset_shared
+    from methods.sharing import FEATURE_CACHE, reset_shared
 
     reset_shared()
     _, manifest = _manifest(shots=(1, 2), seeds=3)

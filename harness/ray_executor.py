@@ -217,43 +217,16 @@ class RayExecutor:
         if not jobs:
             return
         by_name = {job.spec.name: job for job in jobs}
-        first_name = jobs[0].spec.name
-        label = f"method '{first_name}'" if len(by_name) == 1 else f"methods {', '.join(by_name)}"
-        remote_worker = ray.remote(EpisodeWorker).options(
-            num_cpus=self.cpus_per_worker,
-            num_gpus=self.gpus_per_worker,
-            max_restarts=-1,
-            max_task_retries=0,
-        )
-        threads = max(1, int(self.cpus_per_worker))
-        first, *rest = jobs
-        more = [(j.spec, j.context, j.predictions_dir) for j in rest]
         groups = interleave(jobs)
-        actors = [
-            remote_worker.remote(first.spec, first.context, settings, first.predictions_dir, threads, more)
-            for _ in range(min(self.workers, max(1, len(groups))))
-        ]
-        self._wait_until_ready(label, actors)
-        # Contiguous ranges of chunk groups per actor; a group's units stay together.
-        share = -(-len(groups) // len(actors))
-        queues = [deque(groups[i * share : (i + 1) * share]) for i in range(len(actors))]
-        retries: deque = deque()  # requeued units (any actor)
+        actors = self._start_actors(jobs, settings, min(self.workers, max(1, len(groups))))
+        label = _label(by_name)
+        work = ChunkQueues.split(groups, len(actors))
         pending: dict = {}  # ObjectRef -> (actor index, WorkUnit)
         load = [0] * len(actors)
         alive = [True] * len(actors)
         suspect: set[int] = set()  # actors that failed a task: wait for their restart first
-
-        def next_units(index: int) -> list:
-            if retries:
-                return [retries.popleft()]
-            if not queues[index]:
-                donor = max(range(len(queues)), key=lambda i: len(queues[i]))
-                if len(queues[donor]) > 1 or (queues[donor] and not alive[donor]):
-                    queues[index].append(queues[donor].pop())  # steal the tail: the donor keeps its head
-            return list(queues[index].popleft()) if queues[index] else []
-
         try:
-            while any(queues) or retries or pending:
+            while work or pending:
                 for index in sorted(suspect):
                     if not any(i == index for i, _ in pending.values()):
                         alive[index] = self._restarted(actors[index])
@@ -261,10 +234,8 @@ class RayExecutor:
                 if not any(alive):
                     raise ClusterError(f"{label}: every Ray worker died and none restarted")
                 for index, actor in enumerate(actors):
-                    if not alive[index] or index in suspect:
-                        continue
-                    while load[index] < self.in_flight:
-                        units = next_units(index)
+                    while alive[index] and index not in suspect and load[index] < self.in_flight:
+                        units = work.next_units(index, alive)
                         if not units:
                             break
                         for unit in units:  # a group is submitted whole: the actor runs it in order
@@ -276,29 +247,52 @@ class RayExecutor:
                 for ref in ready:
                     index, unit = pending.pop(ref)
                     load[index] -= 1
-                    job = by_name[unit.method]
-                    try:
-                        rows = ray.get(ref)
-                    except ray.exceptions.RayTaskError as exc:
-                        # The worker turns episode errors into rows, so this is a bug in run_chunk.
-                        cause = exc.cause if getattr(exc, "cause", None) else exc
-                        rows = [error_row(job.context, e, describe_error(cause)) for e in unit.episodes]
-                    except ray.exceptions.RayError as exc:
-                        # System failure (actor died or restarting, worker crashed, OOM kill):
-                        # requeue; the actor restarts and reloads the methods.
+                    if not self._finish(ref, unit, by_name[unit.method], work, progress):
                         suspect.add(index)
-                        if unit.attempt < self.max_attempts:
-                            retries.append(unit.retry())
-                            continue
-                        # Not stored: the chunk is not the episodes' fault, a re-run retries it.
-                        self.lost.append((unit, describe_error(exc)))
-                        continue
-                    job.done_rows(unit, rows)
-                    progress(len(rows), rows)
         finally:
             self._collect(actors)
             for actor in actors:
                 ray.kill(actor)
+
+    def _start_actors(self, jobs: list[MethodJob], settings: EvalSettings, count: int) -> list:
+        """``count`` actors, each an EpisodeWorker with every job's method, once all are ready."""
+        import ray
+
+        remote_worker = ray.remote(EpisodeWorker).options(
+            num_cpus=self.cpus_per_worker,
+            num_gpus=self.gpus_per_worker,
+            max_restarts=-1,
+            max_task_retries=0,
+        )
+        threads = max(1, int(self.cpus_per_worker))
+        first, *rest = jobs
+        more = [(j.spec, j.context, j.predictions_dir) for j in rest]
+        actors = [remote_worker.remote(first.spec, first.context, settings, first.predictions_dir, threads, more)
+                  for _ in range(count)]
+        self._wait_until_ready(_label({job.spec.name: job for job in jobs}), actors)
+        return actors
+
+    def _finish(self, ref, unit, job: MethodJob, work: "ChunkQueues", progress) -> bool:
+        """Store a finished unit's rows; False when its actor failed (the unit is requeued or lost)."""
+        import ray
+
+        try:
+            rows = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            # The worker turns episode errors into rows, so this is a bug in run_chunk.
+            cause = exc.cause if getattr(exc, "cause", None) else exc
+            rows = [error_row(job.context, e, describe_error(cause)) for e in unit.episodes]
+        except ray.exceptions.RayError as exc:
+            # System failure (actor died or restarting, worker crashed, OOM kill): requeue; the
+            # actor restarts and reloads the methods.
+            if unit.attempt < self.max_attempts:
+                work.retries.append(unit.retry())
+            else:  # not stored: the chunk is not the episodes' fault, a re-run retries it
+                self.lost.append((unit, describe_error(exc)))
+            return False
+        job.done_rows(unit, rows)
+        progress(len(rows), rows)
+        return True
 
     def _collect(self, actors: list) -> None:
         """Backbone view stats and devices of the live actors (best effort: a dead actor's are lost)."""
@@ -346,6 +340,38 @@ class RayExecutor:
                 ray.kill(actor)
             cause = _creation_cause(exc)
             raise ClusterError(f"{label} failed to start on a Ray worker: {cause}") from None
+
+
+class ChunkQueues:
+    """Which units each actor runs next: contiguous ranges of chunk groups per actor (a group's
+    units stay together), requeued units first (any actor), and an idle actor steals the tail of
+    the longest remaining range (the donor keeps its head, where its cached images are)."""
+
+    def __init__(self, queues: list[deque]):
+        self.queues = queues
+        self.retries: deque = deque()
+
+    @classmethod
+    def split(cls, groups: list, actors: int) -> "ChunkQueues":
+        share = -(-len(groups) // actors)
+        return cls([deque(groups[i * share : (i + 1) * share]) for i in range(actors)])
+
+    def __bool__(self) -> bool:
+        return any(self.queues) or bool(self.retries)
+
+    def next_units(self, index: int, alive: list[bool]) -> list:
+        if self.retries:
+            return [self.retries.popleft()]
+        queues = self.queues
+        if not queues[index]:
+            donor = max(range(len(queues)), key=lambda i: len(queues[i]))
+            if len(queues[donor]) > 1 or (queues[donor] and not alive[donor]):
+                queues[index].append(queues[donor].pop())
+        return list(queues[index].popleft()) if queues[index] else []
+
+
+def _label(by_name: dict) -> str:
+    return f"method '{next(iter(by_name))}'" if len(by_name) == 1 else f"methods {', '.join(by_name)}"
 
 
 def _creation_cause(exc: BaseException) -> str:

@@ -28,7 +28,7 @@ import torch
 from harness.constants import SOFS_DEFAULT_CHECKPOINT
 from harness.features import ARCHS
 from harness.tiling import resize_tensor, resized_shape, stitch, tile_grid
-from methods._common import FEATURE_CACHE, ViewStats
+from methods.sharing import FEATURE_CACHE, ViewStats
 from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec
 from methods.sofs.checkpoint import build_head, load_backbone, read_checkpoint
 from methods.sofs.data import area_fraction, episode_seed, model_input, support_views

@@ -14,3 +14,20 @@ def test_executors_implement_the_protocol():
     assert (ray.name, ray.workers, ray.resources) == ("ray", 2, {"CPU": 2.0})
     inline.close()
     ray.close()  # owns no cluster: nothing to shut down
+
+
+def test_chunk_queues_deal_ranges_serve_retries_first_and_steal_the_longest_tail():
+    from harness.ray_executor import ChunkQueues
+
+    work = ChunkQueues.split([["a1", "b1"], ["a2", "b2"], ["a3", "b3"], ["a4", "b4"], ["a5", "b5"]], 2)
+    alive = [True, True]
+    assert [list(q) for q in work.queues] == [[["a1", "b1"], ["a2", "b2"], ["a3", "b3"]], [["a4", "b4"], ["a5", "b5"]]]
+    assert work.next_units(1, alive) == ["a4", "b4"]  # a group comes whole
+    work.retries.append("a1-retry")
+    assert work.next_units(1, alive) == ["a1-retry"]  # requeued units first, on any actor
+    assert work.next_units(1, alive) == ["a5", "b5"]
+    assert work.next_units(1, alive) == ["a3", "b3"]  # idle: steals the tail of the longest range
+    assert work.next_units(0, alive) == ["a1", "b1"]  # the donor keeps its head
+    assert work.next_units(1, alive) == []  # a one-group range is left to its live owner
+    assert work.next_units(1, [False, True]) == ["a2", "b2"]  # ... unless the owner is dead
+    assert not work

@@ -81,7 +81,7 @@ def test_a_bad_image_fails_only_its_episodes_and_keeps_the_order(tmp_path):
 
 
 def test_a_chunk_of_small_images_is_computed_in_shared_batches(tmp_path, lite0_file):
-    from methods._common import reset_shared
+    from methods.sharing import reset_shared
 
     dataset = load_dataset(str(make_folder_dataset(tmp_path / "data", n_per_category=6)))
     manifest = build_manifest(dataset, shots=(1,), seeds=1, normal_fraction=0.2)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from methods._common import FeatureCache, ViewStats, image_key, reset_shared, resolve_device, uint8_to_input
+from methods._common import resolve_device, uint8_to_input
+from methods.sharing import FeatureCache, ViewStats, image_key, reset_shared
 from methods.base import MethodError, MethodSpec
 
 
