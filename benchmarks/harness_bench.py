@@ -11,7 +11,9 @@
    from the moment every worker has returned its first chunk (actor start and model load excluded).
 3. Memory: RSS slope of a long inline run once the feature cache is full (a small cache budget,
    measured from its first eviction on), MB per 100 episodes (~0 = no leak).
-4. Report aggregation over 1 M synthetic episode rows (seconds).
+4. Cross-image batching: backbone seconds per small image (256 x 256, one tile) one by one vs in
+   the shared batches the runner forms for a chunk's small images (``prepare``).
+5. Report aggregation over 1 M synthetic episode rows (seconds).
 
     python bench.py benchmark [--episodes 24] [--rows 1000000] [--method panet]
 """
@@ -194,6 +196,33 @@ def bench_memory(method: str, episodes: int, cache_mb: int = 16) -> float:
     return slope
 
 
+def bench_small_image_batching(method: str, images: int = 32, side: int = 256) -> float:
+    """[batching] backbone seconds per small image (one tile): one forward per image (``extract``)
+    vs the chunk's images in shared batches (``prepare``, as the runner does); returns the speed-up."""
+    import numpy as np
+
+    from methods.sharing import reset_shared
+
+    rng = np.random.default_rng(0)
+    batch = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(images)]
+    timings = {}
+    for mode in ("one by one", "shared batches"):
+        reset_shared()
+        worker = MethodSpec.create(method, {"image_batching": "on"}).build()
+        worker.backbone.extract(batch[0][: side // 2])  # warm-up: lazy init, allocator (another view)
+        start = time.perf_counter()
+        if mode == "shared batches":
+            worker.prepare(batch)
+        for image in batch:
+            worker.backbone.extract(image)
+        timings[mode] = (time.perf_counter() - start) / images
+    speed_up = timings["one by one"] / timings["shared batches"]
+    print(f"[batching] {method}, {images} images of {side}x{side} (1 tile each): {timings['one by one']:.4f} s/image one "
+          f"by one, {timings['shared batches']:.4f} s/image in shared batches of {worker.backbone.config.batch_size}; "
+          f"speed-up {speed_up:.2f}x on {worker.backbone.device} (image_batching=auto batches on CUDA only)")
+    return speed_up
+
+
 def main(episodes: int = 24, rows: int = 1_000_000, method: str = "panet") -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sofs-bench-benchmark-"))
     print(f"benchmark: method {method}, {episodes} episodes of the embedded default (1024x768), results in {tmp}")
@@ -202,6 +231,7 @@ def main(episodes: int = 24, rows: int = 1_000_000, method: str = "panet") -> No
     bench_overhead(tmp / "overhead", method, episodes)
     bench_throughput(tmp, method, episodes)
     bench_memory(method, episodes * 8)
+    bench_small_image_batching(method)
 
     # 4. aggregation
     try:

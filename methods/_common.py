@@ -96,6 +96,9 @@ class BackboneConfig:
     feature_cache_mb: int = 512  # process-wide LRU of backbone features, shared by methods (0 = off for this method)
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     precision: Precision = "fp32"  # frozen backbone forward (autocast); fp32 keeps numbers comparable
+    # a chunk's small images (fewer tiles than batch_size) share backbone batches; auto = on CUDA
+    # only (on CPU one image per forward measured faster: bench.py benchmark [batching])
+    image_batching: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass
@@ -295,6 +298,9 @@ class BackboneMethod:
     backbone: Backbone
 
     def batches_with_others(self, height: int, width: int) -> bool:
+        mode = self.backbone.config.image_batching
+        if mode == "off" or (mode == "auto" and self.backbone.device.type != "cuda"):
+            return False
         return self.backbone.tiles_per_image(height, width) < self.backbone.config.batch_size
 
     def prepare(self, images: Sequence[np.ndarray]) -> None:

@@ -90,7 +90,8 @@ def test_a_chunk_of_small_images_is_computed_in_shared_batches(tmp_path, lite0_f
     runs = {}
     for batched in (True, False):
         reset_shared()
-        spec = MethodSpec.create("panet", {"backbone": "efficientnet_lite0"}, {"backbone": str(lite0_file)})
+        spec = MethodSpec.create("panet", {"backbone": "efficientnet_lite0", "image_batching": "on"},
+                                 {"backbone": str(lite0_file)})
         worker = EpisodeWorker(spec, context, EvalSettings())
         if not batched:
             worker.method.prepare = None  # the method without the optional hook

@@ -221,7 +221,7 @@ def _count_forwards(backbone):
 
 
 def test_small_images_of_a_chunk_share_backbone_batches_and_give_the_same_features(lite0_file):
-    batched = build("panet", lite0_file, batch_size=4)
+    batched = build("panet", lite0_file, batch_size=4, image_batching="on")
     images = [image(seed) for seed in range(10, 16)] + [image(16, shape=(50, 90))]  # two tile shapes
     assert all(batched.batches_with_others(*im.shape[:2]) for im in images)
     calls = _count_forwards(batched.backbone)
@@ -239,9 +239,12 @@ def test_small_images_of_a_chunk_share_backbone_batches_and_give_the_same_featur
         torch.testing.assert_close(alone.valid, feats.valid)
 
 
-def test_large_images_are_left_to_extract(lite0_file):
-    method = build("panet", lite0_file, batch_size=2, input_size=64)
+def test_large_images_are_left_to_extract_and_auto_batches_on_cuda_only(lite0_file):
+    method = build("panet", lite0_file, batch_size=2, input_size=64, image_batching="on")
     assert method.batches_with_others(60, 60) and not method.batches_with_others(70, 140)  # 1 tile vs 2 x 3 tiles
+    auto = build("panet", lite0_file, batch_size=2, input_size=64, device="cpu")
+    assert not auto.batches_with_others(60, 60)  # CPU: one image per forward (measured faster)
+    assert not build("panet", lite0_file, batch_size=2, input_size=64, image_batching="off").batches_with_others(60, 60)
 
 
 def test_a_stitched_map_is_copied_to_the_host_once_finished(lite0_file, monkeypatch):
