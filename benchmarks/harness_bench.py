@@ -219,7 +219,7 @@ def bench_small_image_batching(method: str, images: int = 32, side: int = 256) -
     speed_up = timings["one by one"] / timings["shared batches"]
     print(f"[batching] {method}, {images} images of {side}x{side} (1 tile each): {timings['one by one']:.4f} s/image one "
           f"by one, {timings['shared batches']:.4f} s/image in shared batches of {worker.backbone.config.batch_size}; "
-          f"speed-up {speed_up:.2f}x on {worker.backbone.device} (image_batching=auto batches on CUDA only)")
+          f"speed-up {speed_up:.2f}x on {worker.backbone.device} (--set {method}.image_batching=on; off by default)")
     return speed_up
 
 

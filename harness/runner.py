@@ -240,12 +240,17 @@ class EpisodeWorker:
         wanted = getattr(self.method, "batches_with_others", None)
         if prepare is None or wanted is None:
             return
-        ids = list(dict.fromkeys(i for e in episodes for i in (*e.support_ids, e.query_id)))
-        ids = [i for i in ids if wanted(self.records[i].height, self.records[i].width)][: self.cache.capacity // 2]
-        if len(ids) < 2:
-            return
         try:
-            prepare([self._image(i) for i in ids])
+            ids = list(dict.fromkeys(i for e in episodes for i in (*e.support_ids, e.query_id)))
+            ids = [i for i in ids if wanted(self.records[i].height, self.records[i].width)][: self.cache.capacity // 2]
+            images = []
+            for image_id in ids:
+                try:
+                    images.append(self._image(image_id))
+                except Exception:  # noqa: BLE001 - a bad image fails its own episodes later
+                    continue
+            if len(images) >= 2:
+                prepare(images)
         except Exception as exc:  # noqa: BLE001 - the episodes compute (and report) one by one
             print(f"warning: {self.worker_name}: batched features skipped: {describe_error(exc)}", file=sys.stderr)
 
@@ -272,14 +277,12 @@ class EpisodeWorker:
             return self._error_row(episode, inputs.error, inputs.trace)
         support_images, support_masks, query_image, gt_mask, load_s = inputs
         try:
-            start = time.perf_counter()
             check_inputs(support_images, support_masks, query_image)
-            prediction = checked_prediction(
-                self.method.predict(support_images, support_masks, query_image),
-                self.method.threshold,
-                gt_mask.shape,
-            )
-            return prediction, gt_mask, load_s, time.perf_counter() - start
+            start = time.perf_counter()
+            output = self.method.predict(support_images, support_masks, query_image)
+            predict_s = time.perf_counter() - start
+            prediction = checked_prediction(output, self.method.threshold, gt_mask.shape)
+            return prediction, gt_mask, load_s, predict_s
         except Exception as exc:  # noqa: BLE001 - one bad episode must not stop the run
             return self._error_row(episode, exc, traceback.format_exc(limit=-3))
 

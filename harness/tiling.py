@@ -57,15 +57,21 @@ def _starts(length: int, tile: int, overlap: int = 0) -> list[int]:
     return [min(i * step, length - tile) for i in range(count)]
 
 
+def _as_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A tensor as it is; an array as a tensor sharing its memory (copied first if not contiguous)."""
+    return array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+
+
 def stitch(tile_maps: Sequence[np.ndarray | torch.Tensor], tiles: list[Tile], height: int, width: int) -> np.ndarray:
     """Average per-tile maps ``[h, w]`` into one float32 ``[H, W]`` map (overlaps are averaged).
 
     Tensor maps are stitched on their device (float64 sums, as NumPy's) and copied to the host
     once, as the finished map."""
-    maps = [torch.as_tensor(tile_map) for tile_map in tile_maps]
+    maps = [_as_tensor(tile_map) for tile_map in tile_maps]
     device = maps[0].device if maps else torch.device("cpu")
-    total = torch.zeros((height, width), dtype=torch.float64, device=device)
-    count = torch.zeros((height, width), dtype=torch.float64, device=device)
+    dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    total = torch.zeros((height, width), dtype=dtype, device=device)
+    count = torch.zeros((height, width), dtype=dtype, device=device)
     for tile_map, tile in zip(maps, tiles):
         total[tile.top : tile.top + tile.height, tile.left : tile.left + tile.width] += tile_map
         count[tile.top : tile.top + tile.height, tile.left : tile.left + tile.width] += 1
@@ -127,7 +133,7 @@ def resize_map(score_map: np.ndarray | torch.Tensor, shape: tuple[int, int], ali
     """float ``[h, w]`` -> a new float32 ``[H, W]`` array, bilinear (align_corners False unless
     asked; SOFS's reference maps its predictions back with align_corners True). A tensor is
     resized on its device and copied to the host once."""
-    tensor = torch.as_tensor(score_map)
+    tensor = _as_tensor(score_map)
     resized = resize_tensor(tensor, shape, align_corners).cpu().numpy()
     return resized.copy() if tuple(tensor.shape) == tuple(shape) else resized
 

@@ -96,9 +96,10 @@ class BackboneConfig:
     feature_cache_mb: int = 512  # process-wide LRU of backbone features, shared by methods (0 = off for this method)
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     precision: Precision = "fp32"  # frozen backbone forward (autocast); fp32 keeps numbers comparable
-    # a chunk's small images (fewer tiles than batch_size) share backbone batches; auto = on CUDA
-    # only (on CPU one image per forward measured faster: bench.py benchmark [batching])
-    image_batching: Literal["auto", "on", "off"] = "auto"
+    # on: a chunk's small images (fewer tiles than batch_size) share backbone batches (for a GPU;
+    # on CPU one image per forward measured faster: bench.py benchmark [batching]). Off by default:
+    # on a GPU, features can differ in the last bits with the batch an image lands in.
+    image_batching: Literal["on", "off"] = "off"
 
 
 @dataclass
@@ -178,7 +179,9 @@ class Backbone:
         ``batch_size`` (e.g. 256 x 256 parts) would forward a part-full batch, so a chunk's small
         images go through shared batches here and ``extract`` then finds them in the cache. The
         features are those ``extract`` computes (same crops, padding and per-tile forward).
-        Returns how many images were computed."""
+        Stops once the warmed features fill half the cache budget, so none is evicted before its
+        episode uses it. Every image given is computed (also a query a method may not extract,
+        e.g. PANet's in an episode without a support defect). Returns how many were computed."""
         if self.config.feature_cache_mb <= 0:
             return 0
         todo: dict[str, np.ndarray] = {}
@@ -189,10 +192,19 @@ class Backbone:
                 todo[key] = image
         if len(todo) < 2:
             return 0
-        for key, feats in zip(todo, self._extract(list(todo.values()))):
-            self.stats.record(key, len(feats.tiles), forwarded=True)
-            self.cache.put(key, feats)
-        return len(todo)
+        keys = sorted(todo, key=lambda k: self._views_shape(*todo[k].shape[:2]))  # same shapes share batches
+        warmed = stored = 0
+        step = 4 * self.config.batch_size  # images per extraction: at most one step past the budget
+        for start in range(0, len(keys), step):
+            part = keys[start : start + step]
+            for key, feats in zip(part, self._extract([todo[k] for k in part])):
+                self.stats.record(key, len(feats.tiles), forwarded=True)
+                self.cache.put(key, feats)
+                stored += feats.nbytes()
+            warmed += len(part)
+            if stored >= self.cache.budget_bytes / 2:
+                break
+        return warmed
 
     def forward(self, batch: torch.Tensor) -> list[torch.Tensor]:
         """The frozen backbone on a normalised batch, autocast to ``precision`` unless fp32."""
@@ -201,6 +213,13 @@ class Backbone:
             return self.features(batch)
         with torch.autocast(self.device.type, dtype=dtype):
             return self.features(batch)
+
+    def _views_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The content shape of an image's views (what decides which crops can share a batch)."""
+        if self.config.resolution == "native":
+            tile = tile_grid(height, width, self.input_size, self.config.tile_overlap)[0]
+            return tile.height, tile.width
+        return resized_shape(height, width, self.input_size)
 
     def _views(self, image: np.ndarray) -> tuple[list[Tile], tuple[int, int], list[np.ndarray], tuple[int, int]]:
         """(tiles, content shape, uint8 crops, padded shape) of one image under the resolution policy."""
@@ -298,8 +317,7 @@ class BackboneMethod:
     backbone: Backbone
 
     def batches_with_others(self, height: int, width: int) -> bool:
-        mode = self.backbone.config.image_batching
-        if mode == "off" or (mode == "auto" and self.backbone.device.type != "cuda"):
+        if self.backbone.config.image_batching != "on":
             return False
         return self.backbone.tiles_per_image(height, width) < self.backbone.config.batch_size
 

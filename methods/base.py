@@ -28,6 +28,7 @@ A method knows nothing about Ray, Parquet, result paths or metrics.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -154,7 +155,7 @@ def get_entry(name: str) -> MethodEntry:
 def coerce_options(config_cls: type, options: Mapping[str, Any]) -> Any:
     """Build ``config_cls`` from options given as strings or values, read by each field's type."""
     fields = [f.name for f in dataclasses.fields(config_cls)]
-    types_ = typing.get_type_hints(config_cls)
+    types_ = option_types(config_cls)
     kwargs = {}
     for key, value in options.items():
         if key not in fields:
@@ -165,6 +166,32 @@ def coerce_options(config_cls: type, options: Mapping[str, Any]) -> Any:
             )
         kwargs[key] = coerce_value(value, types_[key], key)
     return config_cls(**kwargs)
+
+
+_BUILTIN_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
+
+
+def option_types(config_cls: type) -> dict[str, Any]:
+    """Each option's type from the config's type hints. A hint the config's module cannot resolve
+    (e.g. a plugin's alias defined on its method class) falls back to the builtin it names, else
+    to ``Any`` (the value is passed on as given)."""
+    try:
+        return typing.get_type_hints(config_cls)
+    except NameError:
+        pass
+    namespace = vars(sys.modules[config_cls.__module__]) if config_cls.__module__ in sys.modules else {}
+    types_ = {}
+    for f in dataclasses.fields(config_cls):
+        hint = f.type
+        for _ in range(2):  # a quoted hint under ``from __future__ import annotations`` is a string twice
+            if not isinstance(hint, str):
+                break
+            try:
+                hint = eval(hint, dict(namespace))  # what get_type_hints does, one field at a time
+            except Exception:  # noqa: BLE001 - an unresolvable name
+                hint = _BUILTIN_TYPES.get(hint.split("[")[0].strip(), Any)
+        types_[f.name] = Any if isinstance(hint, str) else hint
+    return types_
 
 
 def option_type_text(type_: Any) -> str:
@@ -181,7 +208,7 @@ def option_type_text(type_: Any) -> str:
 
 def option_lines(config_cls: type, fixed: Mapping[str, Any] = {}) -> list[str]:
     """``key: type = default`` per option of ``config_cls`` (a variant's ``fixed`` values shown as set)."""
-    types_ = typing.get_type_hints(config_cls)
+    types_ = option_types(config_cls)
     lines = []
     for f in dataclasses.fields(config_cls):
         value = fixed.get(f.name, f.default)

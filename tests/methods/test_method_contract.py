@@ -115,3 +115,19 @@ def test_outputs_are_checked_once_for_shape_and_finite_values():
         checked_prediction(score, 0.5, (10, 10))
     with pytest.raises(ValueError, match="non-finite threshold"):
         checked_prediction(Prediction(np.zeros((2, 2)), float("nan")), 0.5, (2, 2))
+
+
+class _Plugin:
+    Mode = typing.Literal["a", "b"]  # an alias on the method class: not resolvable from the module
+
+
+@dataclass(frozen=True)
+class PluginOptions:
+    mode: "_Plugin.Mode" = "a"
+    steps: "int" = 1
+    weird: "NotDefinedAnywhere" = None  # noqa: F821
+
+
+def test_a_hint_the_module_cannot_resolve_falls_back_to_the_builtin_it_names_or_the_raw_value():
+    config = coerce_options(PluginOptions, {"steps": "4", "weird": "x", "mode": "b"})
+    assert config == PluginOptions(mode="b", steps=4, weird="x")
