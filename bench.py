@@ -444,11 +444,12 @@ def ablate():
 
 @cli.command()
 @click.option("--episodes", default=24, show_default=True, help="Episodes per measurement.")
-@click.option("--rows", default=1_000_000, show_default=True, help="Rows for the aggregation timing.")
+@click.option("--rows", default=1_000_000, show_default=True, help="Synthetic rows for the `bench.py report` timing.")
 @click.option("--method", default="panet", show_default=True, help="Method whose episodes are timed.")
 @click.option("--cli-only", is_flag=True, help="Only the start-up (--help, usage error) and `report` timings.")
 def benchmark(episodes, rows, method, cli_only):
-    """CLI start-up and report speed, then harness overhead, 1 vs 2 workers, RSS (prints ratios)."""
+    """CLI start-up and report speed, then backbone passes per view, harness overhead, 1 vs 2 workers,
+    RSS slope and cross-image batching (prints figures and ratios)."""
     from benchmarks import cli_bench
 
     cli_bench.main(rows=rows)
@@ -456,7 +457,7 @@ def benchmark(episodes, rows, method, cli_only):
         return
     from benchmarks.harness_bench import main
 
-    main(episodes=episodes, rows=rows, method=method)
+    main(episodes=episodes, method=method)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@
    measured from its first eviction on), MB per 100 episodes (~0 = no leak).
 4. Cross-image batching: backbone seconds per small image (256 x 256, one tile) one by one vs in
    the shared batches the runner forms for a chunk's small images (``prepare``).
-5. Report aggregation over 1 M synthetic episode rows (seconds).
 
-    python bench.py benchmark [--episodes 24] [--rows 1000000] [--method panet]
+``bench.py benchmark`` runs ``benchmarks.cli_bench`` first: ``--help`` seconds and ``bench.py
+report`` end to end on 100 k and 1 M synthetic rows (reading, aggregation, bootstrap, plots).
+
+    python bench.py benchmark [--episodes 24] [--rows 1000000] [--method panet]   # --rows: cli_bench's report timing
 """
 from __future__ import annotations
 
@@ -223,21 +225,12 @@ def bench_small_image_batching(method: str, images: int = 32, side: int = 256) -
     return speed_up
 
 
-def main(episodes: int = 24, rows: int = 1_000_000, method: str = "panet") -> None:
+def main(episodes: int = 24, method: str = "panet") -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sofs-bench-benchmark-"))
     print(f"benchmark: method {method}, {episodes} episodes of the embedded default (1024x768), results in {tmp}")
 
     bench_backbone_views(tmp / "views")
     bench_overhead(tmp / "overhead", method, episodes)
     bench_throughput(tmp, method, episodes)
-    bench_memory(method, episodes * 8)
+    bench_memory(method, episodes * 16)
     bench_small_image_batching(method)
-
-    # 4. aggregation
-    try:
-        from harness.report import benchmark_aggregation
-    except ImportError as exc:
-        print(f"[aggregation] unavailable: {exc}")
-        return
-    seconds = benchmark_aggregation(rows)
-    print(f"[aggregation] {rows:,} episode rows aggregated in {seconds:.2f} s ({rows / seconds:,.0f} rows/s)")
