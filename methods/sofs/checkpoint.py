@@ -34,7 +34,7 @@ from torch import nn
 from methods.base import MethodError
 from harness.constants import SOFS_LAYERS
 from harness.features import FeatureExtractor, torch_load_problem
-from harness.io import atomic_write, file_sha256, short_error  # noqa: F401 (file_sha256: re-exported)
+from harness.io import atomic_write, short_error
 from methods.sofs.model import HeadConfig, SOFSHead
 
 FORMAT = "sofs-bench/sofs-head/1"
