@@ -170,7 +170,7 @@ class Backbone:
         return feats
 
     def tiles_per_image(self, height: int, width: int) -> int:
-        return len(tile_grid(height, width, self.input_size, self.config.tile_overlap)) if self.config.resolution == "native" else 1
+        return len(self._layout(height, width)[0])
 
     def warm(self, images: Sequence[np.ndarray]) -> int:
         """Cache the features of images not seen yet, their tiles batched across images.
@@ -192,7 +192,7 @@ class Backbone:
                 todo[key] = image
         if len(todo) < 2:
             return 0
-        keys = sorted(todo, key=lambda k: self._views_shape(*todo[k].shape[:2]))  # same shapes share batches
+        keys = sorted(todo, key=lambda k: self._layout(*todo[k].shape[:2])[1:])  # same shapes share batches
         warmed = stored = 0
         step = 4 * self.config.batch_size  # images per extraction: at most one step past the budget
         for start in range(0, len(keys), step):
@@ -214,26 +214,22 @@ class Backbone:
         with torch.autocast(self.device.type, dtype=dtype):
             return self.features(batch)
 
-    def _views_shape(self, height: int, width: int) -> tuple[int, int]:
-        """The content shape of an image's views (what decides which crops can share a batch)."""
-        if self.config.resolution == "native":
-            tile = tile_grid(height, width, self.input_size, self.config.tile_overlap)[0]
-            return tile.height, tile.width
-        return resized_shape(height, width, self.input_size)
-
-    def _views(self, image: np.ndarray) -> tuple[list[Tile], tuple[int, int], list[np.ndarray], tuple[int, int]]:
-        """(tiles, content shape, uint8 crops, padded shape) of one image under the resolution policy."""
-        height, width = image.shape[:2]
+    def _layout(self, height: int, width: int) -> tuple[list[Tile], tuple[int, int], tuple[int, int]]:
+        """(tiles, content shape, padded shape) of an image under the resolution policy; crops of
+        the same content and padded shape can share a batch."""
         if self.config.resolution == "native":
             tiles = tile_grid(height, width, self.input_size, self.config.tile_overlap)
             content = (tiles[0].height, tiles[0].width)
+            return tiles, content, (_round_up(content[0], self.align), _round_up(content[1], self.align))
+        return [Tile(0, 0, height, width)], resized_shape(height, width, self.input_size), (self.input_size,) * 2
+
+    def _views(self, image: np.ndarray) -> tuple[list[Tile], tuple[int, int], list[np.ndarray], tuple[int, int]]:
+        """(tiles, content shape, uint8 crops, padded shape) of one image under the resolution policy."""
+        tiles, content, padded = self._layout(*image.shape[:2])
+        if self.config.resolution == "native":
             crops = [tile.crop(image) for tile in tiles]
-            padded = (_round_up(content[0], self.align), _round_up(content[1], self.align))
         else:
-            tiles = [Tile(0, 0, height, width)]
-            content = resized_shape(height, width, self.input_size)
             crops = [resize_image(image, content)]
-            padded = (self.input_size, self.input_size)
         return tiles, content, crops, padded
 
     def _extract(self, images: Sequence[np.ndarray]) -> list[TiledFeatures]:
