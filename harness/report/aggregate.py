@@ -91,13 +91,19 @@ def flatten_lists(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 def group_sum(codes: np.ndarray, matrix: np.ndarray, n_groups: int, dtype=np.int64) -> np.ndarray:
     """Row sums of ``matrix [N, B]`` per group code -> ``[n_groups, B]`` of ``dtype`` (sort, then
     reduceat): int64 for histogram counts, float64 for the AUPRO overlap sums."""
-    out = np.zeros((n_groups, matrix.shape[1]), dtype)
+    return group_sums(codes, [matrix], n_groups, [dtype])[0]
+
+
+def group_sums(codes: np.ndarray, matrices, n_groups: int, dtypes) -> list[np.ndarray]:
+    """:func:`group_sum` of several matrices with the same row codes: one sort serves them all."""
+    outs = [np.zeros((n_groups, matrix.shape[1]), dtype) for matrix, dtype in zip(matrices, dtypes)]
     if len(codes):
         order = np.argsort(codes, kind="stable")
         sorted_codes = codes[order]
         starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-        out[sorted_codes[starts]] = np.add.reduceat(matrix[order], starts, axis=0, dtype=dtype)
-    return out
+        for out, matrix, dtype in zip(outs, matrices, dtypes):
+            out[sorted_codes[starts]] = np.add.reduceat(matrix[order], starts, axis=0, dtype=dtype)
+    return outs
 
 
 def _class_iou(sums: pd.DataFrame) -> np.ndarray:
@@ -148,9 +154,9 @@ class HistCells:
         weights = frame["n"].to_numpy() if "n" in frame else np.ones(len(frame), np.int64)
         out = grouped.size().rename("n").reset_index()
         out["n"] = np.bincount(codes, weights=weights, minlength=n).astype(np.int64)
-        return HistCells(out, group_sum(codes, np.concatenate([p[1] for p in parts]), n),
-                         group_sum(codes, np.concatenate([p[2] for p in parts]), n),
-                         group_sum(codes, np.concatenate([p[3] for p in parts]), n, np.float64))
+        sums = group_sums(codes, [np.concatenate([p[i] for p in parts]) for i in (1, 2, 3)], n,
+                          [np.int64, np.int64, np.float64])
+        return HistCells(out, *sums)
 
 
 def threshold_protocol(rows: pd.DataFrame, declared: str | None) -> str:

@@ -77,7 +77,7 @@ def _batch_cells(batch, has_pro):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from harness.report.aggregate import CELL_KEYS, HistCells
+    from harness.report.aggregate import CELL_KEYS, HistCells, group_sums
     from harness.schema import HIST_BINS
 
     ok = pc.fill_null(pc.equal(batch.column("status"), "ok"), False)
@@ -94,25 +94,15 @@ def _batch_cells(batch, has_pro):
     codes = pc.fill_null(encoded.indices, n_cells).to_numpy(zero_copy_only=False).astype(np.int64)
     pro = np.zeros((batch.num_rows, HIST_BINS))
     pro[has_pro.to_numpy(zero_copy_only=False)] = overlap
-    # One sort of the cell codes serves the three sums (reduceat over sorted runs).
-    order = np.argsort(codes, kind="stable")
-    sorted_codes = codes[order]
-    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]) if len(codes) else np.zeros(0, np.int64)
-    present = sorted_codes[starts]
-    keep = present < n_cells
-
-    def summed(matrix, dtype):
-        out = np.zeros((n_cells, HIST_BINS), dtype)
-        if len(codes):
-            out[present[keep]] = np.add.reduceat(matrix[order], starts, axis=0)[keep]
-        return out
+    # cell n_cells collects the non-ok rows and is dropped
+    sums = group_sums(codes, [pos, neg, pro], n_cells + 1, [np.int64, np.int64, np.float64])
     fields = [item.split("\x1f") for item in encoded.dictionary.to_pylist()]
     frame = pd.DataFrame(fields, columns=CELL_KEYS) if fields else pd.DataFrame(columns=CELL_KEYS)
     frame["shots"] = frame["shots"].astype(np.int64)
     for flag in ("query_is_normal", "has_pro"):
         frame[flag] = frame[flag] == "true"
     frame["n"] = np.bincount(codes, minlength=n_cells + 1)[:n_cells]
-    return HistCells(frame[CELL_KEYS + ["n"]], summed(pos, np.int64), summed(neg, np.int64), summed(pro, np.float64))
+    return HistCells(frame[CELL_KEYS + ["n"]], *(s[:n_cells] for s in sums))
 
 
 def read_report_rows(run_dir: Path):
