@@ -160,11 +160,19 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[RunInfo], dict[s
             except json.JSONDecodeError as error:
                 raise StoreError(f"{run_dir / 'run.json'}: not valid JSON ({error})") from None
         rows, parts = read_report_rows(run_dir)
-        rows["method"] = rows["method"].astype(str)
-        rows["run"] = label
         frames.append(rows)
         hist_parts.append((label, parts))
         runs.append(RunInfo(label=label, run_dir=run_dir, provenance=provenance, n_rows=len(rows)))
+    if any(parts is None for _, parts in hist_parts):
+        # A run whose lists could not be streamed brings them in memory: the others must too, so
+        # that ``aggregate`` sums every run's lists from the rows.
+        for index, (run, (label, parts)) in enumerate(zip(runs, hist_parts)):
+            if parts is not None:
+                frames[index] = read_run(run.run_dir, columns=REPORT_COLUMNS)
+                hist_parts[index] = (label, None)
+    for rows, run in zip(frames, runs):
+        rows["method"] = rows["method"].astype(str)
+        rows["run"] = run.label
     rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if rows.empty:
         raise StoreError(f"{', '.join(str(r.run_dir) for r in runs)}: no episode rows")
@@ -180,18 +188,16 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[RunInfo], dict[s
     if shared:
         prefixed = rows["method"].isin(shared)
         rows.loc[prefixed, "method"] = rows.loc[prefixed, "run"] + ":" + rows.loc[prefixed, "method"]
-    rows.attrs["hist_cells"] = _hist_cells(rows, frames, hist_parts, shared)
+    rows.attrs["hist_cells"] = _hist_cells(hist_parts, shared)
     return rows, runs, sources
 
 
-def _hist_cells(rows: pd.DataFrame, frames, hist_parts, shared: set[str]):
+def _hist_cells(hist_parts, shared: set[str]):
     """The runs' streamed histogram sums under the display labels (``aggregate.HistCells``);
-    None when some run fell back to in-memory lists (then ``aggregate`` sums ``rows``)."""
+    None when the runs' lists are in memory (then ``aggregate`` sums ``rows``)."""
     from harness.report.aggregate import HistCells
 
     if any(parts is None for _, parts in hist_parts):
-        if "score_hist_pos" not in rows:  # mixed: rebuild every run's lists is not possible here
-            raise StoreError("report: could not read the score histograms of every run")
         return None
     relabelled = []
     for label, parts in hist_parts:

@@ -382,3 +382,24 @@ def test_normal_approximation_of_large_strata_matches_exact_bootstrap(monkeypatc
     assert width > 0
     assert abs(approx["ci_low"] - exact["ci_low"]) < 0.1 * width
     assert abs(approx["ci_high"] - exact["ci_high"]) < 0.1 * width
+
+
+def test_a_run_whose_lists_cannot_be_streamed_is_reported_with_streamed_ones_unchanged(tmp_path, monkeypatch):
+    """One run falls back to in-memory lists (e.g. lists not 64 long): the others join it, and
+    every pooled number equals the all-streamed report's."""
+    from harness.report import load
+    from harness.report.synthetic import write_synthetic_run
+    from harness.store import read_run
+
+    def summary(run_dirs):
+        rows, _, _ = load.load_runs(run_dirs)
+        table = aggregate(rows).summary.set_index(["method", "shots"]).sort_index()
+        return table[["pixel_auroc", "pixel_ap", "aupro", "oracle_miou", "miou_mean"]]
+
+    first = write_synthetic_run(tmp_path / "a", 2000, seed=0)
+    second = write_synthetic_run(tmp_path / "b", 2000, seed=1)
+    streamed = summary([first, second])
+    original = load.read_report_rows
+    monkeypatch.setattr(load, "read_report_rows", lambda run_dir: (read_run(run_dir, columns=load.REPORT_COLUMNS), None)
+                        if run_dir == second else original(run_dir))
+    pd.testing.assert_frame_equal(summary([first, second]), streamed)
