@@ -13,6 +13,13 @@ A class is ``(object, category)``; one defective record = one (image, category) 
 * Normal queries: defect-free images of the query's object with supports of one of that object's
   classes, about ``normal_fraction`` of all episodes (see :func:`_allocate_normal_queries`).
 * FAD mode: the supports are k defect-free images of the object (``support_is_normal``).
+* Calibration normals (``calibration_normals = N``): N defect-free images per object are held
+  out (never a query or support of a test episode). For each (class, k, r) one support draw of
+  the class scores each of them once (``role = "calibration"``), so a method's threshold can be
+  set on good parts alone (harness.report.operating). An object with fewer than 2N normal images
+  keeps them all for test queries; ``params["calibration_skipped"]`` says why.
+* ``normal_queries_per_object = M`` (instead of ``normal_fraction``): M defect-free test queries
+  per object (as many as it has), dealt round-robin to its classes, each image once.
 
 ``support_ids`` and ``query_id`` are ``image_id`` values; the record they denote is the one of the
 episode's class (``object/category``), or a normal record of the object when the image is normal.
@@ -41,8 +48,8 @@ import pyarrow.parquet as pq
 from harness.io import atomic_write
 from harness.records import Episode, ImageRecord
 
-MANIFEST_VERSION = 1
-MANIFEST_SCHEMA = pa.schema(
+MANIFEST_VERSION = 2  # 2: + role ("test" / "calibration"); version-1 files read as all "test"
+MANIFEST_SCHEMA_V1 = pa.schema(
     [
         pa.field("episode_id", pa.string(), nullable=False),
         pa.field("dataset", pa.string(), nullable=False),
@@ -57,6 +64,8 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("support_is_normal", pa.bool_(), nullable=False),
     ]
 )
+MANIFEST_SCHEMA = MANIFEST_SCHEMA_V1.append(pa.field("role", pa.string(), nullable=False))
+EPISODE_ROLES = ("test", "calibration")
 # Not part of the content hash: where the data lies on this machine says nothing about the episodes.
 _UNHASHED_PARAMS = ("dataset_root",)
 
@@ -96,8 +105,12 @@ _EPISODE_FIELD_NAMES = tuple(f.name for f in fields(Episode))
 
 
 def _episode_fields(episode: Episode) -> dict:
+    """The hashed fields; ``role`` only when it is not "test", so manifests and episode ids built
+    before roles existed keep their ids."""
     data = {name: getattr(episode, name) for name in _EPISODE_FIELD_NAMES}
     data["support_ids"] = list(episode.support_ids)
+    if data["role"] == "test":
+        del data["role"]
     return data
 
 
@@ -161,8 +174,9 @@ class _ClassPlan:
     category: str
     queries: list[ImageRecord]  # defective records of the class (capped)
     support_pool: list[ImageRecord]  # class records, or the object's normal records in FAD mode
-    normals: list[ImageRecord]  # the object's normal records
+    normals: list[ImageRecord]  # the object's normal records (calibration images held out)
     normal_queries: list[ImageRecord] = field(default_factory=list)
+    calibration: list[ImageRecord] = field(default_factory=list)  # the object's held-out normals
 
 
 def _plan_classes(
@@ -213,6 +227,51 @@ def _allocate_normal_queries(total: int, weights: dict[str, int], caps: dict[str
     return given
 
 
+def _hold_out_calibration(records: list[ImageRecord], n: int, base_seed: int
+                          ) -> tuple[list[ImageRecord], dict[str, list[ImageRecord]], dict[str, str]]:
+    """Take ``n`` normal images per object out of ``records`` for calibration (hash-drawn).
+
+    Returns ``(remaining records, {object: calibration records}, {object: why none})``. An object
+    with fewer than ``2 n`` normal images keeps them all: half or more stay for test queries.
+    """
+    if n <= 0:
+        return records, {}, {}
+    normals: dict[str, list[ImageRecord]] = defaultdict(list)
+    for record in records:
+        if record.is_normal:
+            normals[record.object].append(record)
+    objects = sorted({r.object for r in records})
+    held, skipped = {}, {}
+    for obj in objects:
+        pool = sorted(normals.get(obj, []), key=lambda r: r.image_id)
+        if len(pool) < 2 * n:
+            skipped[obj] = (f"{len(pool)} defect-free image(s); --calibration-normals {n} needs {2 * n} "
+                            f"({n} held out, {n} left for test queries)")
+            continue
+        rng = np.random.default_rng(derive_seed(base_seed, obj, "calibration-normals"))
+        held[obj] = sorted((pool[i] for i in rng.permutation(len(pool))[:n]), key=lambda r: r.image_id)
+    held_ids = {(r.object, r.image_id) for chosen in held.values() for r in chosen}
+    return [r for r in records if (r.object, r.image_id) not in held_ids], held, skipped
+
+
+def _deal_normal_queries(plans: list[_ClassPlan], per_object: int, fad: bool, base_seed: int) -> None:
+    """``per_object`` normal queries per object (as many as it has), dealt round-robin to its
+    classes in class-id order, each image a query once."""
+    by_object: dict[str, list[_ClassPlan]] = defaultdict(list)
+    for plan in plans:
+        by_object[plan.object].append(plan)
+    for obj, object_plans in by_object.items():
+        normals = sorted(object_plans[0].normals, key=lambda r: r.image_id)
+        if fad and len(normals) < 2:
+            continue  # an FAD normal query needs another normal image as its support
+        rng = np.random.default_rng(derive_seed(base_seed, obj, "normal-queries-per-object"))
+        chosen = [normals[i] for i in rng.permutation(len(normals))[:per_object]]
+        for index, record in enumerate(chosen):
+            object_plans[index % len(object_plans)].normal_queries.append(record)
+        for plan in object_plans:
+            plan.normal_queries.sort(key=lambda r: r.image_id)
+
+
 def _choose_normal_queries(plans: list[_ClassPlan], normal_fraction: float, fad: bool, base_seed: int) -> None:
     """Fill ``plan.normal_queries``: the same images for every (k, r), so shots and repeats stay paired."""
     n_defective = sum(len(plan.queries) for plan in plans)
@@ -244,6 +303,18 @@ def _class_episodes(
                     query_id=query.image_id, query_is_normal=is_normal, support_is_normal=fad,
                 )
             )
+    if plan.calibration:
+        # one support draw per (class, k, r) scores every calibration image: a deployed model
+        # (method + these supports) and the good parts its threshold is set on
+        seed = derive_seed(base_seed, plan.class_id, k, repeat, "calibration")
+        replaced |= len(plan.support_pool) < k
+        supports = _draw(np.random.default_rng(seed), plan.support_pool, k)
+        episodes += [
+            _make_episode(dataset=dataset_name, object=plan.object, category=plan.category, shots=k, seed=seed,
+                          repeat=repeat, support_ids=supports, query_id=query.image_id, query_is_normal=True,
+                          support_is_normal=fad, role="calibration")
+            for query in plan.calibration
+        ]
     return episodes, replaced
 
 
@@ -258,6 +329,8 @@ def build_manifest(
     max_queries_per_class: int | None = None,
     base_seed: int = 0,
     hash_content: bool = False,
+    calibration_normals: int = 0,
+    normal_queries_per_object: int | None = None,
 ) -> Manifest:
     """Episodes of ``dataset`` (fields ``name, root, format, records, folds, meta``) under the SOFS protocol.
 
@@ -267,7 +340,9 @@ def build_manifest(
     ≈ f of all episodes are normal, spread over classes by their query counts (see
     :func:`_allocate_normal_queries`); a class gets at most as many as its object has normal
     images (one episode per normal image per (k, r)), none when the object has no normal images.
-    Episodes are ordered by (k, r, class id, defective before normal, query id).
+    ``normal_queries_per_object`` replaces that rule by a count per object (see the module doc);
+    ``calibration_normals`` holds out that many normal images per object for calibration episodes.
+    Episodes are ordered by (k, r, class id, defective, normal, calibration, query id).
     ``hash_content`` adds ``params["data_sha256"]`` (:func:`data_fingerprint`) to the hashed params.
     """
     shot_list = sorted({int(k) for k in shots})
@@ -279,9 +354,20 @@ def build_manifest(
         raise ManifestError(f"normal_fraction must be in [0, 1), got {normal_fraction}")
     if max_queries_per_class is not None and max_queries_per_class < 1:
         raise ManifestError(f"max_queries_per_class must be >= 1, got {max_queries_per_class}")
+    if calibration_normals < 0:
+        raise ManifestError(f"calibration_normals must be >= 0, got {calibration_normals}")
+    if normal_queries_per_object is not None and normal_queries_per_object < 0:
+        raise ManifestError(f"normal_queries_per_object must be >= 0, got {normal_queries_per_object}")
 
-    plans, skip_reasons = _plan_classes(_select_records(dataset, fold), fad, max_queries_per_class, base_seed)
-    _choose_normal_queries(plans, normal_fraction, fad, base_seed)
+    records, calibration, calibration_skipped = _hold_out_calibration(
+        _select_records(dataset, fold), calibration_normals, base_seed)
+    plans, skip_reasons = _plan_classes(records, fad, max_queries_per_class, base_seed)
+    for plan in plans:
+        plan.calibration = calibration.get(plan.object, [])
+    if normal_queries_per_object is None:
+        _choose_normal_queries(plans, normal_fraction, fad, base_seed)
+    else:
+        _deal_normal_queries(plans, normal_queries_per_object, fad, base_seed)
     episodes: list[Episode] = []
     with_replacement: set[str] = set()
     for k in shot_list:
@@ -310,8 +396,16 @@ def build_manifest(
         "supports_with_replacement": sorted(with_replacement),
         "n_episodes": len(episodes),
         "n_defective_episodes": sum(not e.query_is_normal for e in episodes),
-        "n_normal_episodes": sum(e.query_is_normal for e in episodes),
+        "n_normal_episodes": sum(e.query_is_normal and e.role == "test" for e in episodes),
     }
+    # Only when used, so manifests built without them keep their ids.
+    if normal_queries_per_object is not None:
+        params["normal_queries_per_object"] = int(normal_queries_per_object)
+    if calibration_normals:
+        params["calibration_normals"] = int(calibration_normals)
+        params["calibration_ids"] = {obj: [r.image_id for r in chosen] for obj, chosen in sorted(calibration.items())}
+        params["calibration_skipped"] = calibration_skipped
+        params["n_calibration_episodes"] = sum(e.role == "calibration" for e in episodes)
     if hash_content:
         params["data_sha256"] = data_fingerprint(dataset.by_id(), named_ids(episodes))
     return Manifest(manifest_id_for(params, episodes), tuple(episodes), params)
@@ -416,9 +510,16 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         table = pq.read_table(parquet_path)
     except (OSError, pa.ArrowException) as error:
         raise ManifestError(f"{parquet_path}: unreadable Parquet ({error})") from None
-    if not table.schema.remove_metadata().equals(MANIFEST_SCHEMA):
+    schema = table.schema.remove_metadata()
+    if schema.equals(MANIFEST_SCHEMA_V1):
+        table = table.append_column("role", pa.array(["test"] * table.num_rows, pa.string()))
+    elif not schema.equals(MANIFEST_SCHEMA):
         raise ManifestError(f"{parquet_path}: columns {table.schema.names} do not match the manifest schema")
     episodes = tuple(Episode(**{**row, "support_ids": tuple(row["support_ids"])}) for row in table.to_pylist())
+    for episode in episodes:
+        if episode.role not in EPISODE_ROLES:
+            raise ManifestError(f"{parquet_path}: episode {episode.episode_id} has role {episode.role!r} "
+                                f"(expected {' or '.join(EPISODE_ROLES)})")
     for episode in episodes:
         if episode.episode_id != episode_id_for(episode):
             raise ManifestError(f"{parquet_path}: episode {episode.episode_id} does not match its content (file edited?)")

@@ -91,7 +91,9 @@ def episode_metrics(
     * ``gt_comp_areas[j]`` = pixels of GT component j (8-connected, in ``skimage.measure.label``
       order); ``gt_comp_hit[j]`` = at least one predicted pixel inside component j ("touch" rule);
       ``gt_comp_pred_px[j]`` = predicted pixels inside component j (the ">= 50 %" rule and any other
-      overlap rule are derived from it);
+      overlap rule are derived from it); ``gt_comp_max_score[j]`` = the highest score inside
+      component j, so "component j is found at threshold t" (any pixel above t) is
+      ``gt_comp_max_score[j] > t`` for every t (``gt_comp_hit`` is that at the stored threshold);
     * ``pro_overlap_sum[i]`` = sum over GT components of the fraction of the component's pixels
       whose score bin is ``>= i`` (:func:`pro_overlap_sum`; AUPRO's sufficient statistic);
     * ``pred_components`` = predicted components; ``fp_components`` / ``fp_comp_areas`` = those
@@ -115,7 +117,7 @@ def episode_metrics(
     tn = total - tp - fp - fn
     denominator = tp + fp + fn
 
-    gt_areas, gt_hit_counts, gt_hists = gt_component_stats(gt, pred, score_map, hist_bins)
+    gt_areas, gt_hit_counts, gt_hists, gt_max = gt_component_stats(gt, pred, score_map, hist_bins)
     pred_areas, pred_gt_counts = _component_areas_and_overlap(pred, gt)
     is_fp_blob = pred_gt_counts == 0
     hist_pos, hist_neg = score_histograms(score_map, gt, hist_bins)
@@ -146,19 +148,22 @@ def episode_metrics(
         "score_hist_pos": hist_pos.tolist(),
         "score_hist_neg": hist_neg.tolist(),
         "pro_overlap_sum": pro_overlap_sum(gt_hists, gt_areas).tolist(),
+        "gt_comp_max_score": gt_max.tolist(),
     }
 
 
 def gt_component_stats(gt: np.ndarray, pred: np.ndarray, score_map: np.ndarray,
-                       bins: int = HIST_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per 8-connected GT component: area, predicted pixels inside, score histogram.
+                       bins: int = HIST_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per 8-connected GT component: area, predicted pixels inside, score histogram, max score.
 
-    Returns int64 ``[n]``, ``[n]`` and ``[n, bins]`` (bins as :func:`score_histograms`); labels
-    only the bounding box of ``gt``, histogram in row chunks of bounded memory.
+    Returns int64 ``[n]``, ``[n]``, ``[n, bins]`` (bins as :func:`score_histograms`) and float32
+    ``[n]`` (scores clipped to [0, 1], as the histograms); labels only the bounding box of ``gt``,
+    histogram in row chunks of bounded memory.
     """
     rows = np.flatnonzero(gt.any(axis=1))
     if rows.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, bins), np.int64)
+        return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, bins), np.int64),
+                np.zeros(0, np.float32))
     cols = np.flatnonzero(gt.any(axis=0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     labels, count = label(gt[box], connectivity=2, return_num=True)
@@ -171,7 +176,11 @@ def gt_component_stats(gt: np.ndarray, pred: np.ndarray, score_map: np.ndarray,
         chunk = np.clip(scores[top : top + step].astype(np.float64), 0.0, 1.0)
         bin_index = np.minimum((chunk * bins).astype(np.int64), bins - 1)
         hist += np.bincount((labels[top : top + step] * bins + bin_index).ravel(), minlength=(count + 1) * bins)
-    return areas.astype(np.int64), overlap.astype(np.int64), hist.reshape(count + 1, bins)[1:]
+    inside = labels > 0
+    max_score = np.full(count + 1, -np.inf, np.float32)
+    np.maximum.at(max_score, labels[inside], np.clip(scores[inside], 0.0, 1.0).astype(np.float32))
+    return (areas.astype(np.int64), overlap.astype(np.int64), hist.reshape(count + 1, bins)[1:],
+            max_score[1:])
 
 
 def _component_areas_and_overlap(mask: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -55,3 +55,6 @@ class Episode:
     query_id: str
     query_is_normal: bool
     support_is_normal: bool = False  # FAD mode: supports are defect-free images
+    # "test": a scored query; "calibration": a held-out good image scored only to set a
+    # deployable threshold (never a query or support of a test episode; harness.episodes)
+    role: str = "test"

@@ -84,6 +84,7 @@ def episode_fields(episode: Episode) -> dict:
         "support_ids": list(episode.support_ids),
         "query_is_normal": episode.query_is_normal,
         "support_is_normal": episode.support_is_normal,
+        "role": episode.role,
     }
 
 

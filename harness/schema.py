@@ -6,12 +6,15 @@ harness.metrics.episode_metrics, so every pooled number of the report is a group
 """
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Version history (older parts stay readable: read_run fills columns they lack with nulls):
 #   1: initial schema.
 #   2: + gt_comp_pred_px (predicted pixels inside each GT component: the ">= 50 %" hit rule) and
 #      pro_overlap_sum (per score bin, summed over GT components: AUPRO). Null in version-1 rows.
 #   3: + device (the torch device the method computed on: "cpu", "cuda:0", ...). Null in older rows.
+#   4: + gt_comp_max_score (the highest score inside each GT component: component recall at ANY
+#      threshold t is ``gt_comp_max_score > t``) and role ("test", or "calibration" for a held-out
+#      good image scored only to set a deployable threshold). Null in older rows (read as "test").
 HIST_BINS = 64  # fixed bins of the score map over [0, 1] (bin i = [i/64, (i+1)/64), last closed)
 
 EPISODE_FIELDS = [
@@ -32,6 +35,7 @@ EPISODE_FIELDS = [
     pa.field("support_ids", pa.list_(pa.string())),
     pa.field("query_is_normal", pa.bool_()),
     pa.field("support_is_normal", pa.bool_()),
+    pa.field("role", pa.string()),  # v4: "test" or "calibration" (harness.episodes); null = "test"
     # geometry (native resolution)
     pa.field("height", pa.int32()),
     pa.field("width", pa.int32()),
@@ -42,6 +46,7 @@ EPISODE_FIELDS = [
     pa.field("gt_comp_areas", pa.list_(pa.int64())),
     pa.field("gt_comp_hit", pa.list_(pa.bool_())),  # "touch" rule: >= 1 predicted pixel in the component
     pa.field("gt_comp_pred_px", pa.list_(pa.int64())),  # v2: predicted pixels inside each GT component
+    pa.field("gt_comp_max_score", pa.list_(pa.float32())),  # v4: highest score inside each GT component
     # v2: [HIST_BINS]; entry i = sum over GT components of the fraction of its pixels in score bins >= i
     pa.field("pro_overlap_sum", pa.list_(pa.float64())),
     pa.field("pred_area_px", pa.int64()),
@@ -76,5 +81,5 @@ METRIC_COLUMNS = [
     "height", "width", "gt_area_px", "gt_area_frac", "size_bin", "gt_components", "gt_comp_areas",
     "gt_comp_hit", "gt_comp_pred_px", "pred_area_px", "pred_components", "fp_components", "fp_comp_areas", "threshold",
     "tp", "fp", "fn", "tn", "iou_fg", "image_positive", "max_score", "score_hist_pos", "score_hist_neg",
-    "pro_overlap_sum",
+    "pro_overlap_sum", "gt_comp_max_score",
 ]
