@@ -110,6 +110,23 @@ def parse_assignments(values: tuple[str, ...], what: str) -> dict[str, dict[str,
     return parsed
 
 
+FA_BUDGET_OPTION = click.option(
+    "--fa-budget", default="1,5", show_default=True,
+    help="False-alarm budgets in % of good parts: recall at each (threshold set on the test's good parts, "
+         "and one set on held-out good parts only).")
+
+
+def parse_budgets(text: str) -> tuple[float, ...]:
+    """``"1,5"`` -> ``(1.0, 5.0)``; each in (0, 100)."""
+    try:
+        values = tuple(sorted({float(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of percentages", param_hint="--fa-budget") from None
+    if not values or not all(0 < v < 100 for v in values):
+        raise click.BadParameter(f"'{text}': each budget must be a percentage in (0, 100)", param_hint="--fa-budget")
+    return values
+
+
 def parse_ints(text: str, name: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -167,6 +184,8 @@ def manifest_options(func):
         click.option("--fold", default=None, help="Objects to evaluate: a fold of the dataset ('novel' by default when it has one; 'all' for every object)."),
         click.option("--max-queries-per-class", type=int, default=None, help="Cap queries per class (quick runs). Default: all; 4 on the embedded synthetic default."),
         click.option("--episode-seed", default=0, show_default=True, help="Base seed of support sampling."),
+        click.option("--normal-queries-per-object", type=click.IntRange(min=0), default=None, help="Defect-free test queries per object (replaces --normal-fraction). Default: 40 on the embedded synthetic default."),
+        click.option("--calibration-normals", type=click.IntRange(min=0), default=None, help="Defect-free images held out per object (never queries or supports) to set each method's threshold on good parts alone; an object needs twice as many. 0 turns it off.  [default: 20]"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -175,10 +194,12 @@ def manifest_options(func):
 
 # The no-argument run on the embedded default is a smoke benchmark that must finish in minutes on
 # 2 CPUs; any user dataset gets the full protocol (all queries, 5 support draws).
-SYNTHETIC_QUICK = {"seeds": 1, "max_queries_per_class": 4}  # and --save-predictions
+SYNTHETIC_QUICK = {"seeds": 1, "max_queries_per_class": 4, "normal_queries_per_object": 40}  # and --save-predictions
+CALIBRATION_NORMALS = 20
 
 
-def manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed):
+def manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed,
+                      normal_queries_per_object=None, calibration_normals=None):
     from harness.run import ManifestSettings
 
     quick = str(dataset).startswith("synthetic")
@@ -186,9 +207,14 @@ def manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_que
         seeds = SYNTHETIC_QUICK["seeds"] if quick else 5
     if max_queries_per_class is None and quick:
         max_queries_per_class = SYNTHETIC_QUICK["max_queries_per_class"]
+    if normal_queries_per_object is None and quick:
+        normal_queries_per_object = SYNTHETIC_QUICK["normal_queries_per_object"]
+    if calibration_normals is None:
+        calibration_normals = CALIBRATION_NORMALS
     if seeds < 1:
         raise click.BadParameter("must be at least 1", param_hint="--seeds")
-    return ManifestSettings(parse_ints(shots, "--shots"), seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed)
+    return ManifestSettings(parse_ints(shots, "--shots"), seeds, normal_fraction, fad, fold, max_queries_per_class,
+                            episode_seed, calibration_normals, normal_queries_per_object)
 
 
 @click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -216,13 +242,15 @@ def cli():
 @click.option("--follow-links", is_flag=True, help="Read images/masks that resolve outside the dataset folder (symlinks, link stubs, '..' paths in manifest.csv); refused by default.")
 @click.option("--allow-replacement", is_flag=True, help="Let supports repeat when a class has fewer other images than --shots (default: refuse).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (episodes per method, estimated time) and stop before any computation.")
+@FA_BUDGET_OPTION
 def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed,
-        manifest_path, out, overwrite, executor, address, workers, cpus_per_worker, gpus_per_worker, chunk_size,
-        weights, sets, save_predictions, min_area, make_report, follow_links, allow_replacement, dry_run):
+        normal_queries_per_object, calibration_normals, manifest_path, out, overwrite, executor, address, workers, cpus_per_worker, gpus_per_worker, chunk_size,
+        weights, sets, save_predictions, min_area, make_report, follow_links, allow_replacement, dry_run, fa_budget):
     """Run methods over the episodes of a dataset and store one Parquet row per episode."""
     # Usage errors first, before the heavy imports, so they answer in well under a second.
     check_method_names([m.strip() for m in methods.split(",") if m.strip()])
     parse_ints(shots, "--shots")
+    budgets = parse_budgets(fa_budget)
     if seeds is not None and seeds < 1:
         raise click.BadParameter("must be at least 1", param_hint="--seeds")
     from harness.run import RunConfig, execute
@@ -236,7 +264,8 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
             methods=method_specs(methods, weights, sets),
             dataset=dataset,
             dataset_format=dataset_format,
-            manifest=manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed),
+            manifest=manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_queries_per_class,
+                                       episode_seed, normal_queries_per_object, calibration_normals),
             manifest_path=manifest_path,
             out=out,
             overwrite=overwrite,
@@ -269,16 +298,16 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
             click.echo(f"      {count} x {status}")
     if make_report:
         with user_errors():
-            write_quick_report(summary.run_dir)
+            write_quick_report(summary.run_dir, budgets)
     if summary.failed:
         click.echo(f"{summary.failed} episodes failed (rows kept with their error; details in {summary.run_dir / 'errors.log'})", err=True)
         sys.exit(EXIT_SOME_FAILED)
 
 
-def write_quick_report(run_dir: Path) -> None:
+def write_quick_report(run_dir: Path, budgets=(1.0, 5.0)) -> None:
     from harness.summary import write_run_summary
 
-    table, warnings = write_run_summary(run_dir)
+    table, warnings = write_run_summary(run_dir, fa_budgets=budgets)
     click.echo("\n" + table)
     for line in warnings:
         click.echo(line, err=True)
@@ -295,7 +324,8 @@ def episodes():
 @click.option("--out", default=str(Path("results") / "manifests"), show_default=True, help="Folder for <id>.parquet + <id>.json.")
 @click.option("--follow-links", is_flag=True, help="Read images/masks that resolve outside the dataset folder.")
 @click.option("--allow-replacement", is_flag=True, help="Let supports repeat when a class has fewer other images than --shots.")
-def episodes_build(dataset, dataset_format, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed, out,
+def episodes_build(dataset, dataset_format, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed,
+                   normal_queries_per_object, calibration_normals, out,
                    follow_links, allow_replacement):
     """Build a content-hashed episode manifest (same inputs -> byte-identical files)."""
     from datasets.base import load_dataset
@@ -305,7 +335,8 @@ def episodes_build(dataset, dataset_format, shots, seeds, normal_fraction, fad, 
     with user_errors():
         data = load_dataset(dataset, dataset_format, follow_links=follow_links)
         config = RunConfig(methods=[], dataset=dataset, dataset_format=dataset_format, allow_replacement=allow_replacement,
-                           manifest=manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed))
+                           manifest=manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_queries_per_class,
+                                                      episode_seed, normal_queries_per_object, calibration_normals))
         manifest = load_or_build_manifest(config, data)
         path = write_manifest(manifest, Path(out))
     normal = sum(e.query_is_normal for e in manifest.episodes)
@@ -318,8 +349,10 @@ def episodes_build(dataset, dataset_format, shots, seeds, normal_fraction, fad, 
 @click.option("--per-class/--no-per-class", default=True, show_default=True, help="Also write the per-class table.")
 @click.option("--size-edges", default=",".join(map(str, SIZE_BIN_EDGES)), show_default=True, help="GT area-fraction bin edges.")
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for confidence intervals.")
-def report(runs, out, per_class, size_edges, bootstrap):
+@FA_BUDGET_OPTION
+def report(runs, out, per_class, size_edges, bootstrap, fa_budget):
     """Tables (md/csv/tex), size-stratified mIoU, false alarms, plots and one HTML file."""
+    budgets = parse_budgets(fa_budget)
     from harness.report import build_report
 
     try:
@@ -329,15 +362,16 @@ def report(runs, out, per_class, size_edges, bootstrap):
     with user_errors():
         try:
             result = build_report(list(runs), out or runs[0] / "report", per_class=per_class,
-                                  size_edges=edges, bootstrap=bootstrap)
+                                  size_edges=edges, bootstrap=bootstrap, fa_budgets=budgets)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
     from harness.summary import auroc_warnings, console_text
 
     from harness.report.tables import verdict
 
-    click.echo(console_text(result.tables["summary"]))  # the same columns and cells as after `run`
-    click.echo("\nverdict: " + " ".join(verdict(result.tables["summary"], result.tables["paired_differences"].data)))
+    click.echo(console_text(result.tables["summary"], budgets))  # the same columns and cells as after `run`
+    click.echo("\nverdict: " + " ".join(verdict(result.tables["summary"], result.tables["paired_differences"].data,
+                                                budgets)))
     for line in auroc_warnings(result.tables["summary"].data):
         click.echo(line, err=True)
     for note in result.notes:

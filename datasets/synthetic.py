@@ -33,6 +33,10 @@ from .synthetic_marks import HEIGHT, WIDTH, Canvas, NoiseBank, smooth_noise
 from .synthetic_surfaces import FOLDS, SURFACES, DefectKind, _grid
 
 GENERATOR_VERSION = "synthetic-v1"
+# Defect-free images per object: 40 test queries and 20 held out to calibrate a threshold on good
+# parts alone (issue 19: a 5 % false-alarm budget needs tens of good images to mean anything).
+# Each image has its own random stream, so raising this adds images and changes none.
+N_DEFECTIVE, N_GOOD = 10, 60
 AREA_SKEW = 1.4  # > 1 piles the areas towards the small end of each category's range
 PNG_LEVEL = 1  # fast zlib level; the files stay lossless
 
@@ -119,7 +123,7 @@ def _jobs(seed: int, obj_index: int, n_defective: int, n_good: int) -> list[tupl
     return jobs
 
 
-def generate(root: Path, seed: int = 0, n_defective: int = 10, n_good: int = 8,
+def generate(root: Path, seed: int = 0, n_defective: int = N_DEFECTIVE, n_good: int = N_GOOD,
              objects: tuple[str, ...] | None = None,
              size: tuple[int, int] = (WIDTH, HEIGHT)) -> list[dict]:
     """Write the dataset into ``root`` (generic folder layout); return the manifest rows."""
@@ -164,10 +168,10 @@ def generate(root: Path, seed: int = 0, n_defective: int = 10, n_good: int = 8,
 # --------------------------------------------------------------------------- cache
 
 
-def default_cache_dir(seed: int, n_defective: int = 10, n_good: int = 8) -> Path:
+def default_cache_dir(seed: int, n_defective: int = N_DEFECTIVE, n_good: int = N_GOOD) -> Path:
     base = os.environ.get("SOFS_BENCH_CACHE") or os.path.expanduser("~/.cache/sofs-bench")
     name = f"{GENERATOR_VERSION}-seed{seed}"
-    if (n_defective, n_good) != (10, 8):
+    if (n_defective, n_good) != (N_DEFECTIVE, N_GOOD):
         name += f"-d{n_defective}-g{n_good}"
     return Path(base) / name
 
@@ -184,8 +188,8 @@ def _is_complete(root: Path, marker: dict) -> bool:
         return False
 
 
-def ensure_synthetic(seed: int = 0, root: Path | str | None = None, n_defective: int = 10,
-                     n_good: int = 8) -> Path:
+def ensure_synthetic(seed: int = 0, root: Path | str | None = None, n_defective: int = N_DEFECTIVE,
+                     n_good: int = N_GOOD) -> Path:
     """Generate the synthetic dataset once (atomically) and return its folder."""
     root = Path(root) if root is not None else default_cache_dir(seed, n_defective, n_good)
     marker = _marker(seed, n_defective, n_good)
@@ -214,8 +218,8 @@ def ensure_synthetic(seed: int = 0, root: Path | str | None = None, n_defective:
     return root
 
 
-def load_synthetic(seed: int = 0, root: Path | str | None = None, n_defective: int = 10,
-                   n_good: int = 8) -> Dataset:
+def load_synthetic(seed: int = 0, root: Path | str | None = None, n_defective: int = N_DEFECTIVE,
+                   n_good: int = N_GOOD) -> Dataset:
     from . import folder
 
     path = ensure_synthetic(seed, root, n_defective, n_good)

@@ -37,6 +37,8 @@ class ManifestSettings:
     fold: str | None = None
     max_queries_per_class: int | None = None
     base_seed: int = 0
+    calibration_normals: int = 0  # good images held out per object to set a threshold on (issue 19)
+    normal_queries_per_object: int | None = None  # instead of normal_fraction
 
 
 @dataclass
@@ -140,8 +142,12 @@ def load_or_build_manifest(config: RunConfig, dataset):
         max_queries_per_class=settings.max_queries_per_class,
         base_seed=settings.base_seed,
         hash_content=True,
+        calibration_normals=settings.calibration_normals,
+        normal_queries_per_object=settings.normal_queries_per_object,
     )
     check_supports(manifest, config.allow_replacement)
+    for obj, why in sorted((manifest.params.get("calibration_skipped") or {}).items()):
+        warn(f"{dataset.root}: object {obj!r} has {why}: no calibrated threshold for it")
     return manifest
 
 

@@ -7,7 +7,7 @@ report's tested aggregates and bootstrap, same seed and resamples) and formats t
 summary agree on every number, unit (all rates in %, FP pixel rate included) and protocol label
 ("fixed 0.50 (native)" / "deployable (fitted per episode, median t)").
 
-The console prints ``tables.CONSOLE_COLUMNS`` of that table; ``summary.md`` holds every column,
+The console prints a compact view (``tables.console_table``: fits 120 columns); ``summary.md`` holds every column,
 ``summary.csv`` the raw numbers (fractions), exactly as the report's files of the same name.
 """
 from __future__ import annotations
@@ -15,34 +15,46 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from harness.report.tables import AUROC_CHANCE_BELOW, CONSOLE_COLUMNS, Table
+from harness.report.operating import DEFAULT_FA_BUDGETS
+from harness.report.tables import AUROC_CHANCE_BELOW, SHORT_FLAG_LEGEND, Table, console_table
 
 AUROC_WARNING_BELOW = AUROC_CHANCE_BELOW  # pixel AUROC under this gets a warning line
+CONSOLE_WIDTH = 120  # the console table fits this many columns
 
 
-def run_summary(run_dirs: Sequence[Path], *, bootstrap: int = 1000, seed: int = 0) -> Table:
+def run_summary(run_dirs: Sequence[Path], *, bootstrap: int = 1000, seed: int = 0,
+                fa_budgets=DEFAULT_FA_BUDGETS) -> Table:
     """The summary table of one or several runs (run name prefixed to a method found in several)."""
     from harness.report import summarise
     from harness.report.load import load_runs
     from harness.report.tables import summary_table
 
     rows, _, sources = load_runs([Path(p) for p in run_dirs])
-    agg, intervals, paired, _ = summarise(rows, sources, bootstrap=bootstrap, seed=seed)
+    agg, intervals, paired, _ = summarise(rows, sources, bootstrap=bootstrap, seed=seed, fa_budgets=fa_budgets)
     return summary_table(agg, intervals, paired, bootstrap)
 
 
-def console_frame(table: Table):
-    """The console's columns of ``table.display`` (a subset, cells unchanged)."""
-    return table.display[[c for c in CONSOLE_COLUMNS if c in table.display.columns]]
+def console_frame(table: Table, fa_budgets=DEFAULT_FA_BUDGETS):
+    """The console's compact columns (``tables.console_table``)."""
+    return console_table(table, fa_budgets)
 
 
-def console_text(table: Table) -> str:
-    """Markdown of the console columns, best mIoU per shot in bold as in the report."""
-    frame = console_frame(table).copy()
-    for position, column in table.bold:
-        if column in frame.columns:
-            frame.iloc[position, frame.columns.get_loc(column)] = f"**{frame.iloc[position][column]}**"
-    return frame.to_markdown(index=False, disable_numparse=True)  # "100.0" stays "100.0"
+def console_text(table: Table, fa_budgets=DEFAULT_FA_BUDGETS) -> str:
+    """The compact console table (<= 120 columns when method names are short), its legend, and a
+    pointer to the full table."""
+    frame = console_frame(table, fa_budgets)
+    text = frame.to_markdown(index=False, tablefmt="simple", disable_numparse=True)  # "100.0" stays "100.0"
+    b = f"{max(fa_budgets):g}" if fa_budgets else "B"
+    legend = (f"All in %. rec@faB = defective parts flagged by the threshold that at most B % of the test's good "
+              f"parts exceed (threshold-free); calFA@{b} = false alarms on the test's good parts [Wilson 95 % CI] "
+              f"with a threshold set on held-out good parts only (deployable; its recall is in summary.md).")
+    return "\n".join([text, _wrap(legend), _wrap(SHORT_FLAG_LEGEND)])
+
+
+def _wrap(text: str) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, CONSOLE_WIDTH))
 
 
 def auroc_warnings(data, below: float = AUROC_WARNING_BELOW) -> list[str]:
@@ -55,12 +67,13 @@ def auroc_warnings(data, below: float = AUROC_WARNING_BELOW) -> list[str]:
     ]
 
 
-def write_run_summary(run_dir: Path, *, bootstrap: int = 1000, seed: int = 0) -> tuple[str, list[str]]:
+def write_run_summary(run_dir: Path, *, bootstrap: int = 1000, seed: int = 0,
+                      fa_budgets=DEFAULT_FA_BUDGETS) -> tuple[str, list[str]]:
     """Write ``<run>/summary.md`` (all columns) and ``summary.csv`` (raw numbers); return the console
     text and its warning lines."""
     from harness.report.tables import write_table
 
     run_dir = Path(run_dir)
-    table = run_summary([run_dir], bootstrap=bootstrap, seed=seed)
+    table = run_summary([run_dir], bootstrap=bootstrap, seed=seed, fa_budgets=fa_budgets)
     write_table(table, run_dir, ("md", "csv"))
-    return console_text(table), auroc_warnings(table.data)
+    return console_text(table, fa_budgets), auroc_warnings(table.data)

@@ -21,11 +21,13 @@ from harness.report.aggregate import (DEFAULT_COMPONENT_EDGES_PX, DEFAULT_SIZE_E
 from harness.report.confidence import confidence_tables
 from harness.report.html import SECTIONS, render_report
 from harness.report.load import MethodSource, coverage_notes, load_runs
+from harness.report.operating import DEFAULT_FA_BUDGETS, operating_points, split_calibration
 from harness.report.overlays import (PixelSource, episode_figure, largest_disagreements,
                                      pick_examples, prediction_sweeps)
 from harness.report.synthetic import benchmark_aggregation, make_synthetic_rows
-from harness.report.tables import (Table, component_table, false_alarm_table, paired_table,
-                                   per_class_table, size_table, summary_table, verdict, write_table)
+from harness.report.tables import (Table, component_table, false_alarm_table, operating_size_table,
+                                   operating_table, paired_table, per_class_table, size_table,
+                                   summary_table, verdict, write_table)
 
 __all__ = ["ReportResult", "build_report", "benchmark_aggregation", "make_synthetic_rows", "SECTIONS"]
 
@@ -63,14 +65,19 @@ def _run_rates(sources: dict[str, MethodSource]) -> dict[str, float]:
 
 
 def summarise(rows: pd.DataFrame, sources: dict[str, MethodSource], *, size_edges=DEFAULT_SIZE_EDGES,
-              component_edges_px=DEFAULT_COMPONENT_EDGES_PX, bootstrap: int = 1000, seed: int = 0):
+              component_edges_px=DEFAULT_COMPONENT_EDGES_PX, bootstrap: int = 1000, seed: int = 0,
+              fa_budgets=DEFAULT_FA_BUDGETS):
     """Every number of the summary: ``(aggregates, intervals, paired, defective ok rows)``.
 
     The one aggregation path: ``build_report`` and the console table after a run
-    (``harness.summary``) both call this, then ``tables.summary_table``.
+    (``harness.summary``) both call this, then ``tables.summary_table``. Calibration rows (held-out
+    good parts, schema 4) enter only the calibrated operating points (``operating.py``).
     """
+    rows, calibration = split_calibration(rows)
     agg = aggregate(rows, size_edges=tuple(size_edges), component_edges_px=tuple(component_edges_px),
                     declared_protocols=_declared_protocols(sources), run_rates=_run_rates(sources))
+    agg.operating = operating_points(rows, calibration, agg.keys, budgets=fa_budgets, size_edges=tuple(size_edges))
+    agg.summary = agg.summary.merge(agg.operating.summary, on=agg.keys, how="left")
     # Scalar columns only: copying the list columns (histograms) of a million rows is slow.
     scalars = [c for c in rows.columns if not isinstance(rows[c].dtype, pd.ArrowDtype)]
     keep = (rows["status"] == "ok").to_numpy() & ~rows["query_is_normal"].astype(bool).to_numpy()
@@ -86,7 +93,8 @@ def summarise(rows: pd.DataFrame, sources: dict[str, MethodSource], *, size_edge
 def build_report(run_dirs: list[Path], out_dir: Path, *, formats=("md", "csv", "tex"),
                  per_class: bool = False, size_edges=DEFAULT_SIZE_EDGES,
                  component_edges_px=DEFAULT_COMPONENT_EDGES_PX, bootstrap: int = 1000,
-                 seed: int = 0, max_overlay_disagreements: int = 4) -> ReportResult:
+                 seed: int = 0, max_overlay_disagreements: int = 4,
+                 fa_budgets=DEFAULT_FA_BUDGETS) -> ReportResult:
     """Read the runs, write tables (``formats``), PNG plots and ``report.html`` into ``out_dir``.
 
     Several runs are compared side by side; a method name present in more than one run is shown
@@ -104,10 +112,11 @@ def build_report(run_dirs: list[Path], out_dir: Path, *, formats=("md", "csv", "
     rows, runs, sources = load_runs([Path(p) for p in run_dirs])
     agg, intervals, paired, defective = summarise(rows, sources, size_edges=size_edges,
                                                   component_edges_px=component_edges_px,
-                                                  bootstrap=bootstrap, seed=seed)
+                                                  bootstrap=bootstrap, seed=seed, fa_budgets=fa_budgets)
 
     section_notes: dict[str, list[str]] = {"summary": coverage_notes(rows, sources)}
     tables = {"summary": summary_table(agg, intervals, paired, bootstrap),
+              "operating": operating_table(agg), "operating_size": operating_size_table(agg),
               "size": size_table(agg), "components": component_table(agg),
               "false_alarms": false_alarm_table(agg), "paired": paired_table(paired, bootstrap)}
     if per_class:
@@ -127,6 +136,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, *, formats=("md", "csv", "
             section_notes["plots"] = ["Stored predictions exist but no GT masks could be read: the "
                                       "threshold sweep shows the histogram curves only."]
     plot_paths = {
+        "recall_vs_false_alarm": plots.recall_vs_false_alarm(agg, out_dir / "recall_vs_false_alarm.png"),
         "size_curve": plots.size_curve(agg, out_dir / "size_curve.png"),
         "false_alarm_vs_miou": plots.false_alarm_vs_miou(agg, out_dir / "false_alarm_vs_miou.png"),
         "class_heatmap": plots.class_heatmap(agg, out_dir / "class_heatmap.png"),
@@ -134,12 +144,18 @@ def build_report(run_dirs: list[Path], out_dir: Path, *, formats=("md", "csv", "
     }
     files += list(plot_paths.values())
     plot_captions = {
+        "recall_vs_false_alarm": "Defect recall vs false-alarm rate on good parts, sweeping one threshold "
+                                 "over the image scores (max pixel score): defective queries flagged (left), "
+                                 "then GT components flagged per GT-area-fraction bin; dotted lines = the "
+                                 "false-alarm budgets. Upper left is better.",
         "size_curve": "mIoU per GT-area-fraction bin (@stored threshold); grey bars: episodes per bin.",
         "false_alarm_vs_miou": "Image false-alarm rate on normal queries vs mIoU, both @stored threshold.",
         "class_heatmap": "Per-class IoU (@stored threshold), pooled over repeats; the colour scale runs from 0 to the largest value, each cell gives its value in %.",
-        "threshold_sweep": "Pooled IoU vs threshold from the summed score histograms (solid) and from "
-                           "stored prediction maps (dashed, when saved); the maximum is the oracle "
-                           "operating point, the dotted line the stored threshold.",
+        "threshold_sweep": "Pooled IoU vs one global threshold: the pixels of all classes' defective "
+                           "queries pooled (so large defects weigh most; this is not mIoU, which averages "
+                           "per-class IoU) from the summed score histograms (solid) and from stored "
+                           "prediction maps (dashed, when saved); ★ = its maximum (an oracle), dotted = the "
+                           "stored threshold.",
     }
 
     qualitative, disagreements = _overlays(pixels, defective, max_overlay_disagreements, section_notes)
@@ -147,7 +163,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, *, formats=("md", "csv", "
         out_dir / "report.html", runs=runs, tables=tables,
         plots={name: (plot_captions[name], path) for name, path in plot_paths.items()},
         qualitative=qualitative, disagreements=disagreements, notes=section_notes,
-        verdict=verdict(tables["summary"], paired))
+        verdict=verdict(tables["summary"], paired, agg.operating.budgets))
     files.append(html_path)
     notes = [line for lines in section_notes.values() for line in lines]
     return ReportResult(out_dir, html_path, {t.name: t for t in tables.values()}, agg, files,

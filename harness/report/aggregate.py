@@ -33,6 +33,7 @@ _SCALAR_COLUMNS = ["dataset", "method", "shots", "repeat", "class_id", "episode_
                    "fp_components", "latency_s"]
 DEFAULT_SIZE_EDGES = metrics.SIZE_BIN_EDGES  # GT area fraction, half-open bins [lo, hi)
 DEFAULT_COMPONENT_EDGES_PX = metrics.ABS_SIZE_BIN_EDGES_PX  # 8², 16², 32², 96² px
+AUPRO_STRICT_FPR = 0.05  # AU-PRO up to 5 % pixel FPR (MVTec AD 2) beside the usual 30 %
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Aggregates:
     component_recall: pd.DataFrame  # keys + component_bin, n_components, n_hit, recall
     per_class: pd.DataFrame  # keys + class_id, n_episodes, iou, oracle_iou, oracle_threshold
     pooled_hist: dict  # group tuple -> (hist_pos [64], hist_neg [64]) over defective episodes
+    operating: object = None  # harness.report.operating.OperatingPoints (set by report.summarise)
 
 
 def group_keys(rows: pd.DataFrame) -> list[str]:
@@ -128,6 +130,8 @@ class HistCells:
     @staticmethod
     def from_rows(rows: pd.DataFrame) -> "HistCells":
         ok = (rows["status"] == "ok").to_numpy()
+        if "role" in rows:  # calibration rows (schema 4) only set thresholds
+            ok = ok & (rows["role"].astype(object) != "calibration").to_numpy(bool)
         keys = rows.loc[ok, [k for k in CELL_KEYS if k != "has_pro"]].copy()
         keys["class_id"] = keys["class_id"].astype(str)
         keys["query_is_normal"] = keys["query_is_normal"].astype(bool)
@@ -370,7 +374,7 @@ def _image_and_region(rows: pd.DataFrame, ok_mask: np.ndarray, keys: list[str],
         areas, _ = flatten_lists(sub["gt_comp_areas"][~normal])
         hits, _ = flatten_lists(sub["gt_comp_hit"][~normal])
         entry["comp_recall_touch"] = metrics._ratio(int(hits.astype(bool).sum()), len(hits))
-        entry["comp_recall_half"] = entry["aupro"] = np.nan
+        entry["comp_recall_half"] = entry["aupro"] = entry["aupro_5"] = np.nan
         if "gt_comp_pred_px" in sub:
             has = sub["gt_comp_pred_px"].notna().to_numpy() & ~normal
             pred_px, _ = flatten_lists(sub["gt_comp_pred_px"][has])
@@ -381,8 +385,9 @@ def _image_and_region(rows: pd.DataFrame, ok_mask: np.ndarray, keys: list[str],
             v2 = sub[sub["has_pro"].to_numpy(bool)]
             n_components = len(flatten_lists(v2["gt_comp_areas"][~v2["query_is_normal"].to_numpy(bool)])[0])
             entry["aupro"] = metrics.aupro(overlap, n_components, neg)
+            entry["aupro_5"] = metrics.aupro(overlap, n_components, neg, fpr_limit=AUPRO_STRICT_FPR)
         out.append(entry)
-    names = ["image_auroc", "image_ap", "image_f1_max", "aupro", "comp_recall_touch", "comp_recall_half"]
+    names = ["image_auroc", "image_ap", "image_f1_max", "aupro", "aupro_5", "comp_recall_touch", "comp_recall_half"]
     return pd.DataFrame(out, columns=keys + names)
 
 

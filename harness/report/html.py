@@ -12,6 +12,9 @@ from harness.report.tables import Table
 # In page order: verdict and contents first, provenance last (collapsed).
 SECTIONS = {
     "summary": "Summary",
+    "operating": "Operating points: recall at a false-alarm budget",
+    "operating_size": "Recall at a false-alarm budget, by defect size",
+    "definitions": "Definitions: thresholds and the three oracle figures",
     "paired": "Paired differences",
     "size": "Size-stratified mIoU",
     "components": "Component recall",
@@ -22,7 +25,32 @@ SECTIONS = {
     "disagreements": "Largest disagreements",
     "provenance": "Run provenance",
 }
-TABLE_SECTIONS = ("summary", "paired", "size", "components", "false_alarms", "per_class")
+TABLE_SECTIONS = ("summary", "operating", "operating_size", "paired", "size", "components", "false_alarms",
+                  "per_class")
+
+DEFINITIONS = [
+    ("threshold-free operating point (test good parts)",
+     "t_B = np.quantile(max scores of the normal test queries, 1 − B/100, method='higher'): at most B % of "
+     "those good parts score above it. Fitted on the good parts it is judged on, so optimistic, but every "
+     "method is read at the same false-alarm rate: this is what ranks methods."),
+    ("calibrated (deployable) threshold",
+     "The same quantile over held-out good parts only (--calibration-normals per object, never queries or "
+     "supports), one threshold per class support draw, applied to the test queries. Its false-alarm rate on "
+     "the test good parts (Wilson 95 % interval) is what an engineer would see on the line."),
+    ("stored threshold (@protocol)",
+     "The method's own threshold (fixed, e.g. 0.5) or one it fits on the supports per episode; mIoU, "
+     "component recall 'touch'/'≥50%' and the false-alarm table use it."),
+    ("oracle mIoU",
+     "Per class, the threshold that maximises that class's pooled IoU (chosen on the test labels), then the "
+     "mean over classes: the best mIoU any per-class threshold could give. Same pooling as mIoU."),
+    ("pixel F1-max (oracle)",
+     "One global threshold that maximises pixel F1 over the pooled pixels of all queries: a pixel-level "
+     "figure, weighted by defect area, not by class."),
+    ("threshold sweep peak (oracle)",
+     "One global threshold that maximises IoU over the pooled pixels of all classes' defective queries: "
+     "large defects dominate it, so it is lower than mIoU and can name another winner. The three oracle "
+     "figures answer three different questions; none is a deployable number, and the verdict uses none."),
+]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
@@ -35,6 +63,7 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;border:1px solid #eee;margin:.3em 0}
 .scroll{overflow-x:auto}dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}
 dt{font-weight:600}dd{margin:0;font-family:monospace;font-size:.85em;word-break:break-all}
+dl.defs dd{font-family:inherit;word-break:normal;max-width:900px}
 .verdict{background:#f4f8ff;border-left:4px solid #3b6fd8;padding:.6em 1em;max-width:1100px}
 nav.toc ol{columns:2;max-width:700px;font-size:.95em}details{margin:.5em 0}
 summary{cursor:pointer;color:#3b6fd8}figure{margin:1em 0}
@@ -116,6 +145,10 @@ def render_report(path: Path, *, runs: list[RunInfo], tables: dict[str, Table],
     parts.append('<nav class="toc"><b>Contents</b><ol>' + "".join(
         f'<li><a href="#{key}">{html.escape(name)}</a></li>' for key, name in SECTIONS.items()) + "</ol></nav>")
     for key in TABLE_SECTIONS:
+        if key == "paired":  # after the decision tables, before the detail: what the words mean
+            parts.append(f'<h2 id="definitions">{SECTIONS["definitions"]}</h2><dl class="defs">'
+                         + "".join(f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>"
+                                   for term, text in DEFINITIONS) + "</dl>")
         parts.append(f'<h2 id="{key}">{SECTIONS[key]}</h2>')
         parts.append(_notes(notes.get(key, [])))
         if key in tables:

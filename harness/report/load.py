@@ -21,7 +21,7 @@ REPORT_COLUMNS = [
     "method", "episode_id", "dataset", "class_id", "shots", "repeat", "query_id", "query_is_normal",
     "height", "width", "gt_area_frac", "gt_comp_areas", "gt_comp_hit", "fp_components", "threshold",
     "tp", "fp", "fn", "tn", "iou_fg", "image_positive", "score_hist_pos", "score_hist_neg", "status",
-    "latency_s", "pred_path", "max_score", "gt_comp_pred_px", "pro_overlap_sum",
+    "latency_s", "pred_path", "max_score", "gt_comp_pred_px", "pro_overlap_sum", "role", "gt_comp_max_score",
 ]
 
 
@@ -80,7 +80,9 @@ def _batch_cells(batch, has_pro):
     from harness.report.aggregate import CELL_KEYS, HistCells, group_sums
     from harness.schema import HIST_BINS
 
-    ok = pc.fill_null(pc.equal(batch.column("status"), "ok"), False)
+    # calibration rows (schema 4) only set thresholds: they enter no histogram
+    ok = pc.and_(pc.fill_null(pc.equal(batch.column("status"), "ok"), False),
+                 pc.invert(pc.fill_null(pc.equal(batch.column("role"), "calibration"), False)))
     pos = _fixed_lists(batch.column("score_hist_pos"), HIST_BINS, np.int64)
     neg = _fixed_lists(batch.column("score_hist_neg"), HIST_BINS, np.int64)
     overlap = _fixed_lists(batch.column("pro_overlap_sum").filter(has_pro), HIST_BINS, np.float64)

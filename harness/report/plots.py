@@ -153,3 +153,43 @@ def threshold_sweep(agg: Aggregates, path: Path, prediction_sweeps: dict | None 
     ax.legend(fontsize=8)
     ax.set_title("Threshold sweep: pooled IoU (★ = oracle max; dotted = stored threshold)")
     return _save(fig, path)
+
+
+def recall_vs_false_alarm(agg: Aggregates, path: Path) -> Path:
+    """Defect recall vs false-alarm rate on good parts, one threshold swept over the image scores:
+    defective queries (first panel), then GT components per GT-area-fraction bin; one curve per
+    method x shots; the budgets as dotted vertical lines (symlog x: the budgets are small)."""
+    op = agg.operating
+    bins = [label for label in agg.size_miou["size_bin"].cat.categories
+            if any(label in curves for curves in op.curves.values())] if op is not None else []
+    panels = ["image"] + bins
+    n_cols = min(3, len(panels))
+    n_rows = int(np.ceil(len(panels) / n_cols))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.6 * n_cols, 3.8 * n_rows), squeeze=False)
+    groups = sorted(op.curves) if op is not None else []
+    for index, panel in enumerate(panels):
+        ax = axes[index // n_cols][index % n_cols]
+        for position, group in enumerate(groups):
+            fa, recall = op.curves[group].get(panel, (np.zeros(0), np.zeros(0)))
+            if fa.size:
+                ax.step(100 * fa, 100 * recall, where="post", color=f"C{position % 10}",
+                        label=series_label(dict(zip(agg.keys, group)), agg.keys))
+        for budget in op.budgets if op is not None else ():
+            ax.axvline(budget, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(0, 100)
+        ax.set_ylim(0, 102)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("false alarms on good parts (%)")
+        ax.set_ylabel("defective parts flagged (%)" if panel == "image" else "GT components flagged (%)")
+        ax.set_title("image level" if panel == "image" else f"components {panel} of the image", fontsize=10)
+        if not groups:
+            ax.text(10, 50, "no good and defective test queries", ha="center", color="grey")
+    for index in range(len(panels), n_rows * n_cols):
+        axes[index // n_cols][index % n_cols].axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize=8, loc="lower right", ncol=2)
+    budgets = ", ".join(f"{b:g} %" for b in (op.budgets if op is not None else ()))
+    fig.suptitle(f"Recall vs false alarms on good parts (threshold swept; dotted: budgets {budgets})", fontsize=11)
+    return _save(fig, path)

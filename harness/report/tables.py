@@ -84,27 +84,53 @@ def seconds_text(episodes_per_s: float) -> str:
     return "–" if not np.isfinite(episodes_per_s) or episodes_per_s <= 0 else f"{1 / episodes_per_s:.2f}"
 
 
+IMAGE_AUROC_BELOW = 0.5  # image AUROC under chance: the image score ranks good parts above bad ones
+MIN_GOOD_IMAGES = 20  # a false-alarm figure from fewer good images is flagged
+
+
+def primary_budget(budgets) -> float:
+    """The budget the verdict and the console's calibrated column use: the largest one."""
+    return max(budgets)
+
+
 def flags(row) -> list[str]:
-    """Reasons to distrust a summary row: one support draw, a CI from few episodes, near chance."""
+    """Reasons to distrust a summary row: one support draw, a CI from few episodes, near chance,
+    an image score below chance, a false-alarm figure from fewer than 20 good images."""
+    return [text for text, _ in _flag_items(row)]
+
+
+def short_flags(row) -> list[str]:
+    """The console's short codes of :func:`flags` (legend: :data:`SHORT_FLAG_LEGEND`)."""
+    return [code for _, code in _flag_items(row)]
+
+
+SHORT_FLAG_LEGEND = ("flags: 1draw = one support draw (no spread); few-ep = a 95% CI from < 5 episodes in "
+                     "a class; px~50 = pixel AUROC < 60 %; img<50 = image AUROC < 50 % (worse than chance); "
+                     "good<20 = a false-alarm figure from fewer than 20 good images")
+
+
+def _flag_items(row) -> list[tuple[str, str]]:
     out = []
     repeats = row.get("n_repeats", np.nan)
     if np.isfinite(row.get("miou_mean", np.nan)) and (not np.isfinite(repeats) or repeats <= 1):
-        out.append("1 draw: no spread over supports")
+        out.append(("1 draw: no spread over supports", "1draw"))
     few = row.get("min_class_episodes", np.nan)
     if np.isfinite(few) and few < MIN_CLASS_EPISODES:
-        out.append(f"CI from {int(few)} episode(s) in a class (< {MIN_CLASS_EPISODES})")
+        out.append((f"CI from {int(few)} episode(s) in a class (< {MIN_CLASS_EPISODES})", "few-ep"))
     auroc = row.get("pixel_auroc", np.nan)
     if np.isfinite(auroc) and auroc < AUROC_CHANCE_BELOW:
-        out.append(f"near chance: pixel AUROC {_pct(auroc)} % < {100 * AUROC_CHANCE_BELOW:g} %")
+        out.append((f"near chance: pixel AUROC {_pct(auroc)} % < {100 * AUROC_CHANCE_BELOW:g} %", "px~50"))
+    image_auroc = row.get("image_auroc", np.nan)
+    if np.isfinite(image_auroc) and image_auroc < IMAGE_AUROC_BELOW:
+        out.append((f"image AUROC {_pct(image_auroc)} % < 50 %: the image score ranks good parts above "
+                    "defective ones", "img<50"))
+    good = [(n, what) for n, what in ((row.get("n_good_test", np.nan), "test good parts"),
+                                      (row.get("calibration_images", np.nan), "calibration images per draw"))
+            if isinstance(n, (int, float, np.integer, np.floating)) and np.isfinite(n) and 0 < n < MIN_GOOD_IMAGES]
+    if good:
+        out.append(("false alarms from " + " and ".join(f"{int(n)} {what}" for n, what in good)
+                    + f" (< {MIN_GOOD_IMAGES})", "good<20"))
     return out
-
-
-# Column -> how the console shows it too (the console prints these columns of the same table).
-CONSOLE_COLUMNS = ["method", "shots", "protocol", "mIoU % (@protocol)", "mIoU 95% CI",
-                   "pixel AUROC % (thr-free)", "image AUROC % (thr-free)", "AUPRO % ≤30% FPR (thr-free)",
-                   "comp. recall touch % (@protocol)", "comp. recall ≥50% % (@protocol)",
-                   "false-alarm rate % (@protocol)", "FP px rate % (@protocol)", "s/episode",
-                   "episodes", "failed", "flags"]
 
 
 # Summary header -> aggregate column, each shown as a percentage.
@@ -118,6 +144,7 @@ PERCENT_COLUMNS = (
     ("image AP % (thr-free)", "image_ap"),
     ("image F1-max % (oracle)", "image_f1_max"),
     ("AUPRO % ≤30% FPR (thr-free)", "aupro"),
+    ("AUPRO % ≤5% FPR (thr-free)", "aupro_5"),
     ("comp. recall touch % (@protocol)", "comp_recall_touch"),
     ("comp. recall ≥50% % (@protocol)", "comp_recall_half"),
     ("false-alarm rate % (@protocol)", "false_alarm_rate"),
@@ -127,7 +154,7 @@ PERCENT_COLUMNS = (
 def summary_table(agg: Aggregates, intervals: pd.DataFrame, paired: pd.DataFrame,
                   n_resamples: int) -> Table:
     """The one summary table: the report's section, ``summary.md/csv`` and the console rows
-    (``CONSOLE_COLUMNS`` of ``display``) all come from here."""
+    (``console_table`` of it) all come from here."""
     keys = agg.keys
     data = agg.summary.merge(intervals[keys + ["ci_low", "ci_high"]], on=keys, how="left")
     if "min_class_episodes" not in data:
@@ -145,6 +172,8 @@ def summary_table(agg: Aggregates, intervals: pd.DataFrame, paired: pd.DataFrame
         display[header] = data[column].map(_pct)
     display["FP px rate % (@protocol)"] = data["fp_pixel_rate"].map(fp_rate_text)
     display["FP blobs/img (@protocol)"] = data["fp_blobs_per_image"].map(lambda x: _num(x, 2))
+    for header, cells in operating_columns(data, agg.operating.budgets if agg.operating else ()):
+        display[header] = cells
     display["s/episode"] = data["episodes_per_s"].astype(float).map(seconds_text)
     display["flags"] = ["; ".join(flags(row)) or "–" for row in data.to_dict("records")]
     bold = _mark_best(data, display, keys, paired)
@@ -165,12 +194,150 @@ def summary_table(agg: Aggregates, intervals: pd.DataFrame, paired: pd.DataFrame
         "pixel rate (ΣFP/Σ(FP+TN), in %): normal queries only. @protocol: at the stored threshold of "
         "the row's protocol (fixed = the method's own threshold; deployable = fitted on support data "
         "per episode). All rates in %. Bold: best mIoU per shot; † = not significantly better than the "
-        "runner-up (paired bootstrap, 95% CI of the difference contains 0). flags: 1 draw, CI from "
-        f"few episodes, near chance (pixel AUROC < {100 * AUROC_CHANCE_BELOW:g} %; chance = 50 %).")
+        "runner-up (paired bootstrap, 95% CI of the difference contains 0). " + OPERATING_CAPTION +
+        f" flags: 1 draw, CI from few episodes, near chance (pixel AUROC < {100 * AUROC_CHANCE_BELOW:g} %; "
+        f"chance = 50 %), image AUROC < 50 %, false alarms from fewer than {MIN_GOOD_IMAGES} good images.")
     return Table("summary", "Summary per method and shots", caption, display, data, bold)
 
 
-def verdict(table: Table, paired: pd.DataFrame) -> list[str]:
+OPERATING_CAPTION = (
+    "Operating points (image score = the query's max pixel score; a query or GT component is flagged "
+    "when its score is > t): '@≤B% FA (test good)' sets t on the normal test queries so that at most B % "
+    "of them exceed it (np.quantile(scores, 1 − B/100, method='higher')) — threshold-free, fitted on the "
+    "good parts it is judged on; image recall = defective queries flagged [Wilson 95 % CI]; comp. recall "
+    "= GT components whose max score is > t; small = components under 0.3 % of the image. PG95 = good "
+    "parts passed at the highest threshold that still flags 95 % of defective queries. 'cal.' = "
+    "deployable: t set on held-out good parts alone (--calibration-normals, never queries or "
+    "supports; one per class support draw), then applied to the test queries: false alarms on good "
+    "parts [Wilson 95 % CI] (n), recall of defective parts and of GT components.")
+
+
+def _recall_ci_text(value, low, high) -> str:
+    if value is None or not np.isfinite(value):
+        return "–"
+    return f"{_pct(value)} [{_pct(low, 0)}, {_pct(high, 0)}]"
+
+
+def _share_text(value, low, high, n) -> str:
+    """"62.5 % (95 % CI 41–80 %, n=32)" for the verdict."""
+    if value is None or not np.isfinite(value):
+        return "– %"
+    return f"{_pct(value)} % (95 % CI {_pct(low, 0)}–{_pct(high, 0)} %, n={int(n)})"
+
+
+def operating_columns(data: pd.DataFrame, budgets) -> list[tuple[str, list[str]]]:
+    """Display columns of the operating points (``operating.py``) for the summary table."""
+    columns = []
+    get = lambda name: data[name] if name in data else pd.Series(np.nan, index=data.index)  # noqa: E731
+    for budget in budgets:
+        b = f"{budget:g}"
+        columns.append((f"image recall % @≤{b}% FA (test good)",
+                        [_recall_ci_text(v, lo, hi) for v, lo, hi in zip(get(f"image_recall@fa{b}"),
+                                                                       get(f"image_recall@fa{b}_low"),
+                                                                       get(f"image_recall@fa{b}_high"))]))
+        columns.append((f"comp. recall % @≤{b}% FA (test good)", list(get(f"comp_recall@fa{b}").map(_pct))))
+        columns.append((f"small-defect comp. recall % @≤{b}% FA (test good)",
+                        list(get(f"comp_recall_small@fa{b}").map(_pct))))
+    columns.append(("PG95 % good passed (test)", list(get("good_passed@recall95").map(_pct))))
+    for budget in budgets:
+        b = f"{budget:g}"
+        columns.append((f"cal. false alarms % @{b}% [CI] (n)",
+                        [calibrated_fa_text(v, lo, hi, n) for v, lo, hi, n in zip(
+                            get(f"calibrated_false_alarm@fa{b}"), get(f"calibrated_false_alarm@fa{b}_low"),
+                            get(f"calibrated_false_alarm@fa{b}_high"), get(f"calibrated_false_alarm@fa{b}_n"))]))
+        columns.append((f"cal. image recall % @{b}%", list(get(f"calibrated_image_recall@fa{b}").map(_pct))))
+        columns.append((f"cal. comp. recall % @{b}%", list(get(f"calibrated_comp_recall@fa{b}").map(_pct))))
+    return columns
+
+
+def calibrated_fa_text(value, low, high, n, with_n: bool = True) -> str:
+    """"7.5 [3.2, 16] (n=120)"; "–" without calibration."""
+    if value is None or not np.isfinite(value):
+        return "–"
+    text = f"{_pct(value)} [{_pct(low, 0)}, {_pct(high, 0)}]"
+    return text + (f" (n={int(n)})" if with_n else "")
+
+
+def console_table(table: Table, budgets) -> pd.DataFrame:
+    """The console's compact view of the summary (fits 120 columns): method, shots, mIoU, pixel and
+    image AUROC, image recall at each budget (threshold set on the test's good parts), the
+    calibrated false alarms at the largest budget [Wilson 95 % CI], short flags."""
+    data = table.data
+    keys = [k for k in ("dataset", "method", "shots") if k in data.columns]
+    frame = pd.DataFrame({k: data[k].astype(str) for k in keys})
+    frame["mIoU"] = data["miou_mean"].map(_pct)
+    frame["pxAUROC"] = data["pixel_auroc"].map(_pct)
+    frame["imgAUROC"] = data["image_auroc"].map(_pct)
+    for budget in budgets:
+        b = f"{budget:g}"
+        column = f"image_recall@fa{b}"
+        frame[f"rec@fa{b}"] = data[column].map(_pct) if column in data else "–"
+    b = f"{primary_budget(budgets):g}" if budgets else None
+    if b is not None and f"calibrated_false_alarm@fa{b}" in data:
+        frame[f"calFA@{b} [CI]"] = [calibrated_fa_text(v, lo, hi, n, with_n=False) for v, lo, hi, n in zip(
+            data[f"calibrated_false_alarm@fa{b}"], data[f"calibrated_false_alarm@fa{b}_low"],
+            data[f"calibrated_false_alarm@fa{b}_high"], data[f"calibrated_false_alarm@fa{b}_n"])]
+    frame["flags"] = [",".join(short_flags(row)) or "–" for row in data.to_dict("records")]
+    return frame
+
+
+def verdict(table: Table, paired: pd.DataFrame, budgets=(1.0, 5.0)) -> list[str]:
+    """One paragraph per shot count (and dataset), decision first: at <= B % false alarms on good
+    parts (the largest budget), which method finds most defective parts and small defects, with
+    intervals; then its deployable (calibrated) false alarms; then the mIoU ranking."""
+    data = table.data
+    if not budgets or f"image_recall@fa{primary_budget(budgets):g}" not in data:
+        return miou_verdict(table, paired)
+    b = f"{primary_budget(budgets):g}"
+    keys = [k for k in ("dataset", "method", "shots") if k in data.columns]
+    context = [k for k in keys if k != "method"]
+    mious = dict(zip(_context_tuples(data, context), miou_verdict(table, paired, with_flags=False)))
+    sentences = []
+    for group, block in data.groupby(context, sort=True, observed=True):
+        group = group if isinstance(group, tuple) else (group,)
+        where = ", ".join(f"{v}-shot" if k == "shots" else str(v) for k, v in zip(context, group))
+        ranked = block.dropna(subset=[f"image_recall@fa{b}"]).sort_values(
+            [f"image_recall@fa{b}", f"comp_recall_small@fa{b}"], ascending=False)
+        if ranked.empty:
+            sentences.append(f"{where}: no method has defective and good test queries to set a {b} % "
+                             "false-alarm budget on. " + mious.get(group, ""))
+            continue
+        best = ranked.iloc[0]
+        n_good = int(best.get("n_good_test", 0))
+        text = (f"{where}: at ≤ {b} % false alarms on good parts (threshold set on the test's {n_good} good "
+                f"parts), {best['method']} finds "
+                + _share_text(best[f"image_recall@fa{b}"], best[f"image_recall@fa{b}_low"],
+                              best[f"image_recall@fa{b}_high"], best["n_defective_test"])
+                + " of defective parts")
+        if np.isfinite(best.get(f"comp_recall_small@fa{b}", np.nan)):
+            text += (" and " + _share_text(best[f"comp_recall_small@fa{b}"], best[f"comp_recall_small@fa{b}_low"],
+                                           best[f"comp_recall_small@fa{b}_high"], best["n_small_components"])
+                     + " of defects under 0.3 % of the image")
+        text += f"; mIoU {_pct(best['miou_mean'])} % at its own threshold"
+        others = [f"{row['method']} {_pct(row[f'image_recall@fa{b}'])} %" for _, row in ranked.iloc[1:].iterrows()]
+        if others:
+            text += "; others: " + ", ".join(others)
+        calibrated = best.get(f"calibrated_false_alarm@fa{b}", np.nan)
+        if np.isfinite(calibrated):
+            text += (f". Deployable, with its threshold set on {int(best['calibration_images'])} held-out good "
+                     f"parts per support draw: {best['method']} raises false alarms on "
+                     + _share_text(calibrated, best[f"calibrated_false_alarm@fa{b}_low"],
+                                   best[f"calibrated_false_alarm@fa{b}_high"], best[f"calibrated_false_alarm@fa{b}_n"])
+                     + f" of good parts and finds {_pct(best[f'calibrated_image_recall@fa{b}'])} % of defective parts")
+        else:
+            text += ". No calibrated (deployable) threshold: no held-out good parts (--calibration-normals)"
+        problems = flags(best)
+        if problems:
+            text += f" [{'; '.join(problems)}]"
+        sentences.append(text + ". By mIoU: " + mious.get(group, ""))
+    return sentences
+
+
+def _context_tuples(data: pd.DataFrame, context: list[str]) -> list[tuple]:
+    return [g if isinstance(g, tuple) else (g,) for g, _ in data.groupby(context, sort=True, observed=True)]
+
+
+def miou_verdict(table: Table, paired: pd.DataFrame, with_flags: bool = True) -> list[str]:
     """One sentence per shot count (and dataset): the best method by mIoU, its CI, and whether it
     is significantly better than the runner-up (paired bootstrap)."""
     data = table.data
@@ -204,7 +371,7 @@ def verdict(table: Table, paired: pd.DataFrame) -> list[str]:
                          f"{second['method']} ({_pct(second['miou_mean'])} %, paired bootstrap)")
             else:
                 text += f"; runner-up {second['method']} ({_pct(second['miou_mean'])} %), not paired"
-        problems = flags(best)
+        problems = flags(best) if with_flags else []
         if problems:
             text += f" [{'; '.join(problems)}]"
         sentences.append(text + ".")
@@ -380,3 +547,50 @@ def write_table(table: Table, out_dir: Path, formats) -> list[Path]:
             raise ValueError(f"unknown table format {fmt!r} (md, csv, tex)")
         written.append(path)
     return written
+
+
+def operating_table(agg: Aggregates) -> Table:
+    """Per method and shots, for every budget: the threshold set on the test's good parts and what
+    it flags, and the deployable (calibrated) false alarms and recall."""
+    op = agg.operating
+    data = agg.summary.copy()
+    display = pd.DataFrame({k: data[k].astype(str) for k in agg.keys})
+    display["good / defective test queries"] = [f"{_int_text(g)} / {_int_text(d)}" for g, d in
+                                                zip(data.get("n_good_test", np.nan), data.get("n_defective_test", np.nan))]
+    display["image AUROC % (thr-free)"] = data["image_auroc"].map(_pct)
+    for budget in op.budgets:
+        b = f"{budget:g}"
+        display[f"t @≤{b}% FA (test good)"] = data[f"threshold@fa{b}"].map(lambda x: _num(x, 4))
+    for header, cells in operating_columns(data, op.budgets):
+        display[header] = cells
+    display["calibration images per draw"] = data.get("calibration_images", pd.Series(0, index=data.index)).map(_int_text)
+    display["flags"] = ["; ".join(flags(row)) or "–" for row in data.to_dict("records")]
+    columns = agg.keys + [c for c in data.columns if "@fa" in c or c in (
+        "n_good_test", "n_defective_test", "n_components_scored", "n_small_components", "good_passed@recall95",
+        "calibration_images", "image_auroc")]
+    return Table("operating_points", "Operating points: defect recall at a false-alarm budget on good parts",
+                 OPERATING_CAPTION, display, data[list(dict.fromkeys(columns))])
+
+
+def _int_text(x) -> str:
+    return "–" if x is None or not np.isfinite(x) else str(int(x))
+
+
+def operating_size_table(agg: Aggregates) -> Table:
+    """GT-component recall per GT-area-fraction bin at each budget: threshold-free / calibrated."""
+    data = agg.operating.by_size.copy()
+    data["budget_label"] = data["budget"].map(lambda b: f"≤{b:g}% FA")
+    cell = lambda r: (f"{_pct(r['recall'])} / {_pct(r['calibrated_recall'])} (n={int(r['n_components'])})")  # noqa: E731
+    data["_cell"] = [cell(r) for _, r in data.iterrows()] if len(data) else []
+    wide = data.pivot_table(index=agg.keys + ["budget_label"], columns="size_bin", values="_cell",
+                            aggfunc="first", observed=True, sort=True)
+    labels = [c for c in agg.size_miou["size_bin"].cat.categories if c in wide.columns] if len(wide) else []
+    display = wide[labels].reset_index().fillna("–") if len(wide) else pd.DataFrame(columns=agg.keys)
+    display.columns = [str(c) for c in display.columns]
+    caption = ("GT components found per GT-area-fraction bin of the component (its pixels / the image's), "
+               "at each false-alarm budget: threshold set on the test's good parts / calibrated (deployable) "
+               "threshold; n = GT components, all repeats pooled. A component is found when its max score "
+               "is > t: no 'touch' rule can favour a method that floods the image, since t is set where "
+               "good parts stay below it.")
+    return Table("operating_points_by_size", "Component recall at a false-alarm budget, by defect size",
+                 caption, display.astype(str), data.drop(columns=["_cell"]))
