@@ -550,21 +550,35 @@ def write_table(table: Table, out_dir: Path, formats) -> list[Path]:
 
 
 def operating_table(agg: Aggregates) -> Table:
-    """Per method and shots, for every budget: the threshold set on the test's good parts and what
-    it flags, and the deployable (calibrated) false alarms and recall."""
+    """One row per method, shots and budget: the threshold set on the test's good parts and what it
+    flags, PG95, and the deployable (calibrated) false alarms and recall."""
     op = agg.operating
     data = agg.summary.copy()
-    display = pd.DataFrame({k: data[k].astype(str) for k in agg.keys})
-    display["good / defective test queries"] = [f"{_int_text(g)} / {_int_text(d)}" for g, d in
-                                                zip(data.get("n_good_test", np.nan), data.get("n_defective_test", np.nan))]
-    display["image AUROC % (thr-free)"] = data["image_auroc"].map(_pct)
-    for budget in op.budgets:
-        b = f"{budget:g}"
-        display[f"t @≤{b}% FA (test good)"] = data[f"threshold@fa{b}"].map(lambda x: _num(x, 4))
-    for header, cells in operating_columns(data, op.budgets):
-        display[header] = cells
-    display["calibration images per draw"] = data.get("calibration_images", pd.Series(0, index=data.index)).map(_int_text)
-    display["flags"] = ["; ".join(flags(row)) or "–" for row in data.to_dict("records")]
+    out = []
+    for _, row in data.iterrows():
+        for budget in op.budgets:
+            b = f"{budget:g}"
+            value = lambda name: row.get(f"{name}@fa{b}", np.nan)  # noqa: E731
+            entry = {k: str(row[k]) for k in agg.keys}
+            entry.update({
+                "budget (good parts alarmed)": f"≤{b}%",
+                "good / defective test queries": f"{_int_text(row.get('n_good_test'))} / "
+                                                 f"{_int_text(row.get('n_defective_test'))}",
+                "t (test good)": _num(value("threshold"), 4),
+                "image recall % [CI]": _recall_ci_text(value("image_recall"), row.get(f"image_recall@fa{b}_low", np.nan),
+                                                       row.get(f"image_recall@fa{b}_high", np.nan)),
+                "comp. recall %": _pct(value("comp_recall")),
+                "comp. < 0.3 % of image, recall %": _pct(value("comp_recall_small")),
+                "PG95 %": _pct(row.get("good_passed@recall95", np.nan)),
+                "cal. false alarms % [CI] (n)": calibrated_fa_text(
+                    value("calibrated_false_alarm"), row.get(f"calibrated_false_alarm@fa{b}_low", np.nan),
+                    row.get(f"calibrated_false_alarm@fa{b}_high", np.nan), row.get(f"calibrated_false_alarm@fa{b}_n", 0)),
+                "cal. image recall %": _pct(value("calibrated_image_recall")),
+                "cal. comp. recall %": _pct(value("calibrated_comp_recall")),
+                "flags": "; ".join(flags(row)) or "–",
+            })
+            out.append(entry)
+    display = pd.DataFrame(out) if out else pd.DataFrame(columns=agg.keys)
     columns = agg.keys + [c for c in data.columns if "@fa" in c or c in (
         "n_good_test", "n_defective_test", "n_components_scored", "n_small_components", "good_passed@recall95",
         "calibration_images", "image_auroc")]
