@@ -339,8 +339,10 @@ def episodes_build(dataset, dataset_format, shots, seeds, normal_fraction, fad, 
                                                       episode_seed, normal_queries_per_object, calibration_normals))
         manifest = load_or_build_manifest(config, data)
         path = write_manifest(manifest, Path(out))
-    normal = sum(e.query_is_normal for e in manifest.episodes)
-    click.echo(f"manifest {manifest.manifest_id}: {len(manifest.episodes)} episodes ({normal} normal queries) -> {path}")
+    normal = sum(e.query_is_normal and e.role == "test" for e in manifest.episodes)
+    calibration = sum(e.role == "calibration" for e in manifest.episodes)
+    click.echo(f"manifest {manifest.manifest_id}: {len(manifest.episodes)} episodes ({normal} normal queries, "
+               f"{calibration} calibration episodes) -> {path}")
 
 
 @cli.command()

@@ -36,6 +36,7 @@ class RunPlan:
     episodes: int
     workers: int
     methods: list[MethodPlan] = field(default_factory=list)
+    composition: str = ""  # "32 defective, 120 normal, 160 calibration"
 
     @property
     def estimated_s(self) -> float | None:
@@ -118,6 +119,9 @@ def plan_run(config) -> RunPlan:
     manifest = load_or_build_manifest(config, dataset)
     run_dir = Path(config.out) if config.out else Path(config.results_root) / f"{dataset.name}-{manifest.manifest_id[:8]}"
     plan = RunPlan(run_dir, manifest.manifest_id, len(manifest.episodes), guess_workers(config))
+    kinds = [("defective", lambda e: not e.query_is_normal), ("normal", lambda e: e.query_is_normal and e.role == "test"),
+             ("calibration", lambda e: e.role == "calibration")]
+    plan.composition = ", ".join(f"{sum(map(test, manifest.episodes))} {name}" for name, test in kinds)
     for spec in config.methods:
         stored = 0 if config.overwrite == "always" else stored_rows(run_dir, spec.name, manifest.manifest_id)
         seconds, n = stored_latency([run_dir, Path(config.results_root)], spec.name)
@@ -134,7 +138,8 @@ def _duration(seconds: float) -> str:
 
 
 def format_plan(plan: RunPlan) -> str:
-    lines = [f"plan: {plan.episodes} episodes per method (manifest {plan.manifest_id[:8]}), "
+    composition = f" ({plan.composition})" if plan.composition else ""
+    lines = [f"plan: {plan.episodes} episodes per method{composition} (manifest {plan.manifest_id[:8]}), "
              f"{plan.workers} worker(s), run folder {plan.run_dir}"]
     for m in plan.methods:
         if m.seconds_per_episode is None:

@@ -336,8 +336,8 @@ class EpisodeWorker:
         return row
 
     def _save_prediction(self, episode: Episode, score_map: np.ndarray) -> Path | None:
-        if self.predictions_dir is None:
-            return None
+        if self.predictions_dir is None or episode.role == "calibration":
+            return None  # a calibration image only sets a threshold: its row holds all that needs
         from PIL import Image
 
         from harness.store import prediction_file  # the store owns the layout (imported only when saving)
