@@ -230,6 +230,11 @@ def aggregate(rows: pd.DataFrame, *, size_edges=DEFAULT_SIZE_EDGES,
     oracle = per_class.groupby(keys, observed=True)["oracle_iou"].mean().rename("oracle_miou")
     summary = summary.merge(oracle.reset_index(), on=keys, how="left")
     summary = summary.merge(_image_and_region(rows, ok_mask, keys, groups, hist_cells), on=keys, how="left")
+    per_class = per_class.merge(_per_class_image_region(rows, ok_mask, keys, hist_cells),
+                                on=keys + ["class_id"], how="left")
+    class_means = per_class.groupby(keys, observed=True)[["iou", "pixel_auroc", "image_auroc", "aupro"]].mean()
+    class_means.columns = ["class_mean_iou", "class_mean_pixel_auroc", "class_mean_image_auroc", "class_mean_aupro"]
+    summary = summary.merge(class_means.drop(columns="class_mean_iou").reset_index(), on=keys, how="left")
     summary = summary.merge(_false_alarms(normal, keys), on=keys, how="left")
     summary = summary.merge(_operational(scalars, ok, keys, declared_protocols or {}, run_rates or {}),
                             on=keys, how="left")
@@ -313,7 +318,40 @@ def _per_class(defective: pd.DataFrame, keys: list[str], class_cells: pd.DataFra
     sums["class_id"] = sums["class_id"].astype(str)
     sums["oracle_iou"] = best_iou
     sums["oracle_threshold"] = best_threshold
-    return sums[keys + ["class_id", "n_episodes", "iou", "oracle_iou", "oracle_threshold"]]
+    sums["pixel_auroc"] = _per_group_hist(metrics.auroc_from_hist, pos, neg)  # the class's defective queries
+    return sums[keys + ["class_id", "n_episodes", "iou", "oracle_iou", "oracle_threshold", "pixel_auroc"]]
+
+
+def _per_class_image_region(rows: pd.DataFrame, ok_mask: np.ndarray, keys: list[str],
+                            hist_cells: HistCells) -> pd.DataFrame:
+    """Per (group, class): image AUROC (max score of the class's defective vs its normal queries)
+    and AUPRO (its components, the negatives of all its queries, FPR <= 30 %)."""
+    ok = rows.loc[ok_mask, keys + ["class_id", "query_is_normal", "max_score", "gt_comp_areas", "has_pro"]]
+    name = lambda group: tuple(str(v) for v in group)  # noqa: E731 - one key type for both frames
+    frame = hist_cells.frame
+    with_pro = frame["has_pro"].to_numpy(bool)
+    pro_sums = {}
+    if with_pro.any():
+        grouped = frame[with_pro].groupby(keys + ["class_id"], sort=True, observed=True)
+        codes = grouped.ngroup().to_numpy()
+        overlap = group_sum(codes, hist_cells.pro[with_pro], grouped.ngroups, np.float64)
+        neg = group_sum(codes, hist_cells.neg[with_pro], grouped.ngroups)
+        for i, group in enumerate(grouped.size().index):
+            pro_sums[name(group)] = (overlap[i], neg[i])
+    out = []
+    for group, sub in ok.groupby(keys + ["class_id"], sort=True, observed=True):
+        normal = sub["query_is_normal"].to_numpy(bool)
+        scored = sub["max_score"].notna().to_numpy()
+        entry = {**dict(zip(keys + ["class_id"], group)), "class_id": str(group[-1])}
+        entry["image_auroc"] = metrics.image_auroc(sub["max_score"].to_numpy(np.float64)[scored], ~normal[scored])
+        entry["aupro"] = np.nan
+        if name(group) in pro_sums:
+            v2 = sub["has_pro"].to_numpy(bool) & ~normal
+            n_components = len(flatten_lists(sub["gt_comp_areas"][v2])[0])
+            overlap_sum, negatives = pro_sums[name(group)]
+            entry["aupro"] = metrics.aupro(overlap_sum, n_components, negatives)
+        out.append(entry)
+    return pd.DataFrame(out, columns=keys + ["class_id", "image_auroc", "aupro"])
 
 
 def _size_miou(defective: pd.DataFrame, keys: list[str], edges) -> pd.DataFrame:

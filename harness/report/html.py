@@ -19,7 +19,7 @@ SECTIONS = {
     "size": "Size-stratified mIoU",
     "components": "Component recall",
     "false_alarms": "False alarms",
-    "per_class": "Per-class IoU",
+    "per_class": "Per-class figures",
     "plots": "Plots",
     "qualitative": "Qualitative examples",
     "disagreements": "Largest disagreements",

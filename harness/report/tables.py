@@ -145,6 +145,9 @@ PERCENT_COLUMNS = (
     ("image F1-max % (oracle)", "image_f1_max"),
     ("AUPRO % ≤30% FPR (thr-free)", "aupro"),
     ("AUPRO % ≤5% FPR (thr-free)", "aupro_5"),
+    ("class-mean pixel AUROC % (thr-free)", "class_mean_pixel_auroc"),
+    ("class-mean image AUROC % (thr-free)", "class_mean_image_auroc"),
+    ("class-mean AUPRO % (thr-free)", "class_mean_aupro"),
     ("comp. recall touch % (@protocol)", "comp_recall_touch"),
     ("comp. recall ≥50% % (@protocol)", "comp_recall_half"),
     ("false-alarm rate % (@protocol)", "false_alarm_rate"),
@@ -474,19 +477,24 @@ def paired_table(paired: pd.DataFrame, n_resamples: int) -> Table:
 
 
 def per_class_table(agg: Aggregates) -> Table:
-    data = agg.per_class
-    column = data["method"].astype(str) + " " + data["shots"].astype(str) + "-shot"
-    if "dataset" in agg.keys:
-        column = data["dataset"].astype(str) + " " + column
-    wide = (data.assign(_col=column, _cell=[f"{_pct(i)} / {_pct(o)}" for i, o in
-                                            zip(data["iou"], data["oracle_iou"])])
-            .pivot_table(index="class_id", columns="_col", values="_cell", aggfunc="first",
-                         sort=True).fillna("–"))
-    display = wide.reset_index()
-    display.columns = [str(c) for c in display.columns]
-    caption = ("Per-class foreground IoU pooled over all repeats: stored-threshold protocol / oracle "
-               "IoU-max threshold (chosen on test labels).")
-    return Table("per_class", "Per-class IoU (@protocol / oracle)", caption, display, data)
+    """One row per class and method x shots: IoU (@protocol) and oracle IoU, pixel AUROC (the class's
+    defective queries), image AUROC (its defective vs normal queries), AUPRO."""
+    data = agg.per_class.sort_values(["class_id"] + agg.keys, kind="stable").reset_index(drop=True)
+    display = pd.DataFrame({"class": data["class_id"].astype(str)})
+    for k in agg.keys:
+        display[k] = data[k].astype(str)
+    display["defective queries"] = data["n_episodes"].astype(str)
+    display["IoU % (@protocol)"] = data["iou"].map(_pct)
+    display["IoU % (oracle)"] = data["oracle_iou"].map(_pct)
+    display["pixel AUROC % (thr-free)"] = data["pixel_auroc"].map(_pct)
+    display["image AUROC % (thr-free)"] = data["image_auroc"].map(_pct) if "image_auroc" in data else "–"
+    display["AUPRO % ≤30% FPR (thr-free)"] = data["aupro"].map(_pct) if "aupro" in data else "–"
+    caption = ("Per class, all repeats pooled: foreground IoU at the stored threshold and at the class's "
+               "IoU-max threshold (oracle: chosen on test labels); pixel AUROC over the class's defective "
+               "queries; image AUROC of its defective vs its normal queries (max score); AUPRO of its GT "
+               "components against the negatives of all its queries (FPR ≤ 30 %). The summary's "
+               "class-mean columns are the unweighted means of these over classes; mIoU is the mean of IoU.")
+    return Table("per_class", "Per-class figures", caption, display, data)
 
 
 # --- writers ---------------------------------------------------------------------------------
