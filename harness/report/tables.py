@@ -449,12 +449,23 @@ def false_alarm_table(agg: Aggregates) -> Table:
     display["protocol"] = [protocol_label(p, t) for p, t in zip(data["threshold_protocol"], data["threshold"])]
     display["normal queries"] = data["n_normal"].astype(str)
     display["false-alarm rate % (@protocol)"] = data["false_alarm_rate"].map(_pct)
+    display["95% CI (Wilson)"] = [_wilson_text(rate, n) for rate, n in zip(data["false_alarm_rate"], data["n_normal"])]
     display["FP px rate % (@protocol)"] = data["fp_pixel_rate"].map(fp_rate_text)
     display["FP blobs/img (@protocol)"] = data["fp_blobs_per_image"].map(lambda x: _num(x, 2))
     caption = ("Normal queries only, at the stored threshold. False-alarm rate: % of normal images with "
-               "any predicted pixel; FP px rate: ΣFP/Σ(FP+TN) over their pixels, in %; FP blobs/img: "
-               "mean predicted connected components per normal image.")
+               "any predicted pixel, with a Wilson 95 % interval over the normal queries; FP px rate: "
+               "ΣFP/Σ(FP+TN) over their pixels, in %; FP blobs/img: mean predicted connected components "
+               "per normal image.")
     return Table("false_alarms", "False alarms on defect-free queries", caption, display, data)
+
+
+def _wilson_text(rate, n) -> str:
+    from harness.report.operating import wilson_interval
+
+    if rate is None or not np.isfinite(rate) or not n:
+        return "–"
+    low, high = wilson_interval(int(round(rate * n)), int(n))
+    return f"[{_pct(low, 0)}, {_pct(high, 0)}] (n={int(n)})"
 
 
 def paired_table(paired: pd.DataFrame, n_resamples: int) -> Table:
