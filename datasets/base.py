@@ -9,6 +9,7 @@ definitions of the format; nothing here knows about episodes or methods.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -75,12 +76,52 @@ class Dataset:
 # --------------------------------------------------------------------------- files
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder`` (not recursive), sorted by name."""
+def list_images(folder: Path, log: "SkipLog | None" = None) -> list[Path]:
+    """Image files directly in ``folder`` (not recursive), sorted by name.
+
+    Only regular files (or links to them) are listed: a FIFO, socket or device named ``*.png``
+    would block or fail the reader. Those are left out with their kind, in ``log`` (reason
+    ``special_files``) when one is given; callers without a log hit the same refusal in
+    ``image_size`` / ``read_image``.
+    """
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    images = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+            continue
+        kind = special_kind(path)
+        if kind is None:
+            images.append(path)
+        elif log is not None and kind != "folder":
+            log.skip("special_files", path, f"not a regular file ({kind})")
+    return images
+
+
+def special_kind(path: Path) -> str | None:
+    """``None`` for a regular file (or a link to one), else what it is: "FIFO", "socket", "device",
+    "folder" or "broken link". Reads no data, so a FIFO does not block."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "broken link" if os.path.islink(path) else "missing"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file"
+
+
+def regular_file(path: Path, what: str) -> None:
+    """Refuse (``DatasetError``) an image or mask path that is not a regular file, before opening it
+    (opening a FIFO blocks forever)."""
+    kind = special_kind(path)
+    if kind is not None and kind != "missing":
+        raise DatasetError(f"{path}: {what} is not a regular file ({kind})")
 
 
 def resolve_link_stub(path: Path) -> Path:
@@ -91,8 +132,9 @@ def resolve_link_stub(path: Path) -> Path:
     relative target (``../../images/EL100_33.jpg``).
     """
     try:
-        if path.is_symlink() or path.stat().st_size > 1024:
-            return path
+        info = path.stat()
+        if path.is_symlink() or not stat.S_ISREG(info.st_mode) or info.st_size > 1024:
+            return path  # a FIFO is never read here: reading it would block
         text = path.read_bytes()
     except OSError:
         return path
@@ -113,7 +155,7 @@ def find_mask(mask_dir: Path, stem: str, suffixes: tuple[str, ...] = ("", "_mask
     for tail in suffixes:
         for ext in MASK_SUFFIXES:
             candidate = mask_dir / f"{stem}{tail}{ext}"
-            if candidate.is_file():
+            if candidate.exists() and not candidate.is_dir():  # a FIFO is refused by its reader
                 return candidate
     return None
 
@@ -121,6 +163,7 @@ def find_mask(mask_dir: Path, stem: str, suffixes: tuple[str, ...] = ("", "_mask
 def image_size(path: Path) -> tuple[int, int]:
     """``(width, height)`` as displayed (after the EXIF orientation), from the file header only."""
     try:
+        regular_file(Path(path), "image")
         with Image.open(path) as img:
             width, height = img.size
             if _header_orientation(img) in _TURNED_ORIENTATIONS:
@@ -184,6 +227,7 @@ def read_image(record: ImageRecord) -> np.ndarray:
     RGBA, palette and 16-bit files are converted."""
     path = resolve_link_stub(Path(record.path))
     try:
+        regular_file(path, "image")
         with Image.open(path) as img:
             img.load()
             return _to_rgb8(ImageOps.exif_transpose(img))
@@ -207,10 +251,26 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
+# Mask semantics, stated once (README "Datasets" repeats it). A mask file is read as its stored
+# values (``load_mask_values``), then a class map is made of them (``class_pixels``):
+#   binary     two levels (0 and one value: 0/1, 0/255, 0/1000, 0/65535; 1-bit files) -> any non-zero
+#   class ids  more than two levels, none above half the range (0/1/2 ...)          -> any non-zero,
+#              or, in formats whose ids name classes (VisA, Defect Spectrum), one record per id
+#              (``ImageRecord.mask_value``): ``values == id``
+#   graded     more than two levels reaching above half the range (anti-aliased, JPEG-noisy)
+#              -> above half the range: > 127 when the values fit 8 bits (16-bit files too), else > 32767
+#   palette    a coloured palette's indices are class ids (index 0 or the black entry = background);
+#              a grey palette is read as its grey values
+#   colour     RGB: a pixel is marked if any channel is, then the rules above
+MASK_KINDS = ("binary", "class ids", "graded")
+
+
 def load_mask_values(path: Path) -> np.ndarray:
     """Mask file as a 2-D integer array of its stored values (palette indices stay indices),
     turned by its EXIF orientation like the images."""
+    path = Path(path)
     try:
+        regular_file(path, "mask")
         with Image.open(path) as opened:
             opened.load()
             img = ImageOps.exif_transpose(opened)
@@ -219,6 +279,8 @@ def load_mask_values(path: Path) -> np.ndarray:
                 arr = np.asarray(img.convert("RGB")).max(axis=2)
             elif img.mode in ("1", "LA"):
                 arr = np.asarray(img.convert("L"))
+            elif img.mode == "P":
+                arr = _palette_values(img, path)
             else:
                 arr = np.asarray(img)
     except DECODE_ERRORS as exc:
@@ -228,21 +290,55 @@ def load_mask_values(path: Path) -> np.ndarray:
     return arr
 
 
-def class_pixels(arr: np.ndarray, mask_value: int | None) -> np.ndarray:
-    """Boolean class map. The binarisation rule, for 8- and 16-bit masks alike:
+def _palette_values(img: Image.Image, path: Path) -> np.ndarray:
+    """A palette mask's values: the grey levels of a grey palette, else the indices as class ids
+    with the background (the black entry, else index 0) as 0."""
+    index = np.asarray(img)
+    palette = np.asarray(img.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+    palette = np.vstack([palette, np.zeros((max(0, 256 - len(palette)), 3), np.uint8)])
+    used = np.unique(index)
+    colours = palette[used]
+    if (colours == colours[:, :1]).all():
+        return palette[index, 0]
+    black = used[~colours.any(axis=1)]
+    if black.size == 0 or black.tolist() == [0]:
+        return index
+    if used[0] == 0 and colours[0].any():
+        raise DatasetError(f"{path}: palette mask with a coloured index 0 and black index "
+                           f"{int(black[0])}: cannot tell the background")
+    return np.where(np.isin(index, black), 0, index).astype(index.dtype)
 
-    * ``mask_value`` given (class-id masks): ``arr == mask_value``;
-    * a two-level mask (0 and one other value: 0/1, 0/255, 0/1000, 0/65535): any non-zero pixel;
-    * a graded mask (anti-aliased, JPEG-noisy): above half the range, ``> 127`` when its largest
-      value fits 8 bits, else ``> 32767``.
+
+def mask_kind(arr: np.ndarray) -> str:
+    """How a mask's values are read when no class id is given: one of ``MASK_KINDS``."""
+    levels = np.unique(arr)
+    top = int(levels[-1]) if levels.size else 0
+    if levels.size <= 2 and (levels.size < 2 or int(levels[0]) == 0):
+        return "binary"
+    return "graded" if top > _half_range(top) else "class ids"
+
+
+def _half_range(top: int) -> int:
+    return 127 if top <= 255 else 32767
+
+
+def class_pixels(arr: np.ndarray, mask_value: int | None) -> np.ndarray:
+    """Boolean class map of a mask's values (the rules above ``MASK_KINDS``):
+
+    * ``mask_value`` given (formats whose ids name classes): ``arr == mask_value``;
+    * binary or class ids: any non-zero pixel;
+    * graded: above half the range, ``> 127`` when its largest value fits 8 bits, else ``> 32767``.
     """
     if mask_value is not None:
         return arr == mask_value
-    top = int(arr.max(initial=0))
-    nonzero = arr > 0
-    if top <= 1 or not np.any(nonzero & (arr != top)):
-        return nonzero
-    return arr > (127 if top <= 255 else 32767)
+    if mask_kind(arr) != "graded":
+        return arr > 0
+    return arr > _half_range(int(arr.max()))
+
+
+def mask_ids(arr: np.ndarray) -> list[int]:
+    """The non-zero values of a class-id mask, ascending."""
+    return [int(v) for v in np.unique(arr) if v > 0]
 
 
 def read_mask(record: ImageRecord) -> np.ndarray:

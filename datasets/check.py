@@ -15,7 +15,8 @@ import numpy as np
 from harness.constants import SIZE_BIN_EDGES, size_bin_labels
 from harness.records import ImageRecord
 
-from .base import DatasetError, load_dataset, load_mask_values, read_image, class_pixels
+from .base import (DatasetError, class_pixels, load_dataset, load_mask_values, mask_ids, mask_kind,
+                   read_image)
 
 # Area-fraction bin edges, as the report's size-stratified mIoU (DESIGN.md "Metrics").
 AREA_EDGES = SIZE_BIN_EDGES
@@ -89,13 +90,20 @@ class _Scanner:
                 self.error(path, str(exc).split(": ", 1)[-1])
                 values = None
             if values is not None and record.mask_value is None:
-                distinct = np.unique(values)
-                if distinct.size > 2:
-                    half = 127 if int(distinct[-1]) <= 255 else 32767
-                    self.warning(path, f"non-binary mask ({distinct.size} distinct values, "
-                                       f"thresholded at >{half})")
+                self._mask_reading(path, values)
             self.masks[path] = values
         return self.masks[path]
+
+    def _mask_reading(self, path, values: np.ndarray) -> None:
+        """Say how a mask that is not binary is read (``datasets.base`` mask semantics)."""
+        kind = mask_kind(values)
+        if kind == "graded":
+            half = 127 if int(values.max()) <= 255 else 32767
+            self.warning(path, f"non-binary mask, graded ({np.unique(values).size} distinct values): defect = values > {half}")
+        elif kind == "class ids":
+            ids = mask_ids(values)
+            shown = ", ".join(map(str, ids[:8])) + (" ..." if len(ids) > 8 else "")
+            self.warning(path, f"non-binary mask, class ids ({shown}): read as one class, any non-zero pixel")
 
     def defect_area(self, record: ImageRecord) -> float | None:
         shape = self.image_shape(record)

@@ -47,7 +47,7 @@ def load(root: Path) -> Dataset:
     records = []
     for class_dir in classes:
         for split in SPLITS:
-            for image in list_images(class_dir / split):
+            for image in list_images(class_dir / split, log):
                 label = _label_of(class_dir / split, image.stem)
                 common = dict(object=class_dir.name, split=split.lower(), path=str(image))
                 if label is None:

@@ -47,8 +47,9 @@ def category_name(obj: str, value: int, name_map: dict | None) -> str:
 
 
 def _images(image_root: Path) -> list[Path]:
+    # not is_dir(): a FIFO named *.png is kept here, so image_size refuses it and the log lists it
     return sorted(p for p in image_root.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()
                   and "good" not in p.relative_to(image_root).as_posix())
 
 

@@ -104,7 +104,7 @@ def _object_records(obj: str, obj_dir: Path, manifest: dict, split: str,
     records = []
     for cat_dir in _category_dirs(obj_dir):
         category = cat_dir.name
-        images = list_images(cat_dir / "images")
+        images = list_images(cat_dir / "images", log)
         if not images:
             log.skip("empty_folders", cat_dir / "images", f"category folder '{category}' holds no images")
         for image in images:

@@ -34,20 +34,20 @@ def detect(root: Path) -> bool:
     return bool(_sdd1_folders(root)) or _is_sdd2(root)
 
 
-def _pairs(root: Path) -> tuple[str, list[tuple[str, Path, Path | None]]]:
+def _pairs(root: Path, log: SkipLog) -> tuple[str, list[tuple[str, Path, Path | None]]]:
     """(object name, [(split, image, mask or None)])."""
     folders = _sdd1_folders(root)
     if folders:
         pairs = []
         for folder in folders:
-            for image in list_images(folder):
+            for image in list_images(folder, log):
                 if not image.stem.endswith("_label"):
                     label = folder / f"{image.stem}_label.bmp"
                     pairs.append((folder.name, image, label if label.is_file() else None))
         return "kolektorsdd", pairs
     pairs = []
     for split in SDD2_SPLITS:
-        for image in list_images(root / split):
+        for image in list_images(root / split, log):
             if not image.stem.endswith("_GT"):
                 mask = root / split / f"{image.stem}_GT.png"
                 pairs.append((split, image, mask if mask.is_file() else None))
@@ -58,8 +58,8 @@ def load(root: Path) -> Dataset:
     root = Path(os.path.abspath(root))
     if not detect(root):
         raise DatasetError(f"{root}: no kosNN/ folders (KolektorSDD) or train|test/*_GT.png (KolektorSDD2)")
-    obj, pairs = _pairs(root)
     log = SkipLog()
+    obj, pairs = _pairs(root, log)
     records = []
     for split, image, mask in pairs:
         if mask is None:

@@ -29,7 +29,7 @@ def detect(root: Path) -> bool:
 
 def _normal_records(obj_dir: Path, split: str, log: SkipLog) -> list[ImageRecord]:
     records = []
-    for image in list_images(obj_dir / split / "good"):
+    for image in list_images(obj_dir / split / "good", log):
         try:
             width, height = image_size(image)
         except DatasetError as exc:
@@ -43,7 +43,7 @@ def _normal_records(obj_dir: Path, split: str, log: SkipLog) -> list[ImageRecord
 
 def _defect_records(obj_dir: Path, defect_dir: Path, log: SkipLog) -> list[ImageRecord]:
     records = []
-    for image in list_images(defect_dir):
+    for image in list_images(defect_dir, log):
         mask = find_mask(obj_dir / "ground_truth" / defect_dir.name, image.stem, ("_mask", ""))
         if mask is None:
             log.skip("missing_masks", image, "no ground_truth mask for this defect image")

@@ -38,7 +38,7 @@ def detect(root: Path) -> bool:
 
 def _support_records(obj_dir: Path, log: SkipLog) -> list[ImageRecord]:
     records = []
-    for image in list_images(obj_dir / "support" / "image"):
+    for image in list_images(obj_dir / "support" / "image", log):
         mask = find_mask(obj_dir / "support" / "mask", image.stem, ("_mask", ""))
         if mask is None:
             log.skip("missing_masks", image, "support image without support/mask/<stem>_mask.png")
@@ -56,7 +56,7 @@ def _support_records(obj_dir: Path, log: SkipLog) -> list[ImageRecord]:
 def _query_records(obj_dir: Path, log: SkipLog) -> list[ImageRecord]:
     label_dirs = [obj_dir / "query" / d for d in QUERY_LABEL_DIRS if (obj_dir / "query" / d).is_dir()]
     records = []
-    for image in list_images(obj_dir / "query" / "image"):
+    for image in list_images(obj_dir / "query" / "image", log):
         try:
             width, height = image_size(image)
         except DatasetError as exc:

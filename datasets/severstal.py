@@ -75,7 +75,7 @@ def load(root: Path) -> Dataset:
         category = f"class{row['ClassId']}"
         records.append(ImageRecord(image_id=f"steel/{category}/{image.stem}", path=str(image), mask_path=str(png),
                                    category=category, object="steel", split="train", width=width, height=height))
-    for image in list_images(root / IMAGE_DIR):
+    for image in list_images(root / IMAGE_DIR, log):
         if image.name in sizes:
             continue
         try:
