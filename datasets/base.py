@@ -393,8 +393,40 @@ def load_dataset(spec: str, fmt: str = "auto", follow_links: bool = False) -> Da
         fmt = detect_format(root)
     elif fmt not in ADAPTERS:
         raise DatasetError(f"{root}: unknown format {fmt!r} (known: {', '.join(ADAPTERS)})")
-    dataset = _adapter(fmt).load(root)
+    dataset = distinct_image_ids(_adapter(fmt).load(root))
     return dataset if follow_links else inside_root(dataset)
+
+
+def distinct_image_ids(dataset: Dataset) -> Dataset:
+    """One image id per image file. Adapters name an image by its stem, so ``d1.png`` and ``d1.jpg``
+    in one folder would share an id (one evaluated twice, the other never): such ids get the file's
+    extension (``.../d1.png``, ``.../d1.jpg``), or, if that still clashes, ``@<path under the root>``.
+    Listed in ``meta["renamed_ids"]`` (``{"path", "image_id"}``); other ids are unchanged."""
+    paths_by_id: dict[str, set[str]] = {}
+    for record in dataset.records:
+        paths_by_id.setdefault(record.image_id, set()).add(record.path)
+    clashing = {image_id for image_id, paths in paths_by_id.items() if len(paths) > 1}
+    if not clashing:
+        return dataset
+    renamed = {}
+    for image_id in sorted(clashing):
+        paths = sorted(paths_by_id[image_id])
+        ids = [f"{image_id}{Path(p).suffix}" for p in paths]
+        if len(set(ids)) < len(ids):
+            ids = [f"{image_id}@{_relative(p, dataset.root)}" for p in paths]
+        renamed.update({(image_id, p): new for p, new in zip(paths, ids)})
+    records = tuple(replace(r, image_id=renamed[(r.image_id, r.path)]) if r.image_id in clashing else r
+                    for r in dataset.records)
+    listed = sorted({(p, new) for (_, p), new in renamed.items()})
+    meta = {**dataset.meta, "renamed_ids": [{"path": p, "image_id": new} for p, new in listed]}
+    return replace(dataset, records=records, meta=meta)
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
 
 
 def outside_root(path: Path | str, root: Path) -> Path | None:

@@ -131,6 +131,8 @@ def check_dataset(spec: str, fmt: str = "auto", follow_links: bool = False) -> C
             scan.warning(item["path"], text)
         else:
             scan.error(item["path"], text)
+    for item in ds.meta.get("renamed_ids", []):
+        scan.warning(item["path"], f"another image has the same name stem: its id is {item['image_id']}")
     for image_id, n in Counter(r.image_id for r in ds.records).items():
         if n > 1:
             scan.error(image_id, f"image id used by {n} records")
