@@ -35,6 +35,7 @@ class CheckReport:
     area_frac: tuple[float, float, float] | None  # (min, median, max) over defective records
     area_bins: dict[str, int]
     problems: list[tuple[str, str]] = field(default_factory=list)
+    unlabelled: int = 0  # query images without ground truth (predicted, never scored)
 
     @property
     def errors(self) -> list[tuple[str, str]]:
@@ -169,7 +170,7 @@ def check_dataset(spec: str, fmt: str = "auto", follow_links: bool = False) -> C
     return CheckReport(spec=str(spec), name=ds.name, format=ds.format, n_objects=len(ds.objects()),
                        classes=classes, image_size=sizes,
                        area_frac=_stats(areas) if areas else None, area_bins=bins,
-                       problems=scan.problems)
+                       problems=scan.problems, unlabelled=sum(not r.is_labelled for r in ds.records))
 
 
 def format_check_report(report: CheckReport) -> str:
@@ -179,6 +180,8 @@ def format_check_report(report: CheckReport) -> str:
     lines.append("class                                     defective  normal(object)")
     for (obj, category), counts in report.classes.items():
         lines.append(f"  {obj + '/' + category:<40} {counts['defective']:>9}  {counts['normal']:>6}")
+    if report.unlabelled:
+        lines.append(f"unlabelled queries: {report.unlabelled} (predicted and stored, not scored)")
     for axis in ("width", "height"):
         lo, med, hi = report.image_size[axis]
         lines.append(f"image {axis}: min {lo}  median {med:g}  max {hi}")

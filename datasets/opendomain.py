@@ -5,10 +5,11 @@
     <root>/<object>/query/image/*
     <root>/<object>/query/{mask,true_label}/           optional query ground truth
 
-One class per object, category ``"defect"``. Support records have split "support". Query records
-have split "query" when a label is found (a label with no target pixel makes the query a normal
-record, category "good"), else split "query-unlabelled" with ``mask_path=None``: those can be
-predicted but not scored.
+One class per object, category ``"defect"``. The folders fix the roles (``ImageRecord.role``):
+support images are only supports (split and role "support"), query images only queries. A query
+with a label has split and role "query" (a label with no target pixel makes it a normal record,
+category "good"); one without has split "query-unlabelled", role "unlabelled" and
+``mask_path=None``: it is predicted and stored, not scored.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def _support_records(obj_dir: Path, log: SkipLog) -> list[ImageRecord]:
         width, height = size
         records.append(ImageRecord(
             image_id=f"{obj_dir.name}/support/{image.stem}", path=str(image), mask_path=str(mask),
-            category=CATEGORY, object=obj_dir.name, split="support", width=width, height=height))
+            category=CATEGORY, object=obj_dir.name, split="support", width=width, height=height,
+            role="support"))
     return records
 
 
@@ -64,9 +66,9 @@ def _query_records(obj_dir: Path, log: SkipLog) -> list[ImageRecord]:
             continue
         mask = next((m for d in label_dirs
                      if (m := find_mask(d, image.stem, ("_mask", "", "_label"))) is not None), None)
-        category, split = CATEGORY, "query-unlabelled"
+        category, split, role = CATEGORY, "query-unlabelled", "unlabelled"
         if mask is not None:
-            split = "query"
+            split = role = "query"
             try:
                 if mask_pixel_count(mask) == 0:
                     mask, category = None, "good"
@@ -76,7 +78,7 @@ def _query_records(obj_dir: Path, log: SkipLog) -> list[ImageRecord]:
         records.append(ImageRecord(
             image_id=f"{obj_dir.name}/query/{image.stem}", path=str(image),
             mask_path=None if mask is None else str(mask), category=category,
-            object=obj_dir.name, split=split, width=width, height=height))
+            object=obj_dir.name, split=split, width=width, height=height, role=role))
     return records
 
 
@@ -90,6 +92,6 @@ def load(root: Path) -> Dataset:
     for obj_dir in objects:
         records.extend(_support_records(obj_dir, log))
         records.extend(_query_records(obj_dir, log))
-    unlabelled = sum(r.split == "query-unlabelled" for r in records)
+    unlabelled = sum(not r.is_labelled for r in records)
     return Dataset(name=root.name, root=root, format="opendomain", records=tuple(records),
                    folds={}, meta={"unlabelled_queries": unlabelled, **log.meta()})

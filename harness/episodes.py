@@ -20,6 +20,11 @@ A class is ``(object, category)``; one defective record = one (image, category) 
   keeps them all for test queries; ``params["calibration_skipped"]`` says why.
 * ``normal_queries_per_object = M`` (instead of ``normal_fraction``): M defect-free test queries
   per object (as many as it has), dealt round-robin to its classes, each image once.
+* Roles (``ImageRecord.role``, set by formats that fix them, e.g. SOFS open-domain): a "support"
+  image is never a query, a "query" image never a support; an "unlabelled" image (no ground truth)
+  is a query of its class once per (k, r) like a defective one, with ``query_is_normal`` False, and
+  not counted among defective or normal episodes (``params["n_unlabelled_episodes"]``): its rows
+  are stored with status ``UNSCORED_STATUS`` and never enter a metric.
 
 ``support_ids`` and ``query_id`` are ``image_id`` values; the record they denote is the one of the
 episode's class (``object/category``), or a normal record of the object when the image is normal.
@@ -177,6 +182,7 @@ class _ClassPlan:
     normals: list[ImageRecord]  # the object's normal records (calibration images held out)
     normal_queries: list[ImageRecord] = field(default_factory=list)
     calibration: list[ImageRecord] = field(default_factory=list)  # the object's held-out normals
+    unlabelled: list[ImageRecord] = field(default_factory=list)  # queries without ground truth (capped)
 
 
 def _plan_classes(
@@ -184,23 +190,35 @@ def _plan_classes(
 ) -> tuple[list[_ClassPlan], dict[str, str]]:
     """One plan per class that can make episodes (sorted by class id), and ``{class_id: why}`` for the others."""
     by_class: dict[str, list[ImageRecord]] = defaultdict(list)
+    unlabelled: dict[str, list[ImageRecord]] = defaultdict(list)
     normals_by_object: dict[str, list[ImageRecord]] = defaultdict(list)
     for record in records:
-        (normals_by_object[record.object] if record.is_normal else by_class[record.class_id]).append(record)
+        if not record.is_labelled:
+            unlabelled[record.class_id].append(record)
+        else:
+            (normals_by_object[record.object] if record.is_normal else by_class[record.class_id]).append(record)
     plans, skip_reasons = [], {}
-    for class_id in sorted(by_class):
-        class_records = by_class[class_id]
-        normals = normals_by_object[class_records[0].object]
-        if fad and not normals:
+    for class_id in sorted(set(by_class) | set(unlabelled)):
+        class_records, class_unlabelled = by_class[class_id], unlabelled[class_id]
+        first = (class_records or class_unlabelled)[0]
+        normals = normals_by_object[first.object]
+        queries = [r for r in class_records if r.role != "support"]
+        support_pool = [r for r in (normals if fad else class_records) if r.role != "query"]
+        if fad and not support_pool:
             skip_reasons[class_id] = "no normal image of the object for FAD supports"
-        elif not fad and len(class_records) < 2:
+        elif not fad and not support_pool:
+            skip_reasons[class_id] = "no image that may be a support (role 'query' or unlabelled only)"
+        elif not fad and len(class_records) < 2 and not class_unlabelled:
             skip_reasons[class_id] = "single image: no support other than the query"
+        elif not queries and not class_unlabelled:
+            skip_reasons[class_id] = "no image that may be a query (role 'support' only)"
         else:
             plans.append(
                 _ClassPlan(
-                    class_id, class_records[0].object, class_records[0].category,
-                    queries=_cap_queries(class_records, max_queries, base_seed, class_id),
-                    support_pool=normals if fad else class_records, normals=normals,
+                    class_id, first.object, first.category,
+                    queries=_cap_queries(queries, max_queries, base_seed, class_id),
+                    support_pool=support_pool, normals=[r for r in normals if r.role != "support"],
+                    unlabelled=_cap_queries(class_unlabelled, max_queries, base_seed, class_id + "?unlabelled"),
                 )
             )
     return plans, skip_reasons
@@ -291,7 +309,7 @@ def _class_episodes(
 ) -> tuple[list[Episode], bool]:
     """The episodes of one class at (k, r), defective queries first; and whether any drew with replacement."""
     episodes, replaced = [], False
-    for is_normal, queries in ((False, plan.queries), (True, plan.normal_queries)):
+    for is_normal, queries in ((False, plan.queries), (False, plan.unlabelled), (True, plan.normal_queries)):
         for query in queries:
             seed = derive_seed(base_seed, plan.class_id, k, repeat, query.image_id, is_normal)
             candidates = _other_images(plan.support_pool, query)
@@ -406,6 +424,10 @@ def build_manifest(
         params["calibration_ids"] = {obj: [r.image_id for r in chosen] for obj, chosen in sorted(calibration.items())}
         params["calibration_skipped"] = calibration_skipped
         params["n_calibration_episodes"] = sum(e.role == "calibration" for e in episodes)
+    n_unlabelled = sum(len(plan.unlabelled) for plan in plans) * len(shot_list) * seeds
+    if n_unlabelled:  # only then: manifests of datasets without unlabelled images keep their ids
+        params["n_defective_episodes"] -= n_unlabelled
+        params["n_unlabelled_episodes"] = n_unlabelled
     if hash_content:
         params["data_sha256"] = data_fingerprint(dataset.by_id(), named_ids(episodes))
     return Manifest(manifest_id_for(params, episodes), tuple(episodes), params)

@@ -8,6 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+ROLES = ("", "support", "query", "unlabelled")
+# Row status of an episode whose query has no label: predicted and stored, not scored (no metric
+# column but the prediction's own: threshold, pred_area_px, pred_components, image_positive,
+# max_score); neither "ok" (the report pools only "ok" rows) nor a failure.
+UNSCORED_STATUS = "unscored"
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """One image of a dataset, with the mask of ONE defect class (or none for a normal image).
@@ -19,6 +26,11 @@ class ImageRecord:
     file encodes this class: ``None`` means "any non-zero pixel" (binary 0/255 masks, thresholded
     at > 127 for anti-aliased files), an integer means "pixels equal to this value" (multi-valued
     masks such as Defect Spectrum).
+
+    ``role`` says which part an image may play in an episode, for formats that fix it: ``""`` either
+    (most formats), ``"support"`` only a support, ``"query"`` only a query, ``"unlabelled"`` only a
+    query, one without ground truth (``mask_path`` None, category of its class): predicted and
+    stored, never scored (its rows have status ``UNSCORED_STATUS``). SOFS open-domain sets them.
     """
 
     image_id: str
@@ -30,10 +42,16 @@ class ImageRecord:
     width: int
     height: int
     mask_value: int | None = None
+    role: str = ""  # "" | "support" | "query" | "unlabelled" (see ROLES)
 
     @property
     def is_normal(self) -> bool:
+        """No defect mask: a defect-free image, or (``role == "unlabelled"``) an image with no label."""
         return self.mask_path is None
+
+    @property
+    def is_labelled(self) -> bool:
+        return self.role != "unlabelled"
 
     @property
     def class_id(self) -> str:

@@ -21,6 +21,7 @@ from harness import provenance
 from harness.runner import EvalSettings, Executor, InlineExecutor, MethodJob, RowContext, WorkUnit, make_unit
 from harness.store import RunStore, StoreError, os_problem, partition_value
 from harness.io import REPO_ROOT, file_sha256
+from harness.records import UNSCORED_STATUS
 from methods.base import MethodError, MethodSpec
 
 
@@ -421,7 +422,7 @@ def make_writer(store: RunStore, summary: MethodSummary):
         lines = []
         for row in rows:
             trace = row.pop("error_trace", None)
-            if row["status"] == "ok":
+            if row["status"] in ("ok", UNSCORED_STATUS):  # unscored: an unlabelled query, predicted and stored
                 summary.ok += 1
                 continue
             summary.failed += 1
@@ -448,9 +449,11 @@ def count_stored(store: RunStore, methods: Sequence[str], planned_per_method: in
     except StoreError:
         return {"planned": planned_per_method * len(methods), "done": 0, "failed": 0}
     frame = frame[frame["method"].isin([partition_value(m) for m in methods])]
-    failed = int((frame["status"] != "ok").sum())
-    return {"planned": planned_per_method * len(methods), "done": int(len(frame)), "failed": failed,
-            "ok": int(len(frame)) - failed}
+    failed = int((~frame["status"].isin(["ok", UNSCORED_STATUS])).sum())
+    unscored = int((frame["status"] == UNSCORED_STATUS).sum())
+    counts = {"planned": planned_per_method * len(methods), "done": int(len(frame)), "failed": failed,
+              "ok": int(len(frame)) - failed - unscored}
+    return {**counts, "unscored": unscored} if unscored else counts
 
 
 def auto_workers(resources: dict, gpus_per_worker: float) -> int:

@@ -27,7 +27,7 @@ import numpy as np
 from harness.constants import SIZE_BIN_EDGES
 from harness.io import LRU, atomic_write, short_error
 from harness.metrics import episode_metrics
-from harness.records import Episode, ImageRecord
+from harness.records import UNSCORED_STATUS, Episode, ImageRecord
 from harness.schema import METRIC_COLUMNS
 from methods.base import MethodSpec, Prediction, check_inputs, checked_prediction
 
@@ -94,6 +94,15 @@ def error_row(context: RowContext, episode: Episode, status: str, worker: str = 
     row.update(latency_s=None, load_s=None, worker=worker, pred_path=None,
                finished_at=datetime.now(timezone.utc))
     return row
+
+
+# What a prediction says without ground truth: kept in the rows of unlabelled queries.
+GT_FREE_COLUMNS = ("height", "width", "threshold", "pred_area_px", "pred_components", "image_positive", "max_score")
+
+
+def unscored(metrics: dict) -> dict:
+    """``metrics`` of a query with no label: the ground-truth columns emptied (None)."""
+    return {key: (value if key in GT_FREE_COLUMNS else None) for key, value in metrics.items()}
 
 
 def describe_error(exc: BaseException) -> str:
@@ -317,9 +326,10 @@ class EpisodeWorker:
             pred_path = self._save_prediction(episode, prediction.score_map)
         except Exception as exc:  # noqa: BLE001 - e.g. a full disk while writing the PNG
             return self._error_row(episode, exc, traceback.format_exc(limit=-3))
-        row = {**asdict(self.context), **episode_fields(episode), **metrics}
+        labelled = self.records[episode.query_id].is_labelled
+        row = {**asdict(self.context), **episode_fields(episode), **(metrics if labelled else unscored(metrics))}
         row.update(
-            status="ok",
+            status="ok" if labelled else UNSCORED_STATUS,
             latency_s=predict_s,
             load_s=load_s,
             worker=self.worker_name,

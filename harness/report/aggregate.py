@@ -15,7 +15,8 @@ Pooling rules (also written in the report's captions):
   predicted pixel; "half": >= 50 % of the component predicted). Schema-1 rows lack
   ``pro_overlap_sum`` / ``gt_comp_pred_px``: AUPRO and the "half" rule use only the rows that
   have them (nan when none does).
-- Only rows with ``status == "ok"`` enter a metric; the others are counted as failed.
+- Only rows with ``status == "ok"`` enter a metric; the others are counted as failed, except
+  ``"unscored"`` rows (queries without a label, ``harness.records.UNSCORED_STATUS``): ``n_unscored``.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from harness import metrics
+from harness.records import UNSCORED_STATUS
 from harness.schema import HIST_BINS
 
 GROUP_KEYS = ["method", "shots"]
@@ -207,7 +209,9 @@ def aggregate(rows: pd.DataFrame, *, size_edges=DEFAULT_SIZE_EDGES,
 
     summary = groups.copy()
     summary["n_episodes"] = np.bincount(codes_all, minlength=n_groups)
-    summary["n_failed"] = np.bincount(codes_all[~ok_mask], minlength=n_groups)
+    unscored_mask = (scalars["status"] == UNSCORED_STATUS).to_numpy()  # unlabelled queries: neither ok nor failed
+    summary["n_failed"] = np.bincount(codes_all[~ok_mask & ~unscored_mask], minlength=n_groups)
+    summary["n_unscored"] = np.bincount(codes_all[unscored_mask], minlength=n_groups)
     summary["n_defective"] = np.bincount(defective_codes, minlength=n_groups)
     summary["n_normal"] = np.bincount(ok_codes[normal_mask], minlength=n_groups)
 
