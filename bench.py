@@ -19,12 +19,15 @@ from pathlib import Path
 
 import click
 
+from datasets.formats import ADAPTERS
 from harness.constants import SIZE_BIN_EDGES
 from harness.io import short_error
 
 # Start-up stays under a second: only click at module level; torch, ray, pandas, pyarrow and the
 # methods are imported inside the commands that use them (tests/test_cli_ux.py checks sys.modules).
 DEFAULT_METHODS = "sofs,panet,patchcore"
+# Every dataset format by name (datasets/formats.py), for the --format help.
+FORMAT_HELP = "Dataset format: auto (detect) | " + " | ".join(ADAPTERS) + "."
 # Exit codes: 0 done; 1 a user error (one line on stderr); 2 bad command-line usage (unknown
 # option, command or method); 3 a run whose episodes partly failed (rows kept); 130 interrupted by
 # Ctrl-C; 143 terminated (SIGTERM).
@@ -176,7 +179,7 @@ def method_specs(methods: str, weights: tuple[str, ...], sets: tuple[str, ...]):
 def manifest_options(func):
     options = [
         click.option("--dataset", default="synthetic", show_default=True, help="Dataset folder, or 'synthetic' (the embedded default)."),
-        click.option("--format", "dataset_format", default="auto", show_default=True, help="folder | opendomain | mvtec | vision | defect_spectrum | auto"),
+        click.option("--format", "dataset_format", default="auto", show_default=True, help=FORMAT_HELP),
         click.option("--shots", default="1", show_default=True, help="Comma-separated shot counts, e.g. 1,5."),
         click.option("--seeds", type=int, default=None, help="Support re-draws per query (report mean ± std). Default 5; 1 on the embedded synthetic default."),
         click.option("--normal-fraction", default=0.2, show_default=True, help="Fraction of episodes with a defect-free query."),
@@ -343,6 +346,11 @@ def episodes_build(dataset, dataset_format, shots, seeds, normal_fraction, fad, 
     calibration = sum(e.role == "calibration" for e in manifest.episodes)
     click.echo(f"manifest {manifest.manifest_id}: {len(manifest.episodes)} episodes ({normal} normal queries, "
                f"{calibration} calibration episodes) -> {path}")
+    from harness.plan import skipped_classes_line
+
+    skipped = skipped_classes_line(manifest.params.get("skip_reasons") or {})
+    if skipped:
+        click.echo(skipped, err=True)
 
 
 @cli.command()
@@ -415,7 +423,7 @@ def datasets_group():
 
 @datasets_group.command("check")
 @click.argument("path")
-@click.option("--format", "dataset_format", default="auto", show_default=True)
+@click.option("--format", "dataset_format", default="auto", show_default=True, help=FORMAT_HELP)
 @click.option("--follow-links", is_flag=True, help="Accept images/masks that resolve outside the dataset folder.")
 def datasets_check(path, dataset_format, follow_links):
     """Validate a dataset: counts, sizes, and every problem with its file."""

@@ -181,7 +181,9 @@ def torch_load_problem(exc: BaseException) -> str:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Load a plain state dict (weights_only), unwrapping common {"model": ...} containers."""
+    """Load a plain state dict (weights_only), unwrapping common {"model": ...} containers; a
+    ``module.`` prefix on every key (DDP) is dropped, then a ``backbone.`` prefix where a key has it
+    (``module.backbone.blocks.0...`` of a DDP-saved SOFS model -> ``blocks.0...``)."""
     path = Path(path)
     if not path.is_file():
         raise BackboneError(f"{path}: backbone weights file not found")
@@ -194,7 +196,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BackboneError(f"{path}: not a state dict of tensors")
-    return {k.removeprefix("backbone.").removeprefix("module."): v for k, v in state.items()}
+    if state and all(k.startswith("module.") for k in state):  # saved from a DataParallel / DDP wrapper
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return {k.removeprefix("backbone."): v for k, v in state.items()}
 
 
 def load_vit(arch: str, weights: Path, img_size: int = 518) -> nn.Module:

@@ -37,6 +37,7 @@ class RunPlan:
     workers: int
     methods: list[MethodPlan] = field(default_factory=list)
     composition: str = ""  # "32 defective, 120 normal, 160 calibration"
+    skipped_classes: dict[str, str] = field(default_factory=dict)  # class id -> why it makes no episode
 
     @property
     def estimated_s(self) -> float | None:
@@ -118,7 +119,8 @@ def plan_run(config) -> RunPlan:
     dataset = load_dataset(config.dataset, config.dataset_format, follow_links=config.follow_links)
     manifest = load_or_build_manifest(config, dataset)
     run_dir = Path(config.out) if config.out else Path(config.results_root) / f"{dataset.name}-{manifest.manifest_id[:8]}"
-    plan = RunPlan(run_dir, manifest.manifest_id, len(manifest.episodes), guess_workers(config))
+    plan = RunPlan(run_dir, manifest.manifest_id, len(manifest.episodes), guess_workers(config),
+                   skipped_classes=dict(manifest.params.get("skip_reasons") or {}))
     kinds = [("defective", lambda e: not e.query_is_normal), ("normal", lambda e: e.query_is_normal and e.role == "test"),
              ("calibration", lambda e: e.role == "calibration")]
     plan.composition = ", ".join(f"{sum(map(test, manifest.episodes))} {name}" for name, test in kinds)
@@ -137,10 +139,22 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def skipped_classes_line(skip_reasons: dict[str, str], shown: int = 8) -> str | None:
+    """One line naming the classes that make no episode and why (``params["skip_reasons"]``)."""
+    if not skip_reasons:
+        return None
+    items = [f"{class_id} ({why})" for class_id, why in sorted(skip_reasons.items())]
+    more = f", and {len(items) - shown} more (manifest params skip_reasons)" if len(items) > shown else ""
+    return f"left out: {len(items)} class(es) make no episode: " + ", ".join(items[:shown]) + more
+
+
 def format_plan(plan: RunPlan) -> str:
     composition = f" ({plan.composition})" if plan.composition else ""
     lines = [f"plan: {plan.episodes} episodes per method{composition} (manifest {plan.manifest_id[:8]}), "
              f"{plan.workers} worker(s), run folder {plan.run_dir}"]
+    skipped = skipped_classes_line(plan.skipped_classes)
+    if skipped:
+        lines.append(skipped)
     for m in plan.methods:
         if m.seconds_per_episode is None:
             rate = "no stored latency of this method: time unknown"
