@@ -20,11 +20,12 @@ A class is ``(object, category)``; one defective record = one (image, category) 
   keeps them all for test queries; ``params["calibration_skipped"]`` says why.
 * ``normal_queries_per_object = M`` (instead of ``normal_fraction``): M defect-free test queries
   per object (as many as it has), dealt round-robin to its classes, each image once.
-* Roles (``ImageRecord.role``, set by formats that fix them, e.g. SOFS open-domain): a "support"
-  image is never a query, a "query" image never a support; an "unlabelled" image (no ground truth)
-  is a query of its class once per (k, r) like a defective one, with ``query_is_normal`` False, and
-  not counted among defective or normal episodes (``params["n_unlabelled_episodes"]``): its rows
-  are stored with status ``UNSCORED_STATUS`` and never enter a metric.
+* Image roles (``ImageRecord.role``, set by formats that fix them, e.g. SOFS open-domain): a
+  "support" image is never a query, a "query" image never a support; an "unlabelled" image (no
+  ground truth) is a query of its class once per (k, r) like a defective one, in an episode of
+  role "unlabelled" (``query_is_normal`` False), counted in ``params["n_unlabelled_episodes"]``,
+  not among defective or normal episodes: its rows are stored with status ``UNSCORED_STATUS``
+  (``harness.records``) and never enter a metric.
 
 ``support_ids`` and ``query_id`` are ``image_id`` values; the record they denote is the one of the
 episode's class (``object/category``), or a normal record of the object when the image is normal.
@@ -70,7 +71,7 @@ MANIFEST_SCHEMA_V1 = pa.schema(
     ]
 )
 MANIFEST_SCHEMA = MANIFEST_SCHEMA_V1.append(pa.field("role", pa.string(), nullable=False))
-EPISODE_ROLES = ("test", "calibration")
+EPISODE_ROLES = ("test", "calibration", "unlabelled")
 # Not part of the content hash: where the data lies on this machine says nothing about the episodes.
 _UNHASHED_PARAMS = ("dataset_root",)
 
@@ -256,7 +257,7 @@ def _hold_out_calibration(records: list[ImageRecord], n: int, base_seed: int
         return records, {}, {}
     normals: dict[str, list[ImageRecord]] = defaultdict(list)
     for record in records:
-        if record.is_normal:
+        if record.is_normal and record.is_labelled:  # an unlabelled image is not known to be good
             normals[record.object].append(record)
     objects = sorted({r.object for r in records})
     held, skipped = {}, {}
@@ -309,7 +310,8 @@ def _class_episodes(
 ) -> tuple[list[Episode], bool]:
     """The episodes of one class at (k, r), defective queries first; and whether any drew with replacement."""
     episodes, replaced = [], False
-    for is_normal, queries in ((False, plan.queries), (False, plan.unlabelled), (True, plan.normal_queries)):
+    groups = ((False, plan.queries, "test"), (False, plan.unlabelled, "unlabelled"), (True, plan.normal_queries, "test"))
+    for is_normal, queries, role in groups:
         for query in queries:
             seed = derive_seed(base_seed, plan.class_id, k, repeat, query.image_id, is_normal)
             candidates = _other_images(plan.support_pool, query)
@@ -318,7 +320,7 @@ def _class_episodes(
                 _make_episode(
                     dataset=dataset_name, object=plan.object, category=plan.category, shots=k, seed=seed,
                     repeat=repeat, support_ids=_draw(np.random.default_rng(seed), candidates, k),
-                    query_id=query.image_id, query_is_normal=is_normal, support_is_normal=fad,
+                    query_id=query.image_id, query_is_normal=is_normal, support_is_normal=fad, role=role,
                 )
             )
     if plan.calibration:
@@ -413,7 +415,7 @@ def build_manifest(
         "skip_reasons": skip_reasons,
         "supports_with_replacement": sorted(with_replacement),
         "n_episodes": len(episodes),
-        "n_defective_episodes": sum(not e.query_is_normal for e in episodes),
+        "n_defective_episodes": sum(not e.query_is_normal and e.role == "test" for e in episodes),
         "n_normal_episodes": sum(e.query_is_normal and e.role == "test" for e in episodes),
     }
     # Only when used, so manifests built without them keep their ids.
@@ -424,9 +426,8 @@ def build_manifest(
         params["calibration_ids"] = {obj: [r.image_id for r in chosen] for obj, chosen in sorted(calibration.items())}
         params["calibration_skipped"] = calibration_skipped
         params["n_calibration_episodes"] = sum(e.role == "calibration" for e in episodes)
-    n_unlabelled = sum(len(plan.unlabelled) for plan in plans) * len(shot_list) * seeds
-    if n_unlabelled:  # only then: manifests of datasets without unlabelled images keep their ids
-        params["n_defective_episodes"] -= n_unlabelled
+    n_unlabelled = sum(e.role == "unlabelled" for e in episodes)
+    if n_unlabelled:
         params["n_unlabelled_episodes"] = n_unlabelled
     if hash_content:
         params["data_sha256"] = data_fingerprint(dataset.by_id(), named_ids(episodes))

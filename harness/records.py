@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-ROLES = ("", "support", "query", "unlabelled")
+IMAGE_ROLES = ("", "support", "query", "unlabelled")  # ImageRecord.role (Episode.role is another thing)
 # Row status of an episode whose query has no label: predicted and stored, not scored (no metric
 # column but the prediction's own: threshold, pred_area_px, pred_components, image_positive,
 # max_score); neither "ok" (the report pools only "ok" rows) nor a failure.
@@ -42,7 +42,7 @@ class ImageRecord:
     width: int
     height: int
     mask_value: int | None = None
-    role: str = ""  # "" | "support" | "query" | "unlabelled" (see ROLES)
+    role: str = ""  # one of IMAGE_ROLES
 
     @property
     def is_normal(self) -> bool:
@@ -74,5 +74,6 @@ class Episode:
     query_is_normal: bool
     support_is_normal: bool = False  # FAD mode: supports are defect-free images
     # "test": a scored query; "calibration": a held-out good image scored only to set a
-    # deployable threshold (never a query or support of a test episode; harness.episodes)
+    # deployable threshold (never a query or support of a test episode; harness.episodes);
+    # "unlabelled": a query without ground truth, predicted and stored (status UNSCORED_STATUS)
     role: str = "test"

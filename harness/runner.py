@@ -326,7 +326,7 @@ class EpisodeWorker:
             pred_path = self._save_prediction(episode, prediction.score_map)
         except Exception as exc:  # noqa: BLE001 - e.g. a full disk while writing the PNG
             return self._error_row(episode, exc, traceback.format_exc(limit=-3))
-        labelled = self.records[episode.query_id].is_labelled
+        labelled = episode.role != "unlabelled"
         row = {**asdict(self.context), **episode_fields(episode), **(metrics if labelled else unscored(metrics))}
         row.update(
             status="ok" if labelled else UNSCORED_STATUS,

@@ -7,7 +7,7 @@ import numpy as np
 
 import tests.toy_methods  # noqa: F401  (registers toy-bright)
 from datasets.base import load_dataset
-from harness.episodes import build_manifest
+from harness.episodes import build_manifest, read_manifest, write_manifest
 from harness.records import UNSCORED_STATUS
 from harness.report.aggregate import aggregate
 from harness.run import ManifestSettings, RunConfig, execute
@@ -50,7 +50,8 @@ def test_unlabelled_queries_make_episodes_counted_apart(tmp_path):
     # 3 unlabelled queries x 2 repeats, each a query of its object's class, not a normal query
     assert sorted((e.query_id, e.repeat) for e in unlabelled) == [
         (q, r) for q in ("steel/query/u1", "steel/query/u2", "tile/query/u1") for r in (0, 1)]
-    assert not any(e.query_is_normal for e in unlabelled)
+    assert not any(e.query_is_normal for e in unlabelled) and {e.role for e in unlabelled} == {"unlabelled"}
+    assert {e.role for e in manifest.episodes if e not in unlabelled} == {"test"}
     assert {e.category for e in unlabelled} == {"defect"}
     assert manifest.params["n_unlabelled_episodes"] == 6
     assert manifest.params["n_defective_episodes"] == 2  # q1 x 2 repeats
@@ -75,3 +76,13 @@ def test_unlabelled_queries_are_predicted_and_stored_not_scored(tmp_path):
     pooled = aggregate(rows).summary.iloc[0]
     assert pooled["n_failed"] == 0 and pooled["n_unscored"] == 3
     assert pooled["n_defective"] == 1 and pooled["n_normal"] == int((rows["query_is_normal"]).sum())
+
+
+def test_unlabelled_images_are_never_calibration_normals_and_roles_survive_the_file(tmp_path):
+    ds = load_dataset(str(open_domain(tmp_path / "open")))
+    manifest = build_manifest(ds, shots=(1,), seeds=1, normal_fraction=0.0, calibration_normals=1)
+    assert manifest.params["calibration_ids"] == {}  # steel has one labelled good image, tile none
+    assert not [e for e in manifest.episodes if e.role == "calibration"]
+    again = read_manifest(write_manifest(manifest, tmp_path / "manifests"))
+    assert [e.role for e in again.episodes] == [e.role for e in manifest.episodes]
+    assert again.manifest_id == manifest.manifest_id
