@@ -309,11 +309,17 @@ def _palette_values(img: Image.Image, path: Path) -> np.ndarray:
     return np.where(np.isin(index, black), 0, index).astype(index.dtype)
 
 
+def mask_levels(arr: np.ndarray) -> np.ndarray:
+    """The distinct values of a mask, ascending (a histogram for 8/16-bit values: no sort)."""
+    if arr.dtype.kind in "ui" and arr.size and int(arr.min()) >= 0 and int(arr.max()) <= 65535:
+        return np.flatnonzero(np.bincount(arr.ravel()))
+    return np.unique(arr)
+
+
 def mask_kind(arr: np.ndarray) -> str:
     """How a mask's values are read when no class id is given: one of ``MASK_KINDS``."""
-    levels = np.unique(arr)
-    top = int(levels[-1]) if levels.size else 0
-    if levels.size <= 2 and (levels.size < 2 or int(levels[0]) == 0):
+    top = int(arr.max(initial=0))
+    if top <= 0 or not np.any((arr != 0) & (arr != top)):  # every non-zero value is the top one
         return "binary"
     return "graded" if top > _half_range(top) else "class ids"
 
@@ -338,7 +344,7 @@ def class_pixels(arr: np.ndarray, mask_value: int | None) -> np.ndarray:
 
 def mask_ids(arr: np.ndarray) -> list[int]:
     """The non-zero values of a class-id mask, ascending."""
-    return [int(v) for v in np.unique(arr) if v > 0]
+    return [int(v) for v in mask_levels(arr) if v > 0]
 
 
 def read_mask(record: ImageRecord) -> np.ndarray:

@@ -16,7 +16,7 @@ from harness.constants import SIZE_BIN_EDGES, size_bin_labels
 from harness.records import ImageRecord
 
 from .base import (DatasetError, class_pixels, load_dataset, load_mask_values, mask_ids, mask_kind,
-                   read_image)
+                   mask_levels, read_image)
 
 # Area-fraction bin edges, as the report's size-stratified mIoU (DESIGN.md "Metrics").
 AREA_EDGES = SIZE_BIN_EDGES
@@ -100,7 +100,7 @@ class _Scanner:
         kind = mask_kind(values)
         if kind == "graded":
             half = 127 if int(values.max()) <= 255 else 32767
-            self.warning(path, f"non-binary mask, graded ({np.unique(values).size} distinct values): defect = values > {half}")
+            self.warning(path, f"non-binary mask, graded ({mask_levels(values).size} distinct values): defect = values > {half}")
         elif kind == "class ids":
             ids = mask_ids(values)
             shown = ", ".join(map(str, ids[:8])) + (" ..." if len(ids) > 8 else "")
