@@ -10,6 +10,8 @@ from bench import cli
 from datasets.base import DatasetError, class_pixels, load_dataset, load_mask_values, mask_kind, read_mask
 from datasets.check import check_dataset
 
+from tests.conftest import REAL_DATA
+
 from .helpers import write_image, write_mask
 
 
@@ -159,3 +161,18 @@ def test_visa_names_its_classes_from_id2class(tmp_path):
     ds = load_dataset(str(root))
     assert ds.classes() == [("pcb1", "anomaly"), ("pcb1", "bent"), ("pcb1", "missing")]
     assert read_mask(ds.by_id()["pcb1/missing/test/000"]).sum() == 4
+
+
+@pytest.mark.skipif(not (REAL_DATA / "el_pv_crack" / "masks_classid").is_dir(), reason="real data absent")
+def test_real_class_id_maps_are_read_as_class_ids():
+    """el_pv_crack's original class maps (0 bg, 1 dark, 2 cross, 3 crack, 4 busbar): the old rule read
+    every map holding two classes or more as graded and cut it at >127, to nothing (543 of 593)."""
+    files = sorted((REAL_DATA / "el_pv_crack" / "masks_classid").glob("*.png"))[:120]
+    multi = 0
+    for path in files:
+        values = load_mask_values(path)
+        if len(np.unique(values)) > 2:
+            multi += 1
+            assert mask_kind(values) == "class ids", path
+        np.testing.assert_array_equal(class_pixels(values, None), values > 0)
+    assert multi > 0
