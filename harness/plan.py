@@ -121,8 +121,11 @@ def plan_run(config) -> RunPlan:
     run_dir = Path(config.out) if config.out else Path(config.results_root) / f"{dataset.name}-{manifest.manifest_id[:8]}"
     plan = RunPlan(run_dir, manifest.manifest_id, len(manifest.episodes), guess_workers(config),
                    skipped_classes=dict(manifest.params.get("skip_reasons") or {}))
-    kinds = [("defective", lambda e: not e.query_is_normal), ("normal", lambda e: e.query_is_normal and e.role == "test"),
+    kinds = [("defective", lambda e: not e.query_is_normal and e.role == "test"),
+             ("normal", lambda e: e.query_is_normal and e.role == "test"),
              ("calibration", lambda e: e.role == "calibration")]
+    if any(e.role == "unlabelled" for e in manifest.episodes):  # predicted and stored, not scored
+        kinds.append(("unlabelled", lambda e: e.role == "unlabelled"))
     plan.composition = ", ".join(f"{sum(map(test, manifest.episodes))} {name}" for name, test in kinds)
     for spec in config.methods:
         stored = 0 if config.overwrite == "always" else stored_rows(run_dir, spec.name, manifest.manifest_id)

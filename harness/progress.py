@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import time
 
+from harness.records import UNSCORED_STATUS
+
 PLAIN_INTERVAL_S = 30.0
 
 
@@ -69,7 +71,7 @@ class Progress:
 
     def update_rows(self, count: int, rows: list[dict]) -> None:
         self.done += count
-        self.failed += sum(1 for r in rows if r["status"] != "ok")
+        self.failed += sum(1 for r in rows if r["status"] not in ("ok", UNSCORED_STATUS))
         if self.out is None:
             return
         if self.plain:

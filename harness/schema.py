@@ -35,7 +35,7 @@ EPISODE_FIELDS = [
     pa.field("support_ids", pa.list_(pa.string())),
     pa.field("query_is_normal", pa.bool_()),
     pa.field("support_is_normal", pa.bool_()),
-    pa.field("role", pa.string()),  # v4: "test" or "calibration" (harness.episodes); null = "test"
+    pa.field("role", pa.string()),  # v4: "test", "calibration" or "unlabelled" (harness.episodes); null = "test"
     # geometry (native resolution)
     pa.field("height", pa.int32()),
     pa.field("width", pa.int32()),

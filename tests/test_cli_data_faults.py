@@ -9,6 +9,7 @@ from click.testing import CliRunner
 import tests.toy_methods  # noqa: F401  (registers toy-bright)
 from bench import cli
 from datasets.formats import ADAPTERS
+from harness.progress import Progress
 from harness.store import read_run
 from tests.datasets.test_files_and_ids import fifo_unblocker
 from tests.harness.test_episode_roles import open_domain
@@ -81,3 +82,14 @@ def test_open_domain_run_keeps_roles_and_does_not_fail_unlabelled_queries(runner
     rows = read_run(tmp_path / "run")
     assert not rows["query_id"].str.contains("/support/").any()
     assert (rows["status"] == "unscored").sum() == 3 and "failed    0" in result.output
+    assert set(rows.loc[rows["status"] == "unscored", "role"]) == {"unlabelled"}
+    assert "1 defective, " in result.output and " 3 unlabelled)" in result.output  # the plan's composition
+
+
+def test_progress_does_not_count_unscored_rows_as_failed():
+    import io
+
+    out = io.StringIO()
+    progress = Progress(3, out, interval=30, clock=lambda: 10.0)
+    progress.update_rows(3, [{"status": "ok"}, {"status": "unscored"}, {"status": "error: x"}])
+    assert out.getvalue().strip().endswith(", 1 failed")
