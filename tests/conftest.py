@@ -17,6 +17,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = REPO_ROOT.parent / "shared" / "real-data"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip in a process without a CUDA device."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none in this process)")
+    for item in marked:
+        item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster per test session (ray.init costs seconds)."""

@@ -164,7 +164,7 @@ def test_nearest_neighbour_and_match_scores_stay_on_the_input_device():
     assert match_scores(torch.nn.functional.normalize(query, dim=1), bank[:5], bank[5:], mutual_k=3).device == query.device
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device in this process")
+@pytest.mark.cuda
 @pytest.mark.parametrize("name", ["panet", "patchcore"])
 def test_baselines_on_cuda_match_cpu(name, lite0_file):
     cpu = build(name, lite0_file, device="cpu")
