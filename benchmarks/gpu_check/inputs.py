@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.constants import SOFS_LAYERS
+from harness.io import short_error
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def prepare(work: Path, profile: Profile) -> dict:
     }
     try:
         inputs["seggpt"] = str(write_tiny_seggpt(work / "seggpt_tiny"))
-    except ImportError as exc:  # transformers is optional for everything but the seggpt stage
-        inputs["seggpt_error"] = f"transformers: {exc}"
+    except Exception as exc:  # noqa: BLE001 - only the seggpt stage needs it (transformers versions differ)
+        inputs["seggpt_error"] = f"cannot build a tiny SegGPT: {type(exc).__name__}: {short_error(exc, 200)}"
     (work / "inputs.json").write_text(json.dumps(inputs, indent=1))
     return inputs

@@ -42,7 +42,9 @@ def header(report: dict) -> list[str]:
     if profile:
         lines.append(f"Profile `{profile['name']}`: {profile['width']}x{profile['height']} synthetic images, at most "
                      f"{profile['episodes']} timed episodes or {profile['slice_s']:g} s per measurement. {versions}.")
-    lines.append(f"GPU utilisation and memory in use sampled with {report['util_source']}; torch peak = "
+    source = report["util_source"]
+    sampled = source if source.startswith("n/a") else f"sampled with {source}"
+    lines.append(f"GPU utilisation and memory in use: {sampled}; torch peak = "
                  f"torch.cuda.max_memory_allocated per measurement. CPU vs device agreement tolerance on score maps "
                  f"in [0, 1]: max |diff| <= {report['tolerance']['max_abs']:g}, mean |diff| <= "
                  f"{report['tolerance']['mean_abs']:g}. Total {report['seconds']:.0f} s.")

@@ -232,6 +232,7 @@ def stage_train(ctx: StageContext) -> None:
         train(dataset, config, out / "one", resume=False, stop_after=1, progress=False)
         one = time.perf_counter() - start
         more = max(1, min(ctx.profile.train_steps, int((ctx.left() - 2 * one) * 0.8 / one)))
+        _release(ctx.device)
         _reset_peak(ctx.device)
         start = time.perf_counter()
         result = train(dataset, config, out / "more", resume=False, stop_after=1 + more, progress=False)
