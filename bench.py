@@ -244,11 +244,12 @@ def cli():
 @click.option("--report/--no-report", "make_report", default=True, show_default=True, help="Write the comparison table when done.")
 @click.option("--follow-links", is_flag=True, help="Read images/masks that resolve outside the dataset folder (symlinks, link stubs, '..' paths in manifest.csv); refused by default.")
 @click.option("--allow-replacement", is_flag=True, help="Let supports repeat when a class has fewer other images than --shots (default: refuse).")
+@click.option("--episode-timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True, help="Seconds one predict() may take before it becomes an error row (retried on resume) and the run goes on; 0: no limit. The default is ~4x the slowest episode measured (README, Reliability).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (episodes per method, estimated time) and stop before any computation.")
 @FA_BUDGET_OPTION
 def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed,
         normal_queries_per_object, calibration_normals, manifest_path, out, overwrite, executor, address, workers, cpus_per_worker, gpus_per_worker, chunk_size,
-        weights, sets, save_predictions, min_area, make_report, follow_links, allow_replacement, dry_run, fa_budget):
+        weights, sets, save_predictions, min_area, make_report, follow_links, allow_replacement, episode_timeout, dry_run, fa_budget):
     """Run methods over the episodes of a dataset and store one Parquet row per episode."""
     # Usage errors first, before the heavy imports, so they answer in well under a second.
     check_method_names([m.strip() for m in methods.split(",") if m.strip()])
@@ -283,6 +284,7 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
             allow_replacement=allow_replacement,
             settings=EvalSettings(min_area=min_area),
             command=shlex.join(["python", "bench.py", *sys.argv[1:]]),
+            episode_timeout_s=episode_timeout,
         )
         from harness.plan import format_plan, plan_run
 

@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -28,7 +29,10 @@ from collections import deque
 from pathlib import Path
 
 from harness.io import REPO_ROOT, pid_alive, short_error
-from harness.runner import EpisodeWorker, EvalSettings, MethodJob, describe_error, error_row, interleave, merge_stats
+from harness.runner import (DEFAULT_EPISODE_TIMEOUT_S, EpisodeTimeout, EpisodeWorker, EvalSettings, MethodJob,
+                            WorkerDied, WorkUnit, describe_error, error_row, interleave, merge_stats)
+
+RESTART_POLL_S = 2.0  # while a worker restarts, how often the driver checks the cluster still has room
 
 
 
@@ -187,6 +191,7 @@ class RayExecutor:
         start_timeout_s: float = 600.0,
         resources: dict | None = None,
         owns_cluster: bool = False,
+        episode_timeout_s: float | None = DEFAULT_EPISODE_TIMEOUT_S,
     ):
         self.workers = workers
         self.cpus_per_worker = cpus_per_worker
@@ -195,6 +200,7 @@ class RayExecutor:
         self.max_attempts = max_attempts
         self.wait_timeout_s = wait_timeout_s
         self.start_timeout_s = start_timeout_s
+        self.episode_timeout_s = episode_timeout_s
         self.lost: list = []  # (WorkUnit, reason) of chunks that kept killing workers
         self.resources = resources  # the cluster's, as connect() reported them
         self.owns_cluster = owns_cluster  # the run's own connect started the local cluster
@@ -221,15 +227,17 @@ class RayExecutor:
         actors = self._start_actors(jobs, settings, min(self.workers, max(1, len(groups))))
         label = _label(by_name)
         work = ChunkQueues.split(groups, len(actors))
+        pieces = SplitUnits()
         pending: dict = {}  # ObjectRef -> (actor index, WorkUnit)
         load = [0] * len(actors)
         alive = [True] * len(actors)
-        suspect: set[int] = set()  # actors that failed a task: wait for their restart first
+        suspect: set[int] = set()  # actors that failed a task (or timed out): wait for their restart first
         try:
             while work or pending:
                 for index in sorted(suspect):
                     if not any(i == index for i, _ in pending.values()):
-                        alive[index] = self._restarted(actors[index])
+                        healthy = sum(a and i not in suspect for i, a in enumerate(alive))
+                        alive[index] = self._restarted(actors[index], healthy, label)
                         suspect.discard(index)
                 if not any(alive):
                     raise ClusterError(f"{label}: every Ray worker died and none restarted")
@@ -247,7 +255,17 @@ class RayExecutor:
                 for ref in ready:
                     index, unit = pending.pop(ref)
                     load[index] -= 1
-                    if not self._finish(ref, unit, by_name[unit.method], work, progress):
+                    rows = self._finish(ref, unit, by_name[unit.method], work, pieces)
+                    if rows is None:
+                        suspect.add(index)
+                        continue
+                    whole = pieces.gather(unit, rows)
+                    if whole is not None:
+                        by_name[unit.method].done_rows(*whole)
+                        progress(len(whole[1]), whole[1])
+                    if any(str(row.get("status", "")).startswith(f"error: {EpisodeTimeout.__name__}") for row in rows):
+                        # the abandoned predict still runs in that process: restart it
+                        ray.kill(actors[index], no_restart=False)
                         suspect.add(index)
         finally:
             self._collect(actors)
@@ -267,32 +285,36 @@ class RayExecutor:
         threads = max(1, int(self.cpus_per_worker))
         first, *rest = jobs
         more = [(j.spec, j.context, j.predictions_dir) for j in rest]
-        actors = [remote_worker.remote(first.spec, first.context, settings, first.predictions_dir, threads, more)
+        actors = [remote_worker.remote(first.spec, first.context, settings, first.predictions_dir, threads, more,
+                                       episode_timeout_s=self.episode_timeout_s)
                   for _ in range(count)]
         self._wait_until_ready(_label({job.spec.name: job for job in jobs}), actors)
         return actors
 
-    def _finish(self, ref, unit, job: MethodJob, work: "ChunkQueues", progress) -> bool:
-        """Store a finished unit's rows; False when its actor failed (the unit is requeued or lost)."""
+    def _finish(self, ref, unit: WorkUnit, job: MethodJob, work: "ChunkQueues", pieces: "SplitUnits") -> list[dict] | None:
+        """A finished unit's rows; None when its actor failed (the unit is requeued: a unit of
+        several episodes in two halves, so an episode that kills its worker is isolated; one
+        episode that killed ``max_attempts`` workers becomes its own error row)."""
         import ray
 
         try:
-            rows = ray.get(ref)
+            return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
             # The worker turns episode errors into rows, so this is a bug in run_chunk.
             cause = exc.cause if getattr(exc, "cause", None) else exc
-            rows = [error_row(job.context, e, describe_error(cause)) for e in unit.episodes]
+            return [error_row(job.context, e, describe_error(cause)) for e in unit.episodes]
         except ray.exceptions.RayError as exc:
-            # System failure (actor died or restarting, worker crashed, OOM kill): requeue; the
+            # System failure (actor died or restarting, worker crashed, OOM kill, node lost): the
             # actor restarts and reloads the methods.
-            if unit.attempt < self.max_attempts:
+            if len(unit.episodes) > 1:
+                work.retries.extend(pieces.announce(unit))
+            elif unit.attempt < self.max_attempts:
                 work.retries.append(unit.retry())
-            else:  # not stored: the chunk is not the episodes' fault, a re-run retries it
-                self.lost.append((unit, describe_error(exc)))
-            return False
-        job.done_rows(unit, rows)
-        progress(len(rows), rows)
-        return True
+            else:
+                died = WorkerDied(f"the worker died each of {unit.attempt} times it ran this episode "
+                                  f"(last: {describe_error(exc)[len('error: '):]})")
+                return [error_row(job.context, unit.episodes[0], describe_error(died))]
+            return None
 
     def _collect(self, actors: list) -> None:
         """Backbone view stats and devices of the live actors (best effort: a dead actor's are lost)."""
@@ -306,18 +328,31 @@ class RayExecutor:
             merge_stats(self.view_stats, stats)
             self.devices.update(devices)
 
-    def _restarted(self, actor) -> bool:
-        """Wait until a failed actor has restarted (and reloaded its method); False if it is gone."""
+    def _restarted(self, actor, healthy: int, label: str) -> bool:
+        """Wait until a failed actor has restarted (and reloaded its methods); False if it is gone,
+        or as soon as the cluster has no room for it beside the ``healthy`` actors (a lost node):
+        its work then goes to the others at once, and a line says so."""
         import ray
 
         deadline = time.monotonic() + self.start_timeout_s
+        ready = actor.ready.remote()
         while time.monotonic() < deadline:
             try:
-                ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                ray.get(ready, timeout=min(RESTART_POLL_S, max(0.1, deadline - time.monotonic())))
                 return True
             except ray.exceptions.ActorUnavailableError:
                 time.sleep(0.5)  # still restarting
-            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                ready = actor.ready.remote()
+            except ray.exceptions.GetTimeoutError:
+                pass
+            except ray.exceptions.RayError:
+                return False
+            slots = worker_slots(ray.nodes(), self.cpus_per_worker, self.gpus_per_worker)
+            if slots <= healthy:
+                ray.kill(actor, no_restart=True)  # should capacity come back, it is not waited for
+                print(f"warning: {label}: a Ray worker was lost and the cluster has room for {slots} "
+                      f"worker(s), {healthy} running; its chunks go to the {healthy} left",
+                      file=sys.stderr, flush=True)
                 return False
         return False
 
@@ -340,6 +375,49 @@ class RayExecutor:
                 ray.kill(actor)
             cause = _creation_cause(exc)
             raise ClusterError(f"{label} failed to start on a Ray worker: {cause}") from None
+
+
+def worker_slots(nodes: list[dict], cpus_per_worker: float, gpus_per_worker: float) -> int:
+    """How many workers of this shape the cluster's live nodes hold (``ray.nodes()`` entries)."""
+    slots = 0
+    for node in nodes:
+        if not node.get("Alive"):
+            continue
+        resources = node.get("Resources") or {}
+        fits = [int(resources.get("CPU", 0.0) // cpus_per_worker + 1e-9)] if cpus_per_worker > 0 else []
+        if gpus_per_worker > 0:
+            fits.append(int(resources.get("GPU", 0.0) // gpus_per_worker + 1e-9))
+        slots += min(fits) if fits else 0
+    return slots
+
+
+class SplitUnits:
+    """Rows of units that were split after worker deaths (``WorkUnit.halves``), gathered until
+    the unit handed to the executor is whole again (a Parquet part holds a whole chunk)."""
+
+    def __init__(self):
+        self.open: dict[tuple[str, int], tuple[WorkUnit, list]] = {}
+
+    def gather(self, unit: WorkUnit, rows: list[dict]) -> tuple[WorkUnit, list[dict]] | None:
+        """``(whole unit, its rows in order)`` once every piece is back; None while some are out."""
+        if unit.piece is None:
+            return unit, rows
+        key = (unit.method, unit.chunk_index)
+        if key not in self.open:
+            raise RuntimeError(f"piece {unit.piece} of chunk {key} came back unannounced")
+        whole, gathered = self.open[key]
+        start, stop = unit.piece
+        gathered[start:stop] = rows
+        if any(row is None for row in gathered):
+            return None
+        del self.open[key]
+        return whole, gathered
+
+    def announce(self, unit: WorkUnit) -> list[WorkUnit]:
+        """The halves of ``unit``; the first split of a unit opens its gathering."""
+        if unit.piece is None:
+            self.open[(unit.method, unit.chunk_index)] = (unit, [None] * len(unit.episodes))
+        return unit.halves()
 
 
 class ChunkQueues:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Sequence
 
 from harness import provenance
-from harness.runner import EvalSettings, Executor, InlineExecutor, MethodJob, RowContext, WorkUnit, make_unit
+from harness.runner import (DEFAULT_EPISODE_TIMEOUT_S, EvalSettings, Executor, InlineExecutor, MethodJob, RowContext,
+                            WorkUnit, make_unit)
 from harness.store import RunStore, StoreError, os_problem, partition_value
 from harness.io import REPO_ROOT, file_sha256
 from harness.records import UNSCORED_STATUS
@@ -63,6 +64,7 @@ class RunConfig:
     allow_replacement: bool = False  # let supports repeat when a class has fewer images than shots
     settings: EvalSettings = field(default_factory=EvalSettings)
     command: str = ""
+    episode_timeout_s: float | None = DEFAULT_EPISODE_TIMEOUT_S  # a longer predict becomes an error row; 0/None: none
 
 
 @dataclass
@@ -215,6 +217,8 @@ def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
         raise RunError("no method given (--methods)")
     if config.chunk_size is not None and config.chunk_size < 1:
         raise RunError(f"--chunk-size must be at least 1, got {config.chunk_size}")
+    if config.episode_timeout_s is not None and not config.episode_timeout_s >= 0:
+        raise RunError(f"--episode-timeout must be 0 (none) or a number of seconds, got {config.episode_timeout_s}")
     for spec in config.methods:
         if partition_value(spec.name) != spec.name:
             raise RunError(f"method name '{spec.name}' cannot be a results folder name (use letters, digits, _ . + -)")
@@ -307,6 +311,7 @@ def start_record(config: RunConfig, dataset, manifest, previous: dict, executor:
         "eval_settings": asdict(config.settings),
         "chunk_size": chunk_size,
         "chunk_order": chunk_order,
+        "episode_timeout_s": config.episode_timeout_s or None,
         "git": provenance.git_info(),
         "packages": provenance.package_versions(),
         "hardware": provenance.hardware(),
@@ -479,7 +484,7 @@ def default_gpus_per_worker(given: float | None, resources: dict) -> float:
 def make_executor(config: RunConfig) -> Executor:
     if config.executor == "inline":
         return InlineExecutor(threads=int(config.cpus_per_worker) if config.cpus_per_worker else None,
-                              gpus_per_worker=config.gpus_per_worker or 0.0)
+                              gpus_per_worker=config.gpus_per_worker or 0.0, episode_timeout_s=config.episode_timeout_s)
     if config.executor != "ray":
         raise RunError(f"unknown executor '{config.executor}' (ray or inline)")
     import ray
@@ -494,8 +499,8 @@ def make_executor(config: RunConfig) -> Executor:
         raise RunError("--workers must be at least 1")
     cpus = config.cpus_per_worker or max(1.0, float(int(resources.get("CPU", 1.0) // workers)))
     check_resources(resources, workers, cpus, gpus)
-    return RayExecutor(workers, cpus, gpus, resources=resources,
-                       owns_cluster=not joined_existing and started_local())
+    return RayExecutor(workers, cpus, gpus, resources=resources, owns_cluster=not joined_existing and started_local(),
+                       episode_timeout_s=config.episode_timeout_s)
 
 
 def make_progress(total: int, out):

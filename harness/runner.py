@@ -11,10 +11,12 @@ method by name. Application errors (a bad image, a method exception) become rows
 """
 from __future__ import annotations
 
-import json
+import builtins
 import os
+import queue
 import socket
 import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
@@ -61,9 +63,23 @@ class WorkUnit:
     episodes: tuple[Episode, ...]
     records: tuple[ImageRecord, ...]
     attempt: int = 1
+    # The positions of ``episodes`` in the stored chunk when only some are computed (a resume
+    # retrying transient errors): the driver merges their rows into the stored part. None: all.
+    positions: tuple[int, ...] | None = None
+    # (start, stop): this unit is episodes[start:stop] of a unit an executor split (a worker kept
+    # dying on it); the executor gathers the pieces' rows before handing the whole unit back.
+    piece: tuple[int, int] | None = None
 
     def retry(self) -> "WorkUnit":
         return replace(self, attempt=self.attempt + 1)
+
+    def halves(self) -> list["WorkUnit"]:
+        """Two pieces of a unit of several episodes, each a first attempt."""
+        start = self.piece[0] if self.piece else 0
+        middle = len(self.episodes) // 2
+        return [replace(self, episodes=self.episodes[:middle], attempt=1, piece=(start, start + middle)),
+                replace(self, episodes=self.episodes[middle:], attempt=1,
+                        piece=(start + middle, start + len(self.episodes)))]
 
 
 def make_unit(method: str, chunk_index: int, episodes: Sequence[Episode], by_id: dict[str, ImageRecord]) -> WorkUnit:
@@ -108,6 +124,73 @@ def unscored(metrics: dict) -> dict:
 def describe_error(exc: BaseException) -> str:
     message = short_error(exc) if str(exc).strip() else ""
     return f"error: {type(exc).__name__}: {message}"
+
+
+class EpisodeTimeout(Exception):
+    """``predict`` did not return within the run's ``--episode-timeout`` (the call is abandoned)."""
+
+
+class WorkerDied(Exception):
+    """The worker process died (crash, OOM kill, lost node) each time it ran this one episode."""
+
+
+# Causes that may pass on their own (disk full, out of memory, a read error, a hang, a dead
+# worker): their error rows are retried when the run is resumed. OSError covers its subclasses
+# (FileNotFoundError, PIL's UnidentifiedImageError ...); OutOfMemoryError is torch.cuda's.
+TRANSIENT_ERRORS = frozenset(
+    {name for name, value in vars(builtins).items()
+     if isinstance(value, type) and issubclass(value, (OSError, MemoryError))}
+    | {"OutOfMemoryError", "UnidentifiedImageError", EpisodeTimeout.__name__, WorkerDied.__name__})
+
+
+def is_transient(status: str | None) -> bool:
+    """Whether a stored ``status`` ("error: <Type>: <message>") names a cause worth retrying."""
+    if not status or not status.startswith("error: "):
+        return False
+    return status[len("error: "):].split(":", 1)[0] in TRANSIENT_ERRORS
+
+
+DEFAULT_EPISODE_TIMEOUT_S = 3600.0  # see README "Reliability": ~4x the slowest episode measured
+
+
+class PredictThread:
+    """Runs ``predict`` calls on one long-lived daemon thread and waits at most ``timeout_s`` each.
+
+    A Python thread cannot be stopped, so a call that does not return in time is abandoned: its
+    thread stays blocked (a daemon: it does not keep the process alive) and the next call starts
+    a new thread. One thread serves every call otherwise (a thread per call would take a fresh
+    malloc arena each time, see ``EpisodeWorker._threads``)."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self.abandoned = 0  # calls that timed out (their threads are still blocked)
+        self._inbox: queue.SimpleQueue | None = None
+
+    def call(self, function: Callable):
+        if self._inbox is None:
+            self._inbox = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(self._inbox,), name="sofs-predict", daemon=True).start()
+        done, box = threading.Event(), {}
+        self._inbox.put((function, done, box))
+        if not done.wait(self.timeout_s):
+            self._inbox.put(None)  # should the call ever return, its thread ends there
+            self._inbox = None
+            self.abandoned += 1
+            raise EpisodeTimeout(f"predict did not return within {self.timeout_s:g} s (--episode-timeout)")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    @staticmethod
+    def _serve(inbox: queue.SimpleQueue) -> None:
+        while (item := inbox.get()) is not None:
+            function, done, box = item
+            try:
+                box["value"] = function()
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                box["error"] = exc
+            finally:
+                done.set()
 
 
 PIPELINE_DEPTH = 2  # score maps waiting for the scorer thread (each is float32 [H, W])
@@ -169,6 +252,7 @@ class EpisodeWorker:
         predictions_dir: str | None = None,
         threads: int | None = None,
         more: Sequence[tuple[MethodSpec, RowContext, str | None]] = (),
+        episode_timeout_s: float | None = None,
     ):
         if threads:
             import torch
@@ -178,8 +262,12 @@ class EpisodeWorker:
 
         self._read_image, self._read_mask = read_image, read_mask
         self.slots: dict[str, _Slot] = {}
+        self.specs: dict[str, MethodSpec] = {}
         for spec, ctx, predictions in ((method_spec, context, predictions_dir), *more):
             self.slots[spec.name] = _Slot(spec.build(), ctx, Path(predictions) if predictions else None)
+            self.specs[spec.name] = spec
+        # None or 0: predict runs on the calling thread, unbounded
+        self.predictor = PredictThread(episode_timeout_s) if episode_timeout_s else None
         self._use(method_spec.name)
         self.records: dict[str, ImageRecord] = {}
         self.settings = settings
@@ -190,7 +278,17 @@ class EpisodeWorker:
     def _use(self, name: str) -> None:
         slot = self.slots[name]
         self.method, self.context, self.predictions_dir = slot.method, slot.context, slot.predictions_dir
+        self.method_name = name
         self.device = method_device(slot.method)
+
+    def _replace_method(self) -> None:
+        """A fresh instance of the current method after a timed-out ``predict``: the abandoned
+        call may still be running on the old one (its caches, its state)."""
+        name = self.method_name
+        print(f"warning: {self.worker_name}: {name}: predict timed out after {self.predictor.timeout_s:g} s; "
+              "the call is abandoned and the method loaded again", file=sys.stderr, flush=True)
+        self.slots[name].method = self.specs[name].build()
+        self._use(name)
 
     def devices(self) -> dict:
         """``{method: device}`` of this worker's methods."""
@@ -304,12 +402,23 @@ class EpisodeWorker:
         try:
             check_inputs(support_images, support_masks, query_image)
             start = time.perf_counter()
-            output = self.method.predict(support_images, support_masks, query_image)
+            output = self._call_predict(support_images, support_masks, query_image)
             predict_s = time.perf_counter() - start
             prediction = checked_prediction(output, self.method.threshold, gt_mask.shape)
             return prediction, gt_mask, load_s, predict_s
         except Exception as exc:  # noqa: BLE001 - one bad episode must not stop the run
             return self._error_row(episode, exc, traceback.format_exc(limit=-3))
+
+    def _call_predict(self, support_images, support_masks, query_image):
+        """``method.predict``, bounded by the episode timeout when one is set."""
+        method = self.method
+        if self.predictor is None:
+            return method.predict(support_images, support_masks, query_image)
+        try:
+            return self.predictor.call(lambda: method.predict(support_images, support_masks, query_image))
+        except EpisodeTimeout:
+            self._replace_method()
+            raise
 
     def _score(self, episode: Episode, prediction: Prediction, gt_mask: np.ndarray, load_s: float,
                predict_s: float) -> dict:
@@ -439,8 +548,10 @@ class InlineExecutor:
     cpus_per_worker = None
     resources = None
 
-    def __init__(self, threads: int | None = None, gpus_per_worker: float = 0.0):
+    def __init__(self, threads: int | None = None, gpus_per_worker: float = 0.0,
+                 episode_timeout_s: float | None = DEFAULT_EPISODE_TIMEOUT_S):
         self.threads = threads
+        self.episode_timeout_s = episode_timeout_s
         self.gpus_per_worker = gpus_per_worker  # recorded as given (the method picks its device)
         self.lost: list = []  # nothing is lost in-process: a failure raises
         self.view_stats: dict = {}  # merge_stats of the workers, per method
@@ -460,7 +571,8 @@ class InlineExecutor:
         by_name = {job.spec.name: job for job in jobs}
         first, *rest = jobs
         worker = EpisodeWorker(first.spec, first.context, settings, first.predictions_dir, self.threads,
-                               more=[(j.spec, j.context, j.predictions_dir) for j in rest])
+                               more=[(j.spec, j.context, j.predictions_dir) for j in rest],
+                               episode_timeout_s=self.episode_timeout_s)
         try:
             for group in interleave(jobs):
                 for unit in group:

@@ -2,9 +2,11 @@
 
 ``toy-bright`` scores each pixel by its grey level: the fixture defects are bright on a dark
 surface, so it segments them exactly. Options make it slow, crash on a query, or kill its own
-worker process once (to exercise retries).
+worker process once (to exercise retries), hang, kill its worker on one query, or fail as a full disk.
 """
+import errno
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,10 @@ class BrightConfig:
     crash_width: int = 0  # raise on queries of this width
     die_once_marker: str = ""  # os._exit(1) on the first call if this file does not exist yet
     fail_init: str = ""  # raise MethodError(fail_init) in the constructor (e.g. unreadable weights)
+    hang_width: int = 0  # never return on queries of this width (a hung predict)
+    die_width: int = 0  # os._exit(1) on every query of this width (an episode that kills its worker)
+    full_disk_width: int = 0  # OSError ENOSPC on queries of this width while full_disk_until is absent
+    full_disk_until: str = ""
 
 
 class Bright:
@@ -37,8 +43,15 @@ class Bright:
         if self.config.die_once_marker and not Path(self.config.die_once_marker).exists():
             Path(self.config.die_once_marker).touch()
             os._exit(1)
-        if self.config.crash_width and query_image.shape[1] == self.config.crash_width:
+        width = query_image.shape[1]
+        if self.config.crash_width and width == self.config.crash_width:
             raise RuntimeError("toy crash on purpose")
+        if self.config.hang_width and width == self.config.hang_width:
+            threading.Event().wait()
+        if self.config.die_width and width == self.config.die_width:
+            os._exit(1)
+        if self.config.full_disk_width == width and not Path(self.config.full_disk_until).exists():
+            raise OSError(errno.ENOSPC, "No space left on device")
         time.sleep(self.config.sleep_s)
         return query_image.mean(axis=2).astype(np.float32) / 255.0
 
