@@ -351,8 +351,10 @@ def build_jobs(config: RunConfig, store: RunStore, dataset, manifest, identities
             raise RunError(f"{store.run_dir}: method '{spec.name}' already has results and --overwrite never was given")
         stored_methods[spec.name] = {**identity, "config_hash": config_hash}
         summary = MethodSummary(spec.name, planned=len(manifest.episodes))
-        summary.skipped = sum(len(chunks[i]) for i in done if i < len(chunks))
-        units = [make_unit(spec.name, i, chunk, by_id) for i, chunk in enumerate(chunks) if i not in done]
+        retry = transient_rows(store, spec.name, done)
+        summary.skipped = sum(len(chunks[i]) for i in done if i < len(chunks)) - sum(map(len, retry.values()))
+        units = [make_unit(spec.name, i, chunk, by_id, retry.get(i)) for i, chunk in enumerate(chunks)
+                 if i not in done or i in retry]
         context = RowContext(record["run_id"], manifest.manifest_id, dataset.name, config_hash, options_json)
         predictions = str(store.method_predictions_dir(spec.name)) if config.save_predictions else None
         jobs.append(MethodJob(spec, context, units, predictions, make_writer(store, summary)))
@@ -360,6 +362,24 @@ def build_jobs(config: RunConfig, store: RunStore, dataset, manifest, identities
     record["methods"] = stored_methods
     record["counts"] = {"planned": len(manifest.episodes) * len(config.methods)}
     return jobs, summaries
+
+
+def transient_rows(store: RunStore, method: str, done: set[int]) -> dict[int, list[int]]:
+    """``{chunk: positions}`` of the stored rows whose error is transient (``harness.status``):
+    a resume computes those episodes again and merges them into their part."""
+    from harness.status import is_transient
+
+    retry = {}
+    for index in sorted(done):
+        statuses = store.part_statuses(method, index)
+        positions = [p for p, status in enumerate(statuses or ()) if is_transient(status)]
+        if positions:
+            retry[index] = positions
+    if retry:
+        n = sum(map(len, retry.values()))
+        warn(f"{method}: {n} stored episode(s) failed on a transient cause (disk, memory, read error, "
+             "timeout, dead worker); computing them again")
+    return retry
 
 
 def run_jobs(config: RunConfig, store: RunStore, manifest, executor: Executor, jobs, summaries, record: dict,
@@ -413,6 +433,8 @@ def finish_record(store: RunStore, record: dict, methods: Sequence[str], planned
     record["ended_at"] = datetime.now(timezone.utc).isoformat()
     record["elapsed_s"] = record.get("elapsed_s", 0.0) + (time.time() - started)
     record["counts"] = count_stored(store, methods, planned_per_method)
+    if record.get("status") == "complete" and record["counts"].get("retry_on_resume"):
+        record["status"] = "incomplete"  # transient errors stored: the same command retries them
     try:
         store.write_json(record)
     except StoreError as exc:
@@ -435,6 +457,11 @@ def make_writer(store: RunStore, summary: MethodSummary):
             lines.append(f"[{unit.method}] episode {row['episode_id']} (query {row['query_id']}): {row['status']}\n")
             if trace:
                 lines.append(trace + "\n")
+        if unit.positions is not None:  # some episodes of a stored chunk: merge them into its part
+            merged = store.read_part(unit.method, unit.chunk_index)
+            for position, row in zip(unit.positions, rows):
+                merged[position] = row
+            rows = merged
         store.write_part(unit.method, unit.chunk_index, rows)
         if lines:
             try:
@@ -452,12 +479,15 @@ def count_stored(store: RunStore, methods: Sequence[str], planned_per_method: in
     try:
         frame = read_run(store.run_dir, columns=["method", "status"])
     except StoreError:
-        return {"planned": planned_per_method * len(methods), "done": 0, "failed": 0}
+        return {"planned": planned_per_method * len(methods), "done": 0, "failed": 0, "retry_on_resume": 0}
+    from harness.status import is_transient
+
     frame = frame[frame["method"].isin([partition_value(m) for m in methods])]
     failed = int((~frame["status"].isin(["ok", UNSCORED_STATUS])).sum())
     unscored = int((frame["status"] == UNSCORED_STATUS).sum())
+    transient = int(frame["status"].map(is_transient).sum()) if failed else 0
     counts = {"planned": planned_per_method * len(methods), "done": int(len(frame)), "failed": failed,
-              "ok": int(len(frame)) - failed - unscored}
+              "ok": int(len(frame)) - failed - unscored, "retry_on_resume": transient}
     return {**counts, "unscored": unscored} if unscored else counts
 
 

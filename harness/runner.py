@@ -11,7 +11,6 @@ method by name. Application errors (a bad image, a method exception) become rows
 """
 from __future__ import annotations
 
-import builtins
 import os
 import queue
 import socket
@@ -82,9 +81,14 @@ class WorkUnit:
                         piece=(start + middle, start + len(self.episodes)))]
 
 
-def make_unit(method: str, chunk_index: int, episodes: Sequence[Episode], by_id: dict[str, ImageRecord]) -> WorkUnit:
+def make_unit(method: str, chunk_index: int, episodes: Sequence[Episode], by_id: dict[str, ImageRecord],
+              positions: Sequence[int] | None = None) -> WorkUnit:
+    """The unit of a chunk; with ``positions`` only those episodes of it (``WorkUnit.positions``)."""
+    if positions is not None:
+        episodes = [episodes[p] for p in positions]
+        positions = tuple(positions)
     ids = sorted({i for e in episodes for i in (*e.support_ids, e.query_id)})
-    return WorkUnit(method, chunk_index, tuple(episodes), tuple(by_id[i] for i in ids))
+    return WorkUnit(method, chunk_index, tuple(episodes), tuple(by_id[i] for i in ids), positions=positions)
 
 
 def episode_fields(episode: Episode) -> dict:
@@ -127,27 +131,14 @@ def describe_error(exc: BaseException) -> str:
 
 
 class EpisodeTimeout(Exception):
-    """``predict`` did not return within the run's ``--episode-timeout`` (the call is abandoned)."""
+    """``predict`` did not return within the run's ``--episode-timeout`` (the call is abandoned).
+    Its rows are transient errors (``harness.status.TIMEOUT``), computed again on resume."""
 
 
 class WorkerDied(Exception):
-    """The worker process died (crash, OOM kill, lost node) each time it ran this one episode."""
+    """The worker process died (crash, OOM kill, lost node) each time it ran this one episode.
+    Its rows are transient errors (``harness.status.WORKER_DIED``), computed again on resume."""
 
-
-# Causes that may pass on their own (disk full, out of memory, a read error, a hang, a dead
-# worker): their error rows are retried when the run is resumed. OSError covers its subclasses
-# (FileNotFoundError, PIL's UnidentifiedImageError ...); OutOfMemoryError is torch.cuda's.
-TRANSIENT_ERRORS = frozenset(
-    {name for name, value in vars(builtins).items()
-     if isinstance(value, type) and issubclass(value, (OSError, MemoryError))}
-    | {"OutOfMemoryError", "UnidentifiedImageError", EpisodeTimeout.__name__, WorkerDied.__name__})
-
-
-def is_transient(status: str | None) -> bool:
-    """Whether a stored ``status`` ("error: <Type>: <message>") names a cause worth retrying."""
-    if not status or not status.startswith("error: "):
-        return False
-    return status[len("error: "):].split(":", 1)[0] in TRANSIENT_ERRORS
 
 
 DEFAULT_EPISODE_TIMEOUT_S = 3600.0  # see README "Reliability": ~4x the slowest episode measured

@@ -164,6 +164,28 @@ class RunStore:
         atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp))
         return path
 
+    def read_part(self, method: str, chunk_index: int) -> list[dict]:
+        """The rows of a stored part, in order (to merge recomputed episodes into it)."""
+        path = self.part_path(method, chunk_index)
+        try:
+            return pq.read_table(path, schema=EPISODE_SCHEMA).to_pylist()
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreError(f"{path}: cannot read ({short_error(exc)})") from None
+
+    def part_statuses(self, method: str, chunk_index: int) -> list[str] | None:
+        """The ``status`` of each row of a stored part; None when the footer's statistics show
+        every row is "ok" (most parts: nothing but the footer is read)."""
+        path = self.part_path(method, chunk_index)
+        try:
+            meta = pq.read_metadata(path)
+            column = meta.schema.to_arrow_schema().get_field_index("status")
+            stats = [meta.row_group(i).column(column).statistics for i in range(meta.num_row_groups)]
+            if all(s is not None and s.has_min_max and s.null_count == 0 and s.min == s.max == "ok" for s in stats):
+                return None
+            return pq.read_table(path, columns=["status"]).column("status").to_pylist()
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreError(f"{path}: cannot read ({short_error(exc)})") from None
+
     def clear_method(self, method: str) -> None:
         shutil.rmtree(self.method_dir(method), ignore_errors=True)
         shutil.rmtree(self.predictions_dir / partition_value(method), ignore_errors=True)

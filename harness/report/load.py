@@ -220,8 +220,14 @@ def planned_episodes(run: RunInfo) -> int | None:
 
 
 def coverage_notes(rows: pd.DataFrame, sources: dict[str, MethodSource]) -> list[str]:
-    """One line per run: "N of M planned episodes stored", naming the incomplete methods."""
-    stored = rows.groupby("method", sort=False)["episode_id"].nunique()
+    """One line per run: "N of M planned episodes stored", naming the incomplete methods. An
+    episode whose row holds a transient error (``harness.status``) is not counted as stored: the
+    same command computes it again."""
+    from harness.status import is_transient
+
+    transient = rows["status"].map(is_transient).to_numpy(bool)
+    stored = rows.loc[~transient].groupby("method", sort=False)["episode_id"].nunique()
+    retry = rows.loc[transient].groupby("method", sort=False)["episode_id"].nunique()
     by_run: dict[str, list[tuple[str, int, int | None]]] = {}
     for label, source in sources.items():
         by_run.setdefault(source.run.label, []).append((label, int(stored.get(label, 0)), planned_episodes(source.run)))
@@ -234,6 +240,9 @@ def coverage_notes(rows: pd.DataFrame, sources: dict[str, MethodSource]) -> list
         total, planned = sum(n for _, n, _ in known), sum(p for _, _, p in known)
         incomplete = [f"{label} ({n} of {p})" for label, n, p in known if n < p]
         line = f"{run_label}: {total} of {planned} planned episodes stored"
+        retried = sum(int(retry.get(label, 0)) for label, _, _ in known)
+        if retried:
+            line += f" ({retried} more failed on a transient cause: disk, memory, read error, timeout or dead worker)"
         if incomplete:
             line += f"; incomplete: {', '.join(incomplete)} (run the same command to resume)"
         notes.append(line)

@@ -81,3 +81,51 @@ def test_hung_predict_under_ray_is_a_timeout_row_and_its_worker_restarts(tmp_pat
     assert hung.any() and len(rows) == summary.episodes == rows["episode_id"].nunique()
     assert rows.loc[hung, "status"].str.startswith("error: EpisodeTimeout").all()
     assert (rows.loc[~hung, "status"] == "ok").all()
+
+
+# ------------------------------------------------------------------------------ item 4: transient errors
+
+
+def test_transient_error_rows_are_retried_on_resume_and_counted_until_they_succeed(tmp_path, capsys):
+    from harness.report import build_report
+
+    dataset = make_folder_dataset(tmp_path / "data")
+    disk_back = tmp_path / "disk-has-room-again"
+    options = {"full_disk_width": 65, "full_disk_until": str(disk_back)}
+    first = execute(config(dataset, tmp_path / "run", options=options), progress_out=None)
+    full = int((query_widths(first.run_dir) == 65).sum())
+    assert full > 0 and first.failed == full
+    assert rows_of(first.run_dir)["status"].str.startswith("error: OSError: [Errno 28] No space left").sum() == full
+    record = json.loads((first.run_dir / "run.json").read_text())
+    assert record["counts"]["retry_on_resume"] == full and record["status"] == "incomplete"
+    report = build_report([first.run_dir], tmp_path / "report", bootstrap=0)
+    line = next(n for n in report.notes if "planned episodes stored" in n)
+    assert line.startswith(f"run: {first.episodes - full} of {first.episodes} planned episodes stored "
+                           f"({full} more failed on a transient cause")
+
+    still_full = execute(config(dataset, tmp_path / "run", options=options), progress_out=None)
+    assert still_full.methods[0].failed == full and still_full.methods[0].ok == 0  # not "failed 0"
+    assert still_full.methods[0].skipped == first.episodes - full
+    assert f"{full} stored episode(s) failed on a transient cause" in capsys.readouterr().err
+
+    disk_back.touch()
+    healed = execute(config(dataset, tmp_path / "run", options=options), progress_out=None)
+    assert healed.failed == 0 and healed.methods[0].ok == full
+    clean = execute(config(dataset, tmp_path / "clean", options=options), progress_out=None)
+    pd.testing.assert_frame_equal(rows_of(healed.run_dir), rows_of(clean.run_dir))
+    assert json.loads((healed.run_dir / "run.json").read_text())["status"] == "complete"
+    again = execute(config(dataset, tmp_path / "run", options=options), progress_out=None)
+    assert again.methods[0].skipped == again.episodes and again.methods[0].ok == 0
+
+
+def test_which_errors_are_transient():
+    from harness.runner import EpisodeTimeout, WorkerDied, describe_error
+    from harness.status import TIMEOUT, WORKER_DIED, is_transient
+
+    assert (EpisodeTimeout.__name__, WorkerDied.__name__) == (TIMEOUT, WORKER_DIED)
+    for exc in (OSError(28, "No space left on device"), FileNotFoundError("x.png"), MemoryError(),
+                EpisodeTimeout("slow"), WorkerDied("gone"), PermissionError("denied")):
+        assert is_transient(describe_error(exc)), exc
+    for status in ("ok", None, "error: RuntimeError: toy crash", "error: ValueError: OSError: in the text",
+                   "error: MethodError: bad option"):
+        assert not is_transient(status), status

@@ -180,7 +180,8 @@ def test_run_json_records_completion_and_invocations(tmp_path):
     record = json.loads((summary.run_dir / "run.json").read_text())
     assert record["status"] == "complete" and record["ended_at"]
     assert len(record["invocations"]) == 2
-    assert record["counts"] == {"planned": summary.episodes, "done": summary.episodes, "failed": 0, "ok": summary.episodes}
+    assert record["counts"] == {"planned": summary.episodes, "done": summary.episodes, "failed": 0, "ok": summary.episodes,
+                                "retry_on_resume": 0}
     assert record["methods"]["toy-bright"]["config_hash"]
     assert record["manifest_id"] == summary.manifest_id and record["git"]["sha"]
 
