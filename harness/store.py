@@ -4,17 +4,20 @@
     results/<run>/.lock                                    {"pid", "host", "since"} while a run writes
     results/<run>/manifest/<manifest_id>.parquet (+ .json) the episodes this run evaluates
     results/<run>/episodes/method=<m>/part-<chunk>.parquet one row per episode (harness.schema)
+    results/<run>/episodes/method=<m>/.part-<chunk>.parquet.sha256   its content checksum (sha256sum format)
     results/<run>/episodes/.corrupt/                       parts that failed verification, moved aside
     results/<run>/predictions/<m>/<episode_id>.png         optional 8-bit score maps
 
 Part names are deterministic (the chunk index in the manifest order) and written to a temp file
 then renamed, so a killed run leaves only whole parts and a re-run replaces a chunk's own file.
-A part counts as done only when its footer reads back with the episode schema and the chunk's row
-count (a truncated or foreign file is moved to ``episodes/.corrupt/`` and its chunk recomputed).
+A part counts as done only when its bytes match the sha256 written beside it (hidden, so readers of
+the folder skip it) and its footer reads back with the episode schema and the chunk's row count (a
+truncated, bit-flipped or foreign file is moved to ``episodes/.corrupt/`` and its chunk recomputed).
 Everything reads back with plain pandas / pyarrow / DuckDB (hive partitioning on ``method``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -88,6 +91,38 @@ def verify_part(path: Path, rows: int | None = None) -> str | None:
     return None
 
 
+def checksum_path(part: Path) -> Path:
+    """The sha256 sidecar of a part: ``.part-00003.parquet.sha256`` beside it (hidden: pandas,
+    pyarrow and DuckDB globs skip it)."""
+    return part.with_name(f".{part.name}.sha256")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksum(part: Path) -> str | None:
+    """Why ``part``'s bytes do not match its sha256 sidecar, ``None`` when they do; a part without
+    a sidecar (written before checksums existed) gives ``"no checksum"``."""
+    try:
+        recorded = checksum_path(part).read_text().split()
+    except FileNotFoundError:
+        return "no checksum"
+    except OSError as exc:
+        return f"checksum file unreadable ({os_problem(exc)})"
+    try:
+        actual = _sha256(part)
+    except OSError as exc:
+        return f"unreadable ({os_problem(exc)})"
+    if not recorded or recorded[0] != actual:
+        return f"content does not match its sha256 ({checksum_path(part).name}): the data are corrupt"
+    return None
+
+
 def prediction_file(method_predictions_dir: Path, episode_id: str) -> Path:
     """The 8-bit score-map PNG of one episode inside ``RunStore.method_predictions_dir(method)``."""
     return Path(method_predictions_dir) / f"{episode_id}.png"
@@ -135,22 +170,45 @@ class RunStore:
         parts = self.part_files(method)
         if chunk_rows is None:
             return set(parts)
-        done = set()
+        done, adopted = set(), []
         for index, path in sorted(parts.items()):
-            problem = verify_part(path, chunk_rows.get(index))
+            problem = self._verify(path, chunk_rows.get(index), adopted)
             if problem is None:
                 done.add(index)
                 continue
             moved = self.quarantine(path)
             if warn is not None:
                 warn(f"{path}: {problem}; moved to {moved}, the chunk is computed again")
+        if adopted and warn is not None:
+            warn(f"{adopted[0].parent}: {len(adopted)} part(s) written before parts had checksums were read "
+                 "whole and their checksums added")
         return done
 
+    def _verify(self, path: Path, rows: int | None, adopted: list[Path]) -> str | None:
+        """Why a part does not count as done (checksum, then footer), None when it does. A part
+        from before checksums is read whole instead, and its checksum written when it reads."""
+        problem = verify_checksum(path)
+        if problem == "no checksum":
+            problem = verify_part(path, rows)
+            if problem is None:
+                try:
+                    pq.read_table(path)  # every data page decodes
+                except (OSError, pa.ArrowException) as exc:
+                    return f"unreadable data ({short_error(exc)})"
+                digest = _sha256(path)
+                atomic_write_bytes(checksum_path(path), lambda tmp: tmp.write_text(f"{digest}  {path.name}\n"))
+                adopted.append(path)
+            return problem
+        return problem or verify_part(path, rows)
+
     def quarantine(self, path: Path) -> Path:
-        """Move a bad part out of the dataset (``episodes/.corrupt/method=<m>/<name>.<time>``)."""
+        """Move a bad part out of the dataset (``episodes/.corrupt/method=<m>/<name>.<time>``),
+        its checksum with it."""
         target = self.corrupt_dir / path.parent.name / f"{path.name}.{datetime.now():%Y%m%dT%H%M%S%f}"
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
+            if checksum_path(path).exists():
+                os.replace(checksum_path(path), target.with_name(target.name + ".sha256"))
             os.replace(path, target)
         except OSError as exc:
             raise StoreError(f"{path}: corrupt part cannot be moved aside ({os_problem(exc)}); "
@@ -158,10 +216,18 @@ class RunStore:
         return target
 
     def write_part(self, method: str, chunk_index: int, rows: list[dict]) -> Path:
-        """Write one chunk's rows atomically (temp file + rename) with the explicit schema."""
+        """Write one chunk's rows atomically (temp file + rename) with the explicit schema, and its
+        sha256 sidecar just before the rename: a kill between the two leaves a part that does not
+        match (recomputed), never one whose corruption would go unnoticed."""
         table = pa.Table.from_pylist(rows, schema=EPISODE_SCHEMA)
         path = self.part_path(method, chunk_index)
-        atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp))
+
+        def write(tmp: Path) -> None:
+            pq.write_table(table, tmp)
+            digest = _sha256(tmp)
+            atomic_write(checksum_path(path), lambda side: side.write_text(f"{digest}  {path.name}\n"))
+
+        atomic_write_bytes(path, write)
         return path
 
     def read_part(self, method: str, chunk_index: int) -> list[dict]:
@@ -313,10 +379,24 @@ class RunLock:
 def _bad_part(episodes: Path) -> str | None:
     """The first part under ``episodes`` that does not verify, with its problem (for error lines)."""
     for path in sorted(episodes.glob("method=*/part-*.parquet")):
-        problem = verify_part(path)
+        problem = check_part(path)
         if problem is not None:
             return f"{path}: {problem}"
     return None
+
+
+def check_part(path: Path) -> str | None:
+    """Checksum (when the part has one), then footer: why a stored part cannot be read as it was written."""
+    problem = verify_checksum(path)
+    return problem if problem not in (None, "no checksum") else verify_part(path)
+
+
+def check_parts(run_dir: Path | str) -> None:
+    """Refuse, naming the file, a run whose parts do not match their checksums (the report reads
+    values only from parts as they were written)."""
+    where = _bad_part(Path(run_dir) / "episodes")
+    if where is not None:
+        raise StoreError(f"{where} (run the same command to recompute it, or delete the file)")
 
 
 def read_run(run_dir: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -324,6 +404,7 @@ def read_run(run_dir: Path | str, columns: list[str] | None = None) -> pd.DataFr
     episodes = Path(run_dir) / "episodes"
     if not episodes.is_dir():
         raise StoreError(f"{run_dir}: not a run folder (no episodes/ inside)")
+    check_parts(run_dir)
     try:
         dataset = ds.dataset(
             episodes,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.store import StoreError, read_run
+from harness.store import StoreError, check_parts, read_run
 
 
 # What the report reads of each row (the rest of the schema stays on disk).
@@ -121,6 +121,7 @@ def read_report_rows(run_dir: Path):
     from harness.report.aggregate import CELL_KEYS
     from harness.schema import EPISODE_SCHEMA_WITH_METHOD, HIST_BINS
 
+    check_parts(run_dir)
     try:
         dataset = ds.dataset(Path(run_dir) / "episodes", format="parquet",
                              partitioning=ds.partitioning(pa.schema([pa.field("method", pa.string())]), flavor="hive"),

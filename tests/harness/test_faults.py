@@ -129,3 +129,61 @@ def test_which_errors_are_transient():
     for status in ("ok", None, "error: RuntimeError: toy crash", "error: ValueError: OSError: in the text",
                    "error: MethodError: bad option"):
         assert not is_transient(status), status
+
+
+# ------------------------------------------------------------------------------ item 8: part checksums
+
+
+def parts_of(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "episodes" / "method=toy-bright").glob("part-*.parquet"))
+
+
+def test_part_with_a_valid_footer_but_changed_data_is_recomputed(tmp_path, capsys):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from harness.store import checksum_path, verify_part
+
+    dataset = make_folder_dataset(tmp_path / "data")
+    first = execute(config(dataset, tmp_path / "run"), progress_out=None)
+    clean = rows_of(first.run_dir)
+    part = parts_of(first.run_dir)[1]
+    assert checksum_path(part).read_text().split()[1] == part.name
+    table = pq.read_table(part)
+    forged = table.set_column(table.schema.get_field_index("tp"), "tp", pc.add(table.column("tp"), 1))
+    pq.write_table(forged, part)  # a whole, valid file: footer, schema and row count all fine
+    assert verify_part(part, 3) is None
+    again = execute(config(dataset, tmp_path / "run"), progress_out=None)
+    err = capsys.readouterr().err
+    assert f"{part}: content does not match its sha256" in err and "computed again" in err
+    assert again.methods[0].ok == 3
+    pd.testing.assert_frame_equal(rows_of(first.run_dir), clean)
+
+
+def test_bit_flip_in_part_data_is_refused_by_the_reader_naming_the_file(tmp_path):
+    from harness.report import build_report
+    from harness.store import StoreError
+
+    dataset = make_folder_dataset(tmp_path / "data")
+    first = execute(config(dataset, tmp_path / "run"), progress_out=None)
+    part = parts_of(first.run_dir)[0]
+    data = bytearray(part.read_bytes())
+    data[len(data) // 3] ^= 0x10  # inside the column chunks; the footer at the end is intact
+    part.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=f"{part}: content does not match its sha256"):
+        read_run(first.run_dir)
+    with pytest.raises(StoreError, match=str(part)):
+        build_report([first.run_dir], tmp_path / "report", bootstrap=0)
+
+
+def test_part_from_before_checksums_is_read_whole_and_adopted(tmp_path, capsys):
+    from harness.store import checksum_path
+
+    dataset = make_folder_dataset(tmp_path / "data")
+    first = execute(config(dataset, tmp_path / "run"), progress_out=None)
+    for part in parts_of(first.run_dir):
+        checksum_path(part).unlink()
+    again = execute(config(dataset, tmp_path / "run"), progress_out=None)
+    assert again.methods[0].skipped == first.episodes
+    assert "part(s) written before parts had checksums" in capsys.readouterr().err
+    assert all(checksum_path(part).exists() for part in parts_of(first.run_dir))
