@@ -13,7 +13,8 @@ satisfy makes Ray wait forever.
 
 A local cluster started here dies with the run: ``RayExecutor.close`` shuts it down (also on
 SIGTERM and Ctrl-C, which unwind through it), and its process ids are recorded in
-``$TMPDIR/sofs-bench-ray/<driver pid>.json`` so the next run reaps what a ``kill -9`` left behind.
+``$TMPDIR/sofs-bench-ray/<driver pid>.json`` with their start times, so the next run reaps what a
+``kill -9`` left behind, and only that.
 """
 from __future__ import annotations
 
@@ -57,30 +58,52 @@ def _registry() -> Path:
     return Path(tempfile.gettempdir()) / "sofs-bench-ray"
 
 
-def _is_ray_process(pid: int) -> bool:
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot, ``/proc/<pid>/stat`` field 22), or
+    None when it does not exist. A pid and its start time name one process: a reused pid differs."""
     try:
-        return b"ray" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and ')'
+    try:
+        return int(fields[19])  # field 22 counts from 1, and fields[0] is field 3
+    except (IndexError, ValueError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
 
 
 def reap_orphans() -> int:
     """Kill the Ray daemons of local clusters whose driver died without shutting them down.
 
-    Only processes this project recorded (same host, driver pid gone, command line still a Ray
-    one) are touched. Returns how many were killed.
+    Only processes this project recorded, and that it can prove are the same ones, are touched:
+    same host and boot, the driver gone (or its pid now another process), and each pid still
+    started at the recorded time (a pid the kernel gave to another process since is left alone).
+    Returns how many were killed.
     """
     killed = 0
     for record_path in sorted(_registry().glob("*.json")):
         try:
             record = json.loads(record_path.read_text())
-            driver, pids, host = int(record["driver"]), [int(p) for p in record["pids"]], record["host"]
+            driver, host = int(record["driver"]), record["host"]
+            pids = [(int(pid), int(start)) for pid, start in record.get("processes", [])]
+            driver_start, boot = record.get("driver_start"), record.get("boot_id")
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if host != socket.gethostname() or pid_alive(driver):
-            continue
-        for pid in pids:
-            if pid_alive(pid) and _is_ray_process(pid):
+        if host != socket.gethostname():
+            continue  # another machine's record
+        same_boot = boot is not None and boot == _boot_id()
+        if same_boot and pid_alive(driver) and process_start(driver) == driver_start:
+            continue  # the driver still runs
+        for pid, start in pids if same_boot else ():  # before a reboot, or an old record: nothing provable
+
+            if process_start(pid) == start:
                 try:
                     os.kill(pid, signal.SIGKILL)
                     killed += 1
@@ -97,10 +120,12 @@ def _record_local_cluster() -> None:
     processes = getattr(node, "all_processes", {}) or {}
     pids = [info.process.pid for infos in processes.values() for info in infos
             if getattr(info, "process", None) is not None]
+    started = [[pid, start] for pid in pids if (start := process_start(pid)) is not None]
     try:
         _registry().mkdir(parents=True, exist_ok=True)
-        (_registry() / f"{os.getpid()}.json").write_text(
-            json.dumps({"driver": os.getpid(), "host": socket.gethostname(), "pids": pids}))
+        (_registry() / f"{os.getpid()}.json").write_text(json.dumps(
+            {"driver": os.getpid(), "driver_start": process_start(os.getpid()), "host": socket.gethostname(),
+             "boot_id": _boot_id(), "processes": started, "pids": pids}))
     except OSError:
         pass  # best effort: only the reaping after a kill -9 is lost
 

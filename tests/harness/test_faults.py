@@ -187,3 +187,46 @@ def test_part_from_before_checksums_is_read_whole_and_adopted(tmp_path, capsys):
     assert again.methods[0].skipped == first.episodes
     assert "part(s) written before parts had checksums" in capsys.readouterr().err
     assert all(checksum_path(part).exists() for part in parts_of(first.run_dir))
+
+
+# ------------------------------------------------------------------------------ item 6: orphan reaper
+
+
+def test_reaper_leaves_a_reused_pid_alone_even_with_ray_in_its_command_line(tmp_path, monkeypatch):
+    import harness.ray_executor as ray_executor
+
+    monkeypatch.setattr(ray_executor.tempfile, "gettempdir", lambda: str(tmp_path))
+    decoy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "gray_decoy"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        registry = tmp_path / "sofs-bench-ray"
+        registry.mkdir()
+        # a record of the old format (pids only) and one whose driver pid was reused by a live process
+        (registry / "1.json").write_text(json.dumps({"driver": dead.pid, "host": os.uname().nodename,
+                                                     "pids": [decoy.pid]}))
+        (registry / "2.json").write_text(json.dumps({
+            "driver": os.getpid(), "driver_start": ray_executor.process_start(os.getpid()) - 5,
+            "host": os.uname().nodename, "boot_id": ray_executor._boot_id(),
+            "processes": [[decoy.pid, ray_executor.process_start(decoy.pid) + 3]]}))
+        assert ray_executor.reap_orphans() == 0
+        assert decoy.poll() is None
+        assert not list(registry.iterdir())  # both records were dealt with
+    finally:
+        decoy.kill()
+        decoy.wait()
+
+
+def test_process_start_reads_a_command_name_with_spaces_and_parentheses(tmp_path):
+    from harness.ray_executor import process_start
+
+    odd = tmp_path / "a b) (c"
+    odd.symlink_to(sys.executable)
+    process = subprocess.Popen([str(odd), "-c", "import time; time.sleep(30)"])
+    try:
+        stat = Path(f"/proc/{process.pid}/stat").read_text()
+        assert process_start(process.pid) == int(stat.rsplit(")", 1)[1].split()[19]) > 0
+    finally:
+        process.kill()
+        process.wait()
+    assert process_start(process.pid) is None

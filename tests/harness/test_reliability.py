@@ -288,19 +288,22 @@ def test_orphaned_ray_daemons_of_a_dead_driver_are_reaped(tmp_path, monkeypatch)
     import harness.ray_executor as ray_executor
 
     monkeypatch.setattr(ray_executor.tempfile, "gettempdir", lambda: str(tmp_path))
-    # stands in for a raylet: its command line mentions ray, its driver is gone
+    # stands in for a raylet: recorded with its start time, its driver is gone
     daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "ray-daemon-stand-in"])
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # a process the kernel gave a recorded pid to since: its command line says "ray", its start time differs
+    decoy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "gray_decoy"])
     try:
         registry = tmp_path / "sofs-bench-ray"
         registry.mkdir()
-        record = {"driver": _dead_pid(), "host": os.uname().nodename, "pids": [daemon.pid, bystander.pid]}
+        start = ray_executor.process_start
+        record = {"driver": _dead_pid(), "host": os.uname().nodename, "boot_id": ray_executor._boot_id(),
+                  "processes": [[daemon.pid, start(daemon.pid)], [decoy.pid, start(decoy.pid) - 1]]}
         (registry / "1.json").write_text(json.dumps(record))
         assert ray_executor.reap_orphans() == 1
         assert daemon.wait(timeout=10) == -9
-        assert bystander.poll() is None  # not a Ray process: left alone
+        assert decoy.poll() is None  # not provably ours: left alone
         assert not (registry / "1.json").exists()
     finally:
-        for process in (daemon, bystander):
+        for process in (daemon, decoy):
             process.kill()
             process.wait()
