@@ -1,5 +1,6 @@
 """Small idioms every package shares, defined once: the repository root, temp-file-then-rename
-writes, the one-line text of an exception, a file's sha256 and a bounded LRU.
+writes (of a file, or of a folder's files), the one-line text of an exception, a file's sha256 and
+a bounded LRU.
 
 Standard library only, so that datasets, methods and the harness can all import it.
 """
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Hashable
@@ -23,6 +26,8 @@ def atomic_write(path: Path, write: Callable[[Path], Any], *, suffix: str = "") 
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)  # a leftover, or a link planted there: the writer must not follow it
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -31,6 +36,34 @@ def atomic_write(path: Path, write: Callable[[Path], Any], *, suffix: str = "") 
             tmp.unlink()
         except OSError:
             pass  # renamed (the usual case) or never created
+
+
+def staging_folder(final: Path) -> Path:
+    """A new empty folder beside ``final`` to write a set of files into before
+    :func:`publish_files` moves them over (``.<name>.staging-*``, hidden)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+
+
+def publish_files(staging: Path, final: Path, last: str | None = None) -> dict[Path, Path]:
+    """Move every file of ``staging`` into ``final`` by rename (a link planted in ``final`` is
+    replaced, never followed), ``last`` after the others and its old copy removed first (so a kill
+    in between never leaves new files beside the old ``last``); remove ``staging``. Returns
+    ``{staged path: final path}``."""
+    staging, final = Path(staging), Path(final)
+    final.mkdir(parents=True, exist_ok=True)
+    files = sorted(p for p in staging.rglob("*") if p.is_file() and not p.is_symlink())
+    if last is not None and os.path.lexists(final / last):
+        os.unlink(final / last)
+    moved = {}
+    for path in sorted(files, key=lambda p: p.name == last):
+        target = final / path.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        moved[path] = target
+    shutil.rmtree(staging, ignore_errors=True)
+    return moved
 
 
 def pid_alive(pid: int) -> bool:

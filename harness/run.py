@@ -465,8 +465,7 @@ def make_writer(store: RunStore, summary: MethodSummary):
         store.write_part(unit.method, unit.chunk_index, rows)
         if lines:
             try:
-                with open(errors_log, "a") as log:
-                    log.writelines(lines)
+                store.append_text(errors_log, "".join(lines))
             except OSError as exc:
                 warn(f"{errors_log}: cannot append error details ({os_problem(exc)}); the rows keep their status")
 

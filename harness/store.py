@@ -276,8 +276,34 @@ class RunStore:
         atomic_write_bytes(self.run_json, lambda tmp: tmp.write_text(text))
 
     def lock(self, warn: Warn | None = None) -> "RunLock":
-        """Take the run folder for this process (see :class:`RunLock`)."""
-        return RunLock(self.lock_path, warn).acquire()
+        """Take the run folder for this process (see :class:`RunLock`); refuse a folder whose own
+        sub-folders are symbolic links (:meth:`check_own_folders`)."""
+        lock = RunLock(self.lock_path, warn).acquire()
+        try:
+            self.check_own_folders()
+        except StoreError:
+            lock.release()
+            raise
+        return lock
+
+    def check_own_folders(self) -> None:
+        """Refuse to write through a symbolic link planted where the store keeps its folders
+        (``episodes/``, ``episodes/method=*``, ``predictions/*``, ``manifest/``; ``report`` checks ``report/``): the
+        files would land wherever it points. Files are replaced by rename, which never follows."""
+        own = [self.episodes_dir, self.predictions_dir, self.manifest_dir, self.corrupt_dir]
+        for folder in (self.episodes_dir, self.predictions_dir):
+            if folder.is_dir() and not folder.is_symlink():
+                own += list(folder.iterdir())
+        for path in own:
+            if path.is_symlink():
+                raise StoreError(f"{path}: is a symbolic link (to {os.readlink(path)}); a run folder's own "
+                                 "folders must be real folders, remove the link")
+
+    def append_text(self, path: Path, text: str) -> None:
+        """Append to a file of the run folder (``errors.log``) without following a link there."""
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "a") as handle:
+            handle.write(text)
 
 
 class RunLock:

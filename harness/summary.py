@@ -12,6 +12,7 @@ The console prints a compact view (``tables.console_table``: fits 120 columns); 
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -71,9 +72,15 @@ def write_run_summary(run_dir: Path, *, bootstrap: int = 1000, seed: int = 0,
                       fa_budgets=DEFAULT_FA_BUDGETS) -> tuple[str, list[str]]:
     """Write ``<run>/summary.md`` (all columns) and ``summary.csv`` (raw numbers); return the console
     text and its warning lines."""
+    from harness.io import publish_files, staging_folder
     from harness.report.tables import write_table
 
     run_dir = Path(run_dir)
     table = run_summary([run_dir], bootstrap=bootstrap, seed=seed, fa_budgets=fa_budgets)
-    write_table(table, run_dir, ("md", "csv"))
+    staging = staging_folder(run_dir / "summary")
+    try:
+        write_table(table, staging, ("md", "csv"))
+        publish_files(staging, run_dir)  # renamed into place: a link planted there is not followed
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return console_text(table, fa_budgets), auroc_warnings(table.data)

@@ -10,7 +10,8 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -90,7 +91,34 @@ def summarise(rows: pd.DataFrame, sources: dict[str, MethodSource], *, size_edge
     return agg, intervals, paired, defective
 
 
-def build_report(run_dirs: list[Path], out_dir: Path, *, formats=("md", "csv", "tex"),
+def build_report(run_dirs: list[Path], out_dir: Path, **options) -> ReportResult:
+    """Read the runs, write tables, PNG plots and ``report.html`` into ``out_dir`` (the options of
+    :func:`write_report`).
+
+    The files are written into a fresh folder beside ``out_dir`` and renamed into it, the old
+    ``report.html`` removed first and the new one moved last: a kill never leaves new tables beside
+    an old page, and a link planted in ``out_dir`` is replaced, not written through. An ``out_dir``
+    inside a run folder that is itself a link is refused.
+    """
+    from harness.io import publish_files, staging_folder
+    from harness.store import StoreError
+
+    out_dir = Path(out_dir)
+    for run_dir in map(Path, run_dirs):
+        if out_dir.is_symlink() and out_dir.parent.resolve() == run_dir.resolve():
+            raise StoreError(f"{out_dir}: is a symbolic link inside the run folder; remove it or pass --out")
+    staging = staging_folder(out_dir)
+    try:
+        result = write_report(run_dirs, staging, **options)
+        moved = publish_files(staging, out_dir, last=result.html_path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return replace(result, out_dir=out_dir, html_path=moved[result.html_path],
+                   files=[moved.get(path, path) for path in result.files],
+                   plots={name: moved.get(path, path) for name, path in result.plots.items()})
+
+
+def write_report(run_dirs: list[Path], out_dir: Path, *, formats=("md", "csv", "tex"),
                  per_class: bool = False, size_edges=DEFAULT_SIZE_EDGES,
                  component_edges_px=DEFAULT_COMPONENT_EDGES_PX, bootstrap: int = 1000,
                  seed: int = 0, max_overlay_disagreements: int = 4,
@@ -174,7 +202,7 @@ def _overlays(pixels: PixelSource, defective: pd.DataFrame, n_disagreements: int
               section_notes: dict[str, list[str]]):
     has_images = pixels.has_images()
     has_predictions = pixels.has_predictions()
-    missing = list(pixels.notes)
+    missing = pixels.notes  # the same list: PNGs found unreadable while drawing add their notes
     if not has_predictions:
         missing.append("No stored predictions (run with --save-predictions): prediction panels are empty.")
     if not has_images and not has_predictions:

@@ -5,6 +5,10 @@ Pixels come from two optional places, and the report says which one is missing:
   ``datasets.base.load_dataset``; ``Dataset.by_id()`` maps ``query_id`` -> ImageRecord;
 - score maps: ``<run>/predictions/<method>/<episode_id>.png`` (8-bit, score·255), or the row's
   ``pred_path``.
+A run folder's contents are not trusted: a score map is opened only when its real path lies inside
+the run folder (a ``pred_path`` or a link leading elsewhere is ignored), images only through the
+dataset adapter, which refuses files that resolve outside the recorded dataset root, and a PNG that
+cannot be decoded is skipped with a note.
 """
 from __future__ import annotations
 
@@ -93,9 +97,18 @@ class PixelSource:
                       folder / partition_value(source.method) / f"{episode_id}.png"]
         if isinstance(pred_path, str) and pred_path:
             candidates.append(Path(pred_path))
+        inside = source.run.run_dir.resolve()
         for path in candidates:
-            if path.is_file():
-                return np.asarray(Image.open(path).convert("L"), np.float32) / 255.0
+            if not path.resolve().is_relative_to(inside) or not path.is_file():
+                continue  # only files of the run folder are opened
+            try:
+                with Image.open(path) as image:
+                    return np.asarray(image.convert("L"), np.float32) / 255.0
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                note = f"{path}: prediction PNG unreadable ({type(error).__name__}: {error}); skipped."
+                if note not in self.notes:
+                    self.notes.append(note)
+                return None
         return None
 
     def has_images(self) -> bool:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -230,3 +231,122 @@ def test_process_start_reads_a_command_name_with_spaces_and_parentheses(tmp_path
         process.kill()
         process.wait()
     assert process_start(process.pid) is None
+
+
+# ------------------------------------------------------------------------------ item 10: run-folder paths
+
+
+def _opened_files(monkeypatch) -> list[str]:
+    """Every path PIL opens from here on."""
+    from PIL import Image
+
+    opened, real_open = [], Image.open
+
+    def spy(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", spy)
+    return opened
+
+
+def test_report_opens_prediction_files_only_inside_the_run_folder(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from harness.report import build_report
+    from harness.store import RunStore
+
+    dataset = make_folder_dataset(tmp_path / "data")
+    summary = execute(config(dataset, tmp_path / "run", save_predictions=True), progress_out=None)
+    secret = tmp_path / "elsewhere" / "secret.png"
+    secret.parent.mkdir()
+    Image.fromarray(np.full((48, 65), 200, np.uint8)).save(secret)
+    store = RunStore(summary.run_dir)
+    rows = store.read_part("toy-bright", 0)
+    for row in rows:  # the rows now name a file outside the run folder, and their own PNG is gone
+        store.prediction_path("toy-bright", row["episode_id"]).unlink()
+        row["pred_path"] = str(secret)
+    store.write_part("toy-bright", 0, rows)
+    planted = store.prediction_path("toy-bright", store.read_part("toy-bright", 1)[0]["episode_id"])
+    planted.unlink()
+    planted.symlink_to(secret)  # a link inside the run folder leading out of it
+    opened = _opened_files(monkeypatch)
+    build_report([summary.run_dir], tmp_path / "report", bootstrap=0)
+    assert opened and str(secret) not in opened and str(planted) not in opened
+
+
+def test_writes_do_not_follow_links_planted_in_the_run_folder(tmp_path):
+    from harness.store import StoreError
+    from harness.summary import write_run_summary
+
+    dataset = make_folder_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    first = execute(config(dataset, run_dir, options={"crash_width": 65}), progress_out=None)
+    for name in ("summary.md", "errors.log", "report"):
+        target = run_dir / name
+        if target.is_dir():
+            import shutil
+
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+        target.symlink_to(victim)
+    write_run_summary(run_dir, bootstrap=0)
+    assert not (run_dir / "summary.md").is_symlink() and "mIoU" in (run_dir / "summary.md").read_text()
+    for part in parts_of(run_dir)[:2]:
+        part.unlink()  # so the resume computes (and logs errors) again
+    execute(config(dataset, run_dir, options={"crash_width": 65}), progress_out=None)
+    assert victim.read_text() == "keep me"  # errors.log was not appended through the link
+    from harness.report import build_report
+
+    with pytest.raises(StoreError, match="symbolic link inside the run folder"):
+        build_report([run_dir], run_dir / "report", bootstrap=0)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (run_dir / "episodes" / "method=toy-bright").rename(tmp_path / "moved")
+    (run_dir / "episodes" / "method=toy-bright").symlink_to(outside)
+    with pytest.raises(StoreError, match="method=toy-bright: is a symbolic link"):
+        execute(config(dataset, run_dir, options={"crash_width": 65}), progress_out=None)
+    assert not list(outside.iterdir()) and victim.read_text() == "keep me" and first.failed
+
+
+# ------------------------------------------------------------------------------ item 11: report faults
+
+
+def test_one_truncated_prediction_png_is_skipped_with_a_note(tmp_path):
+    from harness.report import build_report
+
+    dataset = make_folder_dataset(tmp_path / "data")
+    summary = execute(config(dataset, tmp_path / "run", save_predictions=True), progress_out=None)
+    png = sorted((summary.run_dir / "predictions" / "toy-bright").glob("*.png"))[0]
+    png.write_bytes(png.read_bytes()[:60])  # header kept, pixel data cut
+    report = build_report([summary.run_dir], tmp_path / "report", bootstrap=0)
+    assert any(str(png) in note and "unreadable" in note for note in report.notes)
+    assert report.html_path.is_file()
+
+
+def test_a_report_killed_midway_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+    from harness import report as report_package
+    from harness.report import build_report
+
+    dataset = make_folder_dataset(tmp_path / "data")
+    summary = execute(config(dataset, tmp_path / "run"), progress_out=None)
+    out = tmp_path / "report"
+    build_report([summary.run_dir], out, bootstrap=0)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    parts_of(summary.run_dir)[0].unlink()  # the next report's tables differ
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_package, "render_report", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_report([summary.run_dir], out, bootstrap=0)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
+    monkeypatch.undo()
+    again = build_report([summary.run_dir], out, bootstrap=0)
+    assert again.html_path == out / "report.html" and (out / "summary.md").read_bytes() != before["summary.md"]
+    assert all(path.parent == out and path.exists() for path in again.files)
