@@ -45,7 +45,7 @@ def _one_line(exc: BaseException) -> str:
 USER_ERROR_TYPES = {
     ("datasets.base", "DatasetError"), ("harness.features", "BackboneError"),
     ("harness.ray_executor", "ClusterError"), ("harness.run", "RunError"), ("harness.store", "StoreError"),
-    ("methods.base", "MethodError"), ("harness.episodes", "ManifestError"),
+    ("methods.base", "MethodError"), ("harness.episodes", "ManifestError"), ("methods.registry", "PluginError"),
 }
 
 
@@ -143,7 +143,8 @@ def check_method_names(names: list[str]) -> None:
 
     from methods.registry import REGISTRY, load_plugins  # imports no method module
 
-    load_plugins()
+    with user_errors():
+        load_plugins()
 
     if not names:
         raise click.BadParameter("no method given", param_hint="--methods")
@@ -399,7 +400,8 @@ def list_methods(weights, show_options):
     """List methods and whether their weights are available."""
     from methods.base import MethodError, MethodSpec, REGISTRY, get_entry, option_lines
 
-    get_entry("panet")  # fills the registry
+    with user_errors():
+        get_entry("panet")  # fills the registry (and imports SOFS_BENCH_PLUGINS)
     given = parse_assignments(weights, "--weights")
     for name, entry in sorted(REGISTRY.items()):
         try:

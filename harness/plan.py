@@ -8,7 +8,6 @@ earlier run on another dataset or a less loaded machine makes it optimistic: a r
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,10 +55,9 @@ def stored_rows(run_dir: Path, method: str, manifest_id: str) -> int:
 
     from harness.store import partition_value
 
-    try:
-        previous = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return 0
+    from harness.store import RunStore
+
+    previous = RunStore(run_dir).read_json()  # a damaged run.json is one line, as in the run
     if previous.get("manifest_id") != manifest_id:
         return 0
     total = 0

@@ -313,8 +313,7 @@ class RayExecutor:
         actors = [remote_worker.remote(first.spec, first.context, settings, first.predictions_dir, threads, more,
                                        episode_timeout_s=self.episode_timeout_s)
                   for _ in range(count)]
-        self._wait_until_ready(_label({job.spec.name: job for job in jobs}), actors)
-        return actors
+        return self._wait_until_ready(_label({job.spec.name: job for job in jobs}), actors)
 
     def _finish(self, ref, unit: WorkUnit, job: MethodJob, work: "ChunkQueues", pieces: "SplitUnits") -> list[dict] | None:
         """A finished unit's rows; None when its actor failed (the unit is requeued: a unit of
@@ -381,12 +380,31 @@ class RayExecutor:
                 return False
         return False
 
-    def _wait_until_ready(self, label: str, actors: list) -> None:
-        """Surface a constructor failure (bad weights ...) or an unschedulable actor as one line."""
+    def _wait_until_ready(self, label: str, actors: list) -> list:
+        """The actors once started; a constructor failure (bad weights ...) or an unschedulable
+        actor is one line. When a node is lost while they start and the cluster has no room for
+        the rest, the run goes on with those that started (a line says so)."""
         import ray
 
+        refs = [actor.ready.remote() for actor in actors]
+        deadline = time.monotonic() + self.start_timeout_s
         try:
-            ray.get([actor.ready.remote() for actor in actors], timeout=self.start_timeout_s)
+            while True:
+                done, waiting = ray.wait(refs, num_returns=len(refs), timeout=RESTART_POLL_S)
+                ray.get(done)  # raises a constructor's failure
+                if not waiting:
+                    return actors
+                slots = worker_slots(ray.nodes(), self.cpus_per_worker, self.gpus_per_worker)
+                if done and slots <= len(done):
+                    started = [actor for actor, ref in zip(actors, refs) if ref not in waiting]
+                    for actor, ref in zip(actors, refs):
+                        if ref in waiting:
+                            ray.kill(actor, no_restart=True)
+                    print(f"warning: {label}: the cluster has room for {slots} worker(s) now (a node was lost?); "
+                          f"going on with the {len(started)} started", file=sys.stderr, flush=True)
+                    return started
+                if time.monotonic() > deadline:
+                    raise ray.exceptions.GetTimeoutError()
         except ray.exceptions.GetTimeoutError:
             for actor in actors:
                 ray.kill(actor)

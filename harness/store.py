@@ -91,6 +91,43 @@ def verify_part(path: Path, rows: int | None = None) -> str | None:
     return None
 
 
+# What run.json's fields must be, when present (harness.run.start_record writes them).
+RUN_RECORD_TYPES = {
+    "run_id": str, "manifest_id": str, "status": str, "command": str, "started_at": str,
+    "chunk_size": int, "elapsed_s": (int, float), "episode_timeout_s": (int, float, type(None)),
+    "methods": dict, "manifest_params": dict, "dataset": dict, "eval_settings": dict, "counts": dict,
+    "executor": dict, "git": dict, "hardware": dict, "packages": dict, "invocations": list,
+}
+CHUNK_ORDERS = ("query", "manifest")
+
+
+def check_run_record(record, path: Path) -> dict:
+    """``record`` (a parsed run.json) when its fields have the types this project writes; else one
+    ``StoreError`` naming the file and the field (a hand-edited or damaged record)."""
+    if not isinstance(record, dict):
+        raise StoreError(f"{path}: not a run record (a JSON object)")
+    for key, kind in RUN_RECORD_TYPES.items():
+        value = record.get(key)
+        if key in record and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
+            raise StoreError(f"{path}: field '{key}' holds {json.dumps(value)[:60]}, not {_kind_name(kind)}; "
+                             "the run record is damaged (restore it, or use another --out)")
+    methods = record.get("methods") or {}
+    bad = next((name for name, entry in methods.items() if not isinstance(entry, dict)), None)
+    if bad is not None:
+        raise StoreError(f"{path}: field 'methods.{bad}' is not an object; the run record is damaged")
+    if record.get("chunk_order", "query") not in CHUNK_ORDERS or (record.get("chunk_size", 1) or 0) < 1:
+        raise StoreError(f"{path}: chunk_order {record.get('chunk_order')!r} / chunk_size {record.get('chunk_size')!r} "
+                         f"are not a chunking this project writes ({' or '.join(CHUNK_ORDERS)}, >= 1)")
+    return record
+
+
+def _kind_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", dict: "a JSON object", list: "a JSON list",
+             type(None): "null"}
+    return " or ".join(dict.fromkeys(names[k] for k in kinds))
+
+
 def checksum_path(part: Path) -> Path:
     """The sha256 sidecar of a part: ``.part-00003.parquet.sha256`` beside it (hidden: pandas,
     pyarrow and DuckDB globs skip it)."""
@@ -267,9 +304,7 @@ class RunStore:
             record = json.loads(text)
         except json.JSONDecodeError as exc:
             raise StoreError(f"{self.run_json}: not valid JSON ({exc})") from None
-        if not isinstance(record, dict):
-            raise StoreError(f"{self.run_json}: not a run record (a JSON object)")
-        return record
+        return check_run_record(record, self.run_json)
 
     def write_json(self, record: dict) -> None:
         text = json.dumps(record, indent=2, sort_keys=True, default=str)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from harness.constants import IMAGENET_MEAN, IMAGENET_STD
 from harness.features import BackboneError, arch_of
 from harness.tiling import Tile, resize_image, resize_map, resize_mask_fraction, resized_shape, stitch, tile_grid
-from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec
+from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec, require_at_least
 from methods.sharing import FEATURE_CACHE, ViewStats, image_key, shared_extractor, weights_identity
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -100,6 +100,9 @@ class BackboneConfig:
     # on CPU one image per forward measured faster: bench.py benchmark [batching]). Off by default:
     # on a GPU, features can differ in the last bits with the batch an image lands in.
     image_batching: Literal["on", "off"] = "off"
+
+    def __post_init__(self):
+        require_at_least(self, batch_size=1, tile_overlap=0, input_size=0, feature_cache_mb=0)
 
 
 @dataclass

@@ -143,6 +143,15 @@ def checked_prediction(output: np.ndarray | Prediction, native_threshold: float,
     return prediction
 
 
+def require_at_least(config: Any, **minimums: float) -> None:
+    """Refuse option values under their minimum (``batch_size=1``), called from a Config's
+    ``__post_init__`` so that ``MethodSpec.check`` refuses them before a run starts."""
+    for key, minimum in minimums.items():
+        value = getattr(config, key)
+        if value < minimum:
+            raise MethodError(f"{type(config).__qualname__}: option {key}={value}; must be >= {minimum:g}")
+
+
 def get_entry(name: str) -> MethodEntry:
     load_plugins()
     if name not in REGISTRY:

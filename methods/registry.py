@@ -58,6 +58,15 @@ def load_plugins() -> None:
     global _plugins_loaded
     if _plugins_loaded:
         return
-    for module in filter(None, os.environ.get("SOFS_BENCH_PLUGINS", "").split(",")):
-        importlib.import_module(module.strip())
+    for module in filter(None, (m.strip() for m in os.environ.get("SOFS_BENCH_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - any failure of a user module is one line
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise PluginError(f"SOFS_BENCH_PLUGINS: module '{module}' cannot be imported "
+                              f"({type(exc).__name__}{': ' + text if text else ''})") from None
     _plugins_loaded = True
+
+
+class PluginError(ImportError):
+    """A module named in ``SOFS_BENCH_PLUGINS`` failed to import (one line)."""

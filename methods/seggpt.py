@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from harness.constants import IMAGENET_MEAN, IMAGENET_STD
 from harness.io import LRU, short_error
 from harness.tiling import pad_bottom_right, resize_map, resize_mask_fraction, stitch, tile_grid
-from methods.base import MethodError, WeightSpec
+from methods.base import MethodError, WeightSpec, require_at_least
 
 WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -245,6 +245,9 @@ class SegGPTConfig:
     device: str = "auto"  # "auto": cuda if available
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # float16 / bfloat16 on GPU
     prompt_cache_size: int = 256  # preprocessed prompts kept across episodes
+
+    def __post_init__(self):
+        require_at_least(self, batch_size=1, prompt_cache_size=0)
 
 
 class SegGPT:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.store import StoreError, check_parts, read_run
+from harness.store import StoreError, check_parts, check_run_record, read_run
 
 
 # What the report reads of each row (the rest of the schema stays on disk).
@@ -159,7 +159,7 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[RunInfo], dict[s
         provenance = {}
         if (run_dir / "run.json").is_file():
             try:
-                provenance = json.loads((run_dir / "run.json").read_text())
+                provenance = check_run_record(json.loads((run_dir / "run.json").read_text()), run_dir / "run.json")
             except json.JSONDecodeError as error:
                 raise StoreError(f"{run_dir / 'run.json'}: not valid JSON ({error})") from None
         rows, parts = read_report_rows(run_dir)

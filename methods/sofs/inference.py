@@ -29,7 +29,7 @@ from harness.constants import SOFS_DEFAULT_CHECKPOINT
 from harness.features import ARCHS
 from harness.tiling import resize_tensor, resized_shape, stitch, tile_grid
 from methods.sharing import FEATURE_CACHE, ViewStats
-from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec
+from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec, require_at_least
 from methods.sofs.checkpoint import build_head, load_backbone, read_checkpoint
 from methods.sofs.data import area_fraction, episode_seed, model_input, support_views
 from methods.sofs.model import SOFSModel, SupportContext, probability
@@ -67,6 +67,9 @@ class SOFSConfig:
     seed: int = 54
     device: str = "auto"  # "auto" = cuda when available
     feature_cache_mb: int = 512  # backbone outputs of query tiles / support views in the process-wide cache (0 = off)
+
+    def __post_init__(self):
+        require_at_least(self, nd_batch_size=1, s_in_shot=1, feature_cache_mb=0, image_size=0, crop_size=0)
 
 
 class SOFS:

@@ -350,3 +350,124 @@ def test_a_report_killed_midway_leaves_the_previous_report_whole(tmp_path, monke
     again = build_report([summary.run_dir], out, bootstrap=0)
     assert again.html_path == out / "report.html" and (out / "summary.md").read_bytes() != before["summary.md"]
     assert all(path.parent == out and path.exists() for path in again.files)
+
+
+# ------------------------------------------------------------------------------ item 5: lost node
+
+
+def test_worker_slots_count_whole_workers_on_live_nodes():
+    from harness.ray_executor import worker_slots
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}},
+             {"Alive": True, "Resources": {"CPU": 3.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]
+    assert worker_slots(nodes, 2.0, 0.0) == 2 + 1
+    assert worker_slots(nodes, 1.0, 0.5) == 2  # GPU-bound: only the first node has one
+    assert worker_slots(nodes, 8.0, 0.0) == 0
+
+
+@pytest.mark.ray
+def test_restart_wait_gives_up_at_once_when_the_cluster_has_no_room(ray_cluster, capsys):
+    import ray
+
+    from harness.ray_executor import RayExecutor, worker_slots
+
+    @ray.remote(num_cpus=1)
+    class Stranded:
+        def ready(self):
+            return "never scheduled"
+
+    stranded = Stranded.options(resources={"a_node_that_is_gone": 1}).remote()  # waits for room forever
+    executor = RayExecutor(workers=2, cpus_per_worker=1, start_timeout_s=600)
+    healthy = worker_slots(ray.nodes(), 1.0, 0.0)  # every slot is held by a running worker
+    assert executor._restarted(stranded, healthy, "method 'toy-bright'") is False
+    assert f"the cluster has room for {healthy} worker(s), {healthy} running" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_lost_node_without_spare_capacity_is_replanned_onto_the_survivor(tmp_path, capsys):
+    """Two one-CPU nodes, two workers; the second node dies mid-run: the run ends on the first."""
+    import threading
+    import time
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        pytest.skip("needs its own Ray cluster (run apart from the session cluster)")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    doomed = cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address)
+        dataset = make_folder_dataset(tmp_path / "data", n_per_category=5)
+        run_dir = tmp_path / "run"
+
+        def kill_after_first_part():  # both workers run by then
+            while not list(run_dir.glob("episodes/*/part-*.parquet")):
+                time.sleep(0.05)
+            cluster.remove_node(doomed, allow_graceful=False)
+
+        killer = threading.Thread(target=kill_after_first_part, daemon=True)
+        killer.start()
+        summary = execute(config(dataset, run_dir, executor="ray", workers=2, cpus_per_worker=1,
+                                 chunk_size=2, options={"sleep_s": 0.3}), progress_out=None)
+        killer.join(timeout=1)
+        rows = read_run(summary.run_dir)
+        assert len(rows) == summary.episodes == rows["episode_id"].nunique()
+        assert (rows["status"] == "ok").all()
+        assert "a Ray worker was lost and the cluster has room for 1 worker(s), 1 running" in capsys.readouterr().err
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+# ------------------------------------------------------------------------------ item 11: small refusals
+
+
+@pytest.mark.parametrize("method, option", [("panet", "batch_size"), ("patchcore", "batch_size"),
+                                            ("sofs", "nd_batch_size"), ("seggpt", "batch_size")])
+def test_zero_batch_size_is_refused_before_the_run_starts(tmp_path, method, option):
+    from methods.base import MethodError
+
+    spec = MethodSpec.create(method, {option: "0"})
+    with pytest.raises(MethodError, match=f"option {option}=0; must be >= 1"):
+        spec.check()
+    with pytest.raises(MethodError, match=f"{option}=0"):
+        execute(RunConfig(methods=[spec], dataset=str(tmp_path / "nowhere"), out=str(tmp_path / "run"),
+                          executor="inline"), progress_out=None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_plugin_module_is_one_line(tmp_path):
+    from tests.conftest import REPO_ROOT
+
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('half-written plugin')\n")
+    for plugins, cause in (("broken_plugin", "RuntimeError: half-written plugin"),
+                           ("no_such_plugin_module", "ModuleNotFoundError")):
+        env = {**os.environ, "SOFS_BENCH_PLUGINS": plugins, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO_ROOT}"}
+        for args in (["methods"], ["run", "--methods", "panet", "--dry-run"]):
+            done = subprocess.run([sys.executable, str(REPO_ROOT / "bench.py"), *args], env=env, cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+            assert done.stderr.strip().splitlines()[-1].startswith(
+                f"Error: SOFS_BENCH_PLUGINS: module '{plugins}' cannot be imported ({cause}")
+
+
+@pytest.mark.parametrize("damage, field", [([], "not a run record"), ({"methods": 5}, "field 'methods'"),
+                                           ({"chunk_size": "abc"}, "field 'chunk_size'"),
+                                           ({"methods": {"toy-bright": "x"}}, "methods.toy-bright"),
+                                           ({"elapsed_s": "x"}, "field 'elapsed_s'"),
+                                           ({"chunk_order": "zzz"}, "chunk_order 'zzz'")])
+def test_a_malformed_run_json_is_one_line_for_run_and_report(tmp_path, damage, field):
+    from harness.report import build_report
+    from harness.store import StoreError
+
+    dataset = make_folder_dataset(tmp_path / "data")
+    summary = execute(config(dataset, tmp_path / "run"), progress_out=None)
+    record = json.loads((summary.run_dir / "run.json").read_text())
+    (summary.run_dir / "run.json").write_text(json.dumps(damage if isinstance(damage, list) else {**record, **damage}))
+    with pytest.raises(StoreError, match=field) as info:
+        execute(config(dataset, tmp_path / "run"), progress_out=None)
+    assert str(summary.run_dir / "run.json") in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(StoreError, match=field):
+        build_report([summary.run_dir], tmp_path / "report", bootstrap=0)
