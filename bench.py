@@ -85,8 +85,12 @@ def user_errors():
         raise click.ClickException(text) from None
 
 
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
 class BenchGroup(click.Group):
-    """Ctrl-C exits 130 with one line (Click's default is "Aborted!" and exit 1, like a data error)."""
+    """Ctrl-C exits 130 and SIGTERM 143, each with one line (Click's default for Ctrl-C is
+    "Aborted!" and exit 1, like a data error)."""
 
     def invoke(self, ctx):
         try:
@@ -94,10 +98,35 @@ class BenchGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("\ninterrupted: stored results are kept; run the same command to resume", err=True)
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        except SystemExit as exc:
+            # Ray turns an exception raised by a signal handler inside ray.wait/get into SystemExit(1)
+            if exc.code != EXIT_TERMINATED and _received.get("signal") != signal.SIGTERM:
+                raise
+            click.echo("\nterminated (SIGTERM): stored results are kept; run the same command to resume", err=True)
+            _exit_now(EXIT_TERMINATED)
+
+
+def _exit_now(code: int) -> None:
+    """Leave with ``code`` once the run has unwound (run.json written, its Ray cluster shut down).
+    A SIGTERM sent to the whole process group also ends the local Ray daemons, and Ray's exit
+    hooks then end the process with status 1; so skip them (after a clean Ray disconnect)."""
+    ray = sys.modules.get("ray")
+    try:
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+    except Exception:  # noqa: BLE001 - the cluster may be gone already; the exit code matters now
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+_received: dict = {}  # the signal that is ending the run, for BenchGroup.invoke
 
 
 def _terminate(signum, frame):
     """SIGTERM unwinds like Ctrl-C (run.json written, Ray shut down), then exits 128 + 15."""
+    _received["signal"] = signum
     raise SystemExit(128 + signum)
 
 

@@ -471,3 +471,58 @@ def test_a_malformed_run_json_is_one_line_for_run_and_report(tmp_path, damage, f
     assert str(summary.run_dir / "run.json") in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(StoreError, match=field):
         build_report([summary.run_dir], tmp_path / "report", bootstrap=0)
+
+
+# ------------------------------------------------------------------------------ item 11: SIGTERM under Ray
+
+
+def test_sigterm_turned_into_exit_1_by_ray_still_exits_143_with_a_line(monkeypatch, capsys):
+    import signal
+
+    import bench
+
+    exits = []
+    monkeypatch.setattr(bench, "_exit_now", exits.append)
+    monkeypatch.setattr(bench, "_received", {})
+
+    @bench.cli.command("fake-ray-wait")
+    def fake_ray_wait():
+        try:
+            bench._terminate(signal.SIGTERM, None)  # what the handler raises inside ray.wait ...
+        except SystemExit:
+            raise SystemExit(1) from None  # ... and what Ray's check_status makes of it
+
+    try:
+        with pytest.raises(SystemExit):
+            bench.cli(["fake-ray-wait"])
+    finally:
+        bench.cli.commands.pop("fake-ray-wait")
+    assert exits == [143]
+    assert "terminated (SIGTERM): stored results are kept" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_sigterm_to_the_process_group_under_ray_exits_143(tmp_path):
+    """A container stop or `timeout` signals the driver and its local Ray daemons together."""
+    import signal
+    import time
+
+    from tests.conftest import REPO_ROOT
+
+    dataset = make_folder_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    env = {**os.environ, "SOFS_BENCH_PLUGINS": "tests.toy_methods", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "bench.py"), "run", "--methods", "toy-bright", "--dataset", str(dataset),
+         "--executor", "ray", "--workers", "1", "--seeds", "2", "--chunk-size", "2", "--no-report", "--out", str(out),
+         "--set", "toy-bright.sleep_s=0.2"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+    deadline = time.time() + 180
+    while not list(out.glob("episodes/*/part-*.parquet")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "terminated (SIGTERM)" in stderr and "Traceback" not in stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
