@@ -320,11 +320,12 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
 
         for spec in config.methods:  # missing weights fail before the dataset is read
             spec.check()
-        click.echo(format_plan(plan_run(config)), err=True)
+        plan = plan_run(config)
+        click.echo(format_plan(plan), err=True)
         if dry_run:
             click.echo("dry run: nothing computed (drop --dry-run to start)", err=True)
             return
-        summary = execute(config)
+        summary = execute(config, inputs=plan.inputs)  # the dataset is read once
     click.echo(f"\nrun folder: {summary.run_dir}  (manifest {summary.manifest_id}, {summary.episodes} episodes per method, {summary.elapsed_s:.0f} s)")
     for m in summary.methods:
         click.echo(f"  {m.method:<22} computed {m.ok + m.failed:>5}  already stored {m.skipped:>5}  failed {m.failed:>4}"

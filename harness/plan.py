@@ -37,6 +37,7 @@ class RunPlan:
     methods: list[MethodPlan] = field(default_factory=list)
     composition: str = ""  # "32 defective, 120 normal, 160 calibration"
     skipped_classes: dict[str, str] = field(default_factory=dict)  # class id -> why it makes no episode
+    inputs: tuple | None = field(default=None, repr=False)  # (dataset, manifest): ``execute`` reuses them
 
     @property
     def estimated_s(self) -> float | None:
@@ -110,7 +111,8 @@ def guess_workers(config) -> int:
 
 
 def plan_run(config) -> RunPlan:
-    """Load the dataset and manifest as ``harness.run.execute`` will, count what is left to do."""
+    """Load the dataset and manifest as ``harness.run.execute`` will (``plan.inputs``: hand them
+    to ``execute``, so a large dataset is read once), count what is left to do."""
     from datasets.base import load_dataset
     from harness.run import load_or_build_manifest
 
@@ -118,7 +120,7 @@ def plan_run(config) -> RunPlan:
     manifest = load_or_build_manifest(config, dataset)
     run_dir = Path(config.out) if config.out else Path(config.results_root) / f"{dataset.name}-{manifest.manifest_id[:8]}"
     plan = RunPlan(run_dir, manifest.manifest_id, len(manifest.episodes), guess_workers(config),
-                   skipped_classes=dict(manifest.params.get("skip_reasons") or {}))
+                   skipped_classes=dict(manifest.params.get("skip_reasons") or {}), inputs=(dataset, manifest))
     kinds = [("defective", lambda e: not e.query_is_normal and e.role == "test"),
              ("normal", lambda e: e.query_is_normal and e.role == "test"),
              ("calibration", lambda e: e.role == "calibration")]

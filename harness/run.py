@@ -209,7 +209,8 @@ def check_resumable(store: RunStore, previous: dict, config: RunConfig, manifest
         raise RunError(f"{run_dir}: was scored with other evaluation settings {previous['eval_settings']}; use another --out")
 
 
-def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
+def execute(config: RunConfig, progress_out=sys.stderr, inputs: tuple | None = None) -> RunSummary:
+    """Run ``config``; ``inputs``: the ``(dataset, manifest)`` its plan loaded (``harness.plan``)."""
     from datasets.base import load_dataset
 
     started = time.time()
@@ -230,8 +231,11 @@ def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
     if len({s.name for s in config.methods}) != len(config.methods):
         raise RunError("a method is listed twice in --methods")
 
-    dataset = load_dataset(config.dataset, config.dataset_format, follow_links=config.follow_links)
-    manifest = load_or_build_manifest(config, dataset)
+    if inputs is None:
+        dataset = load_dataset(config.dataset, config.dataset_format, follow_links=config.follow_links)
+        manifest = load_or_build_manifest(config, dataset)
+    else:
+        dataset, manifest = inputs
     if not manifest.episodes:
         raise RunError(f"{config.dataset}: the manifest has no episodes (check --fold and the dataset's classes)")
     by_id = dataset.by_id()

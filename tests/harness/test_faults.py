@@ -526,3 +526,66 @@ def test_sigterm_to_the_process_group_under_ray_exits_143(tmp_path):
     assert process.returncode == 143, stderr
     assert "terminated (SIGTERM)" in stderr and "Traceback" not in stderr
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+
+# ------------------------------------------------------------------------------ item 11: an episode that kills its worker
+
+
+def test_split_units_gather_the_pieces_of_a_unit_back_in_order(tmp_path):
+    from harness.episodes import build_manifest
+    from harness.ray_executor import SplitUnits
+    from harness.runner import make_unit
+    from datasets.base import load_dataset
+
+    dataset = load_dataset(str(make_folder_dataset(tmp_path / "data")))
+    episodes = build_manifest(dataset, seeds=1).episodes[:5]
+    unit = make_unit("toy-bright", 7, episodes, dataset.by_id())
+    pieces = SplitUnits()
+    assert pieces.gather(unit, ["whole"]) == (unit, ["whole"])  # an unsplit unit passes through
+    left, right = pieces.announce(unit)
+    assert (left.piece, right.piece) == ((0, 2), (2, 5)) and left.episodes + right.episodes == unit.episodes
+    right_left, right_right = pieces.announce(right.retry())
+    assert (right_left.piece, right_right.piece) == ((2, 3), (3, 5)) and right_left.attempt == 1
+    assert pieces.gather(right_right, ["r3", "r4"]) is None
+    assert pieces.gather(left, ["r0", "r1"]) is None
+    whole, rows = pieces.gather(right_left, ["r2"])
+    assert whole == unit and rows == ["r0", "r1", "r2", "r3", "r4"] and not pieces.open
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_an_episode_that_kills_its_worker_is_isolated_in_its_own_error_row(tmp_path, ray_cluster):
+    dataset = make_folder_dataset(tmp_path / "data")
+    summary = execute(config(dataset, tmp_path / "run", executor="ray", workers=2, cpus_per_worker=1,
+                             manifest=ManifestSettings(shots=(1,), seeds=1, normal_fraction=0.0),
+                             options={"die_width": 67}), progress_out=None)
+    rows = read_run(summary.run_dir)
+    deadly = query_widths(summary.run_dir) == 67
+    assert deadly.any() and len(rows) == summary.episodes == rows["episode_id"].nunique()
+    assert rows.loc[deadly, "status"].str.startswith("error: WorkerDied: the worker died each of 3 times").all()
+    assert (rows.loc[~deadly, "status"] == "ok").all()  # the rest of each chunk is kept
+
+
+# ------------------------------------------------------------------------------ item 12: one dataset scan per run
+
+
+def test_run_reads_the_dataset_once(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import bench
+    from datasets import base
+
+    dataset = make_folder_dataset(tmp_path / "data")
+    scans, real_load = [], base.load_dataset
+
+    def counting_load(*args, **kwargs):
+        scans.append(args[0])
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(base, "load_dataset", counting_load)
+    monkeypatch.setattr(bench.signal, "signal", lambda *args: None)  # leave pytest's handlers alone
+    result = CliRunner().invoke(bench.cli, ["run", "--methods", "toy-bright", "--dataset", str(dataset),
+                                            "--executor", "inline", "--seeds", "1", "--no-report",
+                                            "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert scans == [str(dataset)]
