@@ -100,6 +100,26 @@ def hardware() -> dict:
     return info
 
 
+def content_digest(path: Path | str) -> str:
+    """blake2b-128 hex digest of a file's bytes (what :class:`ContentHashes` caches)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def changed_file(recorded: tuple[str, int, int, str]) -> bool:
+    """Whether the file of a :meth:`ContentHashes.entry` no longer holds the recorded bytes:
+    unchanged size and mtime count as the same file (as the cache does), else it is hashed again.
+    ``OSError`` propagates."""
+    real, size, mtime_ns, digest = recorded
+    stat = os.stat(real)
+    if (stat.st_size, stat.st_mtime_ns) == (size, mtime_ns):
+        return False
+    return content_digest(real) != digest
+
+
 class ContentHashes:
     """Fast content hashes of data files (blake2b-128), cached by real path + size + mtime.
 
@@ -125,20 +145,22 @@ class ContentHashes:
 
     def digest(self, path: Path | str) -> str:
         """Hex digest of the file's bytes; ``OSError`` propagates (the caller names the file)."""
+        return self.entry(path)[3]
+
+    def entry(self, path: Path | str) -> tuple[str, int, int, str]:
+        """``(real path, size, mtime_ns, digest)`` of a file: what a reader checks it against
+        (:func:`changed_file`). ``OSError`` propagates."""
         real = os.path.realpath(path)
         stat = os.stat(real)
         key = [stat.st_size, stat.st_mtime_ns]
         entries = self._load()
         cached = entries.get(real)
         if isinstance(cached, list) and cached[:2] == key and len(cached) == 3:
-            return cached[2]
-        digest = hashlib.blake2b(digest_size=16)
-        with open(real, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        entries[real] = [*key, digest.hexdigest()]
+            return (real, *key, cached[2])
+        digest = content_digest(real)
+        entries[real] = [*key, digest]
         self.changed = True
-        return digest.hexdigest()
+        return (real, *key, digest)
 
     def save(self) -> None:
         """Write the cache back (best effort: a read-only cache folder only costs re-hashing)."""

@@ -282,6 +282,7 @@ def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identiti
     chunk_size, chunk_order, chunks = plan_chunks(config, store, manifest, previous, executor.workers)
     record = start_record(config, dataset, manifest, previous, executor, chunk_size, chunk_order)
     jobs, summaries = build_jobs(config, store, dataset, manifest, identities, record, chunks)
+    attach_file_hashes(jobs, manifest)
     store.write_json(record)
     run_jobs(config, store, manifest, executor, jobs, summaries, record, progress_out, started)
     return RunSummary(store.run_dir, manifest.manifest_id, len(manifest.episodes), summaries, time.time() - started)
@@ -366,6 +367,35 @@ def build_jobs(config: RunConfig, store: RunStore, dataset, manifest, identities
     record["methods"] = stored_methods
     record["counts"] = {"planned": len(manifest.episodes) * len(config.methods)}
     return jobs, summaries
+
+
+def attach_file_hashes(jobs: list[MethodJob], manifest) -> None:
+    """Give each unit the content hashes of its image and mask files as the manifest was built
+    from them (``WorkUnit.file_hashes``; cached by path, size and mtime, so this costs a ``stat``
+    per file): a file rewritten during the run becomes its episodes' error row, naming it."""
+    from dataclasses import replace
+
+    from datasets.base import resolve_link_stub
+    from harness.provenance import ContentHashes
+
+    if not manifest.params.get("data_sha256"):
+        return  # a manifest built without content hashes: nothing to check against
+    hashes, by_path = ContentHashes(), {}
+
+    def entries(record):
+        files = [resolve_link_stub(Path(record.path))] + ([Path(record.mask_path)] if record.mask_path else [])
+        for path in files:
+            if path not in by_path:
+                try:
+                    by_path[path] = hashes.entry(path)
+                except OSError:
+                    by_path[path] = None  # unreadable now: reading it fails the episode, naming it
+            if by_path[path] is not None:
+                yield by_path[path]
+
+    for job in jobs:
+        job.units = [replace(unit, file_hashes=tuple(e for r in unit.records for e in entries(r))) for unit in job.units]
+    hashes.save()
 
 
 def transient_rows(store: RunStore, method: str, done: set[int]) -> dict[int, list[int]]:

@@ -68,6 +68,9 @@ class WorkUnit:
     # (start, stop): this unit is episodes[start:stop] of a unit an executor split (a worker kept
     # dying on it); the executor gathers the pieces' rows before handing the whole unit back.
     piece: tuple[int, int] | None = None
+    # (real path, size, mtime_ns, content digest) of the unit's image and mask files as hashed for
+    # the manifest (``harness.provenance.ContentHashes.entry``); each file is checked when read.
+    file_hashes: tuple[tuple[str, int, int, str], ...] = ()
 
     def retry(self) -> "WorkUnit":
         return replace(self, attempt=self.attempt + 1)
@@ -128,6 +131,11 @@ def unscored(metrics: dict) -> dict:
 def describe_error(exc: BaseException) -> str:
     message = short_error(exc) if str(exc).strip() else ""
     return f"error: {type(exc).__name__}: {message}"
+
+
+class DataChanged(Exception):
+    """An image or mask file changed during the run: its bytes differ from those hashed for the
+    manifest (the episode's error row names the file)."""
 
 
 class EpisodeTimeout(Exception):
@@ -264,6 +272,7 @@ class EpisodeWorker:
         self.settings = settings
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self.cache = ImageCache()
+        self.file_hashes: dict[str, tuple] = {}  # real path -> WorkUnit.file_hashes entry
         self._pools = None  # (loader, scorer) thread pools, started on the first chunk
 
     def _use(self, name: str) -> None:
@@ -290,10 +299,27 @@ class EpisodeWorker:
         return {name: s for name, s in ((n, method_view_stats(slot.method)) for n, slot in self.slots.items()) if s}
 
     def _image(self, image_id: str) -> np.ndarray:
-        return self.cache.get(("img", image_id), lambda: self._read_image(self.records[image_id]))
+        record = self.records[image_id]
+        return self.cache.get(("img", image_id), lambda: self._checked(self._read_image(record), record.path))
 
     def _mask(self, image_id: str) -> np.ndarray:
-        return self.cache.get(("mask", image_id), lambda: self._read_mask(self.records[image_id]))
+        record = self.records[image_id]
+        return self.cache.get(("mask", image_id), lambda: self._checked(self._read_mask(record), record.mask_path))
+
+    def _checked(self, pixels: np.ndarray, path: str | None) -> np.ndarray:
+        """``pixels`` read from ``path``, once the file is known to hold the bytes the manifest
+        was built from (checked after the read, so a rewrite during the read is caught too)."""
+        from datasets.base import resolve_link_stub
+        from harness.provenance import changed_file
+
+        if path is None or not self.file_hashes:
+            return pixels
+        real = os.path.realpath(resolve_link_stub(Path(path)))
+        recorded = self.file_hashes.get(real)
+        if recorded is not None and changed_file(recorded):
+            raise DataChanged(f"{path}: changed during the run (its content differs from the bytes the "
+                              "manifest was built from)")
+        return pixels
 
     def ready(self) -> str:
         """Answered once the constructor (weights loading) has finished."""
@@ -308,6 +334,7 @@ class EpisodeWorker:
         decodes and scores. At most ``PIPELINE_DEPTH`` score maps wait for the scorer."""
         self._use(unit.method)
         self.records = {record.image_id: record for record in unit.records}
+        self.file_hashes.update((entry[0], entry) for entry in unit.file_hashes)
         episodes = unit.episodes
         if not episodes:
             return []

@@ -589,3 +589,50 @@ def test_run_reads_the_dataset_once(tmp_path, monkeypatch):
                                             "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert scans == [str(dataset)]
+
+
+# ------------------------------------------------------------------------------ item 9: data changed during a run
+
+
+def test_a_mask_rewritten_during_the_run_becomes_an_error_row_naming_it(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from harness import runner
+
+    dataset = make_folder_dataset(tmp_path / "data")
+    mask_path = dataset / "spot" / "masks" / "spot_2.png"
+    real_run_chunk = runner.EpisodeWorker.run_chunk
+
+    def rewrite_then_run(self, unit):  # the mask is relabelled after the manifest was built
+        if not getattr(rewrite_then_run, "done", False):
+            relabelled = np.zeros((48, 66), np.uint8)
+            relabelled[:, :] = 255  # 20,000-odd pixels of "defect"
+            Image.fromarray(relabelled).save(mask_path)
+            rewrite_then_run.done = True
+        return real_run_chunk(self, unit)
+
+    monkeypatch.setattr(runner.EpisodeWorker, "run_chunk", rewrite_then_run)
+    summary = execute(config(dataset, tmp_path / "run"), progress_out=None)
+    rows = read_run(summary.run_dir)
+    def is_spot_2(image_id: str) -> bool:
+        return image_id.rsplit("/", 1)[-1].split(".")[0] == "spot_2"
+
+    uses_mask = rows.apply(lambda r: is_spot_2(r["query_id"]) or any(map(is_spot_2, r["support_ids"])), axis=1)
+    assert uses_mask.any()
+    assert rows.loc[uses_mask, "status"].str.startswith(f"error: DataChanged: {mask_path}: changed during the run").all()
+    assert (rows.loc[~uses_mask, "status"] == "ok").all()
+
+
+def test_changed_file_trusts_size_and_mtime_then_the_bytes(tmp_path):
+    import os as os_module
+
+    from harness.provenance import ContentHashes, changed_file
+
+    path = tmp_path / "mask.png"
+    path.write_bytes(b"original bytes")
+    recorded = ContentHashes(tmp_path / "cache.json").entry(path)
+    assert not changed_file(recorded)
+    os_module.utime(path, ns=(recorded[2] + 10**9, recorded[2] + 10**9))  # touched, same bytes
+    assert not changed_file(recorded)
+    path.write_bytes(b"rewritten bytes")
+    assert changed_file(recorded)
