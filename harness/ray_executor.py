@@ -130,6 +130,65 @@ def _record_local_cluster() -> None:
         pass  # best effort: only the reaping after a kill -9 is lost
 
 
+def _children() -> dict[int, list[int]]:
+    """``{parent pid: [child pids]}`` of the processes on this host (from ``/proc/<pid>/stat``)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(proc.name))
+    return children
+
+
+def head_processes(temp_dir: str | Path) -> dict[int, int]:
+    """``{pid: start time}`` of the Ray node whose temp dir is ``temp_dir`` (``ray start
+    --temp-dir``): the processes naming its current session folder on their command line, and
+    their descendants (agents rename themselves). Other clusters have other session folders."""
+    try:
+        session = os.path.realpath(Path(temp_dir) / "session_latest")
+    except OSError:
+        return {}
+    if not os.path.isdir(session):
+        return {}
+    marker = session.encode()
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if marker in (proc / "cmdline").read_bytes():
+                    found.add(int(proc.name))
+            except OSError:
+                continue
+    children, queue = _children(), list(found)
+    while queue:
+        for child in children.get(queue.pop(), ()):
+            if child not in found:
+                found.add(child)
+                queue.append(child)
+    return {pid: start for pid in found if (start := process_start(pid)) is not None}
+
+
+def stop_head(temp_dir: str | Path, grace_s: float = 10.0) -> int:
+    """End the Ray node started with ``--temp-dir temp_dir`` (SIGTERM, then SIGKILL after
+    ``grace_s``) and nothing else: a bare ``ray stop`` ends every Ray process of the user on the
+    machine, other clusters included. Returns how many processes were signalled."""
+    processes = head_processes(temp_dir)
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 0.0)):
+        for pid, start in processes.items():
+            if process_start(pid) == start:  # still the process found, not a reused pid
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and any(process_start(p) == s for p, s in processes.items()):
+            time.sleep(0.2)
+    return len(processes)
+
+
 def shutdown_local() -> None:
     """Shut down the local cluster this process started (no-op for a joined cluster)."""
     global _started_local
@@ -506,3 +565,16 @@ def _creation_cause(exc: BaseException) -> str:
         if "Error:" in line and "ray::" not in line:
             return line.strip()
     return text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
+
+
+if __name__ == "__main__":  # python -m harness.ray_executor stop --temp-dir DIR
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m harness.ray_executor",
+                                     description="Stop one local Ray head node (the one using --temp-dir).")
+    parser.add_argument("command", choices=["stop"])
+    parser.add_argument("--temp-dir", required=True, help="the --temp-dir the head was started with")
+    args = parser.parse_args()
+    stopped = stop_head(args.temp_dir)
+    print(f"stopped {stopped} process(es) of the Ray node in {args.temp_dir}" if stopped
+          else f"no running Ray node uses {args.temp_dir}")

@@ -636,3 +636,74 @@ def test_changed_file_trusts_size_and_mtime_then_the_bytes(tmp_path):
     assert not changed_file(recorded)
     path.write_bytes(b"rewritten bytes")
     assert changed_file(recorded)
+
+
+# ------------------------------------------------------------------------------ item 11: stopping one head node
+
+
+def test_stop_head_ends_that_node_and_its_children_only(tmp_path):
+    from harness.ray_executor import stop_head
+
+    def fake_node(temp: Path) -> tuple[subprocess.Popen, int]:
+        """A 'raylet' naming its session folder, with a child that renamed itself (an agent)."""
+        session = temp / "session_2026-12-03_01-02-03_000001_1"
+        session.mkdir(parents=True)
+        (temp / "session_latest").symlink_to(session)
+        script = ("import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', "
+                  "'import time; time.sleep(120)']); print(child.pid, flush=True); time.sleep(120)")
+        process = subprocess.Popen([sys.executable, "-c", script, f"--log_dir={session}/logs"],
+                                   stdout=subprocess.PIPE, text=True)
+        return process, int(process.stdout.readline())
+
+    ours, our_agent = fake_node(tmp_path / "ours")
+    theirs, their_agent = fake_node(tmp_path / "theirs")  # another cluster of the same user
+    try:
+        assert stop_head(tmp_path / "ours", grace_s=5) == 2
+        assert ours.wait(timeout=10) is not None
+        assert theirs.poll() is None and Path(f"/proc/{their_agent}").exists()
+
+        def gone(pid: int) -> bool:
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+            except OSError:
+                return True
+
+        assert gone(our_agent)
+        assert stop_head(tmp_path / "nowhere") == 0
+    finally:
+        for process, agent in ((ours, our_agent), (theirs, their_agent)):
+            for pid in (process.pid, agent):
+                try:
+                    os.kill(pid, 9)
+                except OSError:
+                    pass
+            process.wait()
+
+
+# ------------------------------------------------------------------------------ item 11: the README snippet
+
+
+def test_readme_reading_a_run_snippet_gives_the_report_miou(tmp_path, capsys):
+    import contextlib
+    import io
+    import re
+
+    from harness.report import build_report
+    from tests.conftest import REPO_ROOT
+
+    text = (REPO_ROOT / "README.md").read_text()
+    snippet = re.search(r"Reading a run without this project:\n\n```python\n(.*?)```", text, re.S).group(1)
+    dataset = make_folder_dataset(tmp_path / "data", n_per_category=5)
+    summary = execute(config(dataset, tmp_path / "run", options={"crash_width": 66, "support_scale": True},
+                             manifest=ManifestSettings(shots=(1,), seeds=3, normal_fraction=0.2)), progress_out=None)
+    namespace: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(snippet.replace("results/RUN", str(summary.run_dir)), namespace)
+    from_snippet = namespace["miou"].groupby(["method", "shots"], observed=True).mean()
+    report = build_report([summary.run_dir], tmp_path / "report", bootstrap=0).aggregates.summary
+    assert len(report) == 1 and namespace["miou"].index.get_level_values("repeat").nunique() == 3
+    assert from_snippet.iloc[0] == pytest.approx(report["miou_mean"].iloc[0], abs=1e-12)
+    rows = read_run(summary.run_dir)  # pooling the draws (what the snippet did) gives another number
+    ok = rows[(rows.status == "ok") & ~rows.query_is_normal].groupby("class_id")[["tp", "fp", "fn"]].sum()
+    pooled = (ok.tp / (ok.tp + ok.fp + ok.fn)).mean()
+    assert abs(pooled - report["miou_mean"].iloc[0]) > 1e-3
