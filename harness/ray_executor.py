@@ -6,10 +6,13 @@ chunk groups (all methods' units of one chunk, ``runner.interleave``) that run o
 sequence; chunks are dealt to actors in contiguous ranges (chunks are ordered by class and query,
 so an actor keeps seeing the same images), and an idle actor takes the tail of the longest
 remaining range. The driver keeps at most
-``in_flight`` chunks per actor, waits with a timeout, requeues a chunk whose actor died (up to
-``max_attempts``), and turns a chunk that keeps killing workers into error rows. Resource requests
-are checked against the cluster before anything is submitted, because a request no node can
-satisfy makes Ray wait forever.
+``in_flight`` chunks per actor and waits with a timeout. A chunk whose actor died is requeued in
+two halves (``SplitUnits`` gathers their rows back into one part), so an episode that kills its
+worker ends alone and, after ``max_attempts`` deaths, becomes its own ``WorkerDied`` error row. An
+actor whose ``predict`` timed out (``--episode-timeout``) is restarted. An actor that cannot be
+restarted because the cluster lost the room for it (a lost node) is given up at once and its
+chunks go to the others. Resource requests are checked against the cluster before anything is
+submitted, because a request no node can satisfy makes Ray wait forever.
 
 A local cluster started here dies with the run: ``RayExecutor.close`` shuts it down (also on
 SIGTERM and Ctrl-C, which unwind through it), and its process ids are recorded in
@@ -102,7 +105,6 @@ def reap_orphans() -> int:
         if same_boot and pid_alive(driver) and process_start(driver) == driver_start:
             continue  # the driver still runs
         for pid, start in pids if same_boot else ():  # before a reboot, or an old record: nothing provable
-
             if process_start(pid) == start:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -285,7 +287,8 @@ class RayExecutor:
         self.wait_timeout_s = wait_timeout_s
         self.start_timeout_s = start_timeout_s
         self.episode_timeout_s = episode_timeout_s
-        self.lost: list = []  # (WorkUnit, reason) of chunks that kept killing workers
+        self.lost: list = []  # Executor protocol; stays empty: a chunk that kills workers is split until
+        # the episode at fault is alone, then stored as its WorkerDied error row
         self.resources = resources  # the cluster's, as connect() reported them
         self.owns_cluster = owns_cluster  # the run's own connect started the local cluster
         self.view_stats: dict = {}  # merge_stats of the actors, per method
