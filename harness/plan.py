@@ -51,20 +51,23 @@ def _parts(folder: Path) -> list[Path]:
 
 
 def stored_rows(run_dir: Path, method: str, manifest_id: str) -> int:
-    """Rows of ``method`` already in ``run_dir`` when it holds the same manifest (else 0)."""
+    """Rows of ``method`` already in ``run_dir`` when it holds the same manifest (else 0), less
+    those with a transient error (``harness.status``): the run computes them again."""
     import pyarrow.parquet as pq
 
-    from harness.store import partition_value
+    from harness.status import is_transient
+    from harness.store import RunStore, partition_value
 
-    from harness.store import RunStore
-
-    previous = RunStore(run_dir).read_json()  # a damaged run.json is one line, as in the run
+    store = RunStore(run_dir)
+    previous = store.read_json()  # a damaged run.json is one line, as in the run
     if previous.get("manifest_id") != manifest_id:
         return 0
     total = 0
     for part in _parts(run_dir / "episodes" / f"method={partition_value(method)}"):
         try:
             total += pq.ParquetFile(part).metadata.num_rows
+            index = int(part.stem.removeprefix("part-"))
+            total -= sum(map(is_transient, store.part_statuses(method, index) or ()))
         except Exception:  # a corrupt part is recomputed by the run
             continue
     return total

@@ -104,6 +104,11 @@ def test_transient_error_rows_are_retried_on_resume_and_counted_until_they_succe
     assert line.startswith(f"run: {first.episodes - full} of {first.episodes} planned episodes stored "
                            f"({full} more failed on a transient cause")
 
+    from harness.plan import plan_run
+
+    plan = plan_run(config(dataset, tmp_path / "run", options=options))
+    assert plan.methods[0].to_compute == full  # the plan counts the retries too
+
     still_full = execute(config(dataset, tmp_path / "run", options=options), progress_out=None)
     assert still_full.methods[0].failed == full and still_full.methods[0].ok == 0  # not "failed 0"
     assert still_full.methods[0].skipped == first.episodes - full
