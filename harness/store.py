@@ -454,10 +454,14 @@ def check_part(path: Path) -> str | None:
 
 def check_parts(run_dir: Path | str) -> None:
     """Refuse, naming the file, a run whose parts do not match their checksums (the report reads
-    values only from parts as they were written)."""
-    where = _bad_part(Path(run_dir) / "episodes")
-    if where is not None:
-        raise StoreError(f"{where} (run the same command to recompute it, or delete the file)")
+    values only from parts as they were written; parts from before checksums are read as they are)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = sorted((Path(run_dir) / "episodes").glob("method=*/part-*.parquet"))
+    with ThreadPoolExecutor(4) as pool:  # hashlib and file reads release the GIL
+        for path, problem in zip(paths, pool.map(verify_checksum, paths)):
+            if problem not in (None, "no checksum"):
+                raise StoreError(f"{path}: {problem} (run the same command to recompute it, or delete the file)")
 
 
 def read_run(run_dir: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
