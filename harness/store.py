@@ -222,7 +222,7 @@ class RunStore:
         return done
 
     def _verify(self, path: Path, rows: int | None, adopted: list[Path]) -> str | None:
-        """Why a part does not count as done (checksum, then footer), None when it does. A part
+        """Why a part does not count as done (its footer, then its checksum), None when it does. A part
         from before checksums is read whole instead, and its checksum written when it reads."""
         problem = verify_checksum(path)
         if problem == "no checksum":
@@ -236,7 +236,7 @@ class RunStore:
                 atomic_write_bytes(checksum_path(path), lambda tmp: tmp.write_text(f"{digest}  {path.name}\n"))
                 adopted.append(path)
             return problem
-        return problem or verify_part(path, rows)
+        return verify_part(path, rows) or problem  # a footer problem says more (truncated, foreign)
 
     def quarantine(self, path: Path) -> Path:
         """Move a bad part out of the dataset (``episodes/.corrupt/method=<m>/<name>.<time>``),
@@ -447,9 +447,9 @@ def _bad_part(episodes: Path) -> str | None:
 
 
 def check_part(path: Path) -> str | None:
-    """Checksum (when the part has one), then footer: why a stored part cannot be read as it was written."""
+    """Footer, then checksum (when the part has one): why a stored part cannot be read as it was written."""
     problem = verify_checksum(path)
-    return problem if problem not in (None, "no checksum") else verify_part(path)
+    return verify_part(path) or (problem if problem != "no checksum" else None)
 
 
 def check_parts(run_dir: Path | str) -> None:
