@@ -85,7 +85,8 @@ def test_disk_full_is_one_line_and_the_run_resumes_elsewhere(tmp_path):
         assert "Traceback" not in stderr and "No space left on device" in stderr
         # after the plan and progress lines: the error (last), maybe a run.json warning before it
         lines = stderr.strip().splitlines()
-        problems = [line for line in lines if line.startswith(("Error:", "warning:"))]
+        problems = [line for line in lines if line.startswith(("Error:", "warning:"))
+                    and "--calibration-normals" not in line]  # the fixture has too few good images
         assert lines[-1].startswith("Error: ") and "No space left on device" in lines[-1], stderr
         assert len(problems) <= 2 and len([line for line in lines if line.startswith("Error:")]) == 1, stderr
         assert not [p for p in (small / "run").rglob("*") if ".tmp" in p.name]
