@@ -62,12 +62,16 @@ class PatchCore(BackboneMethod):
         blur_sigma: float = 4.0
         seed: int = 0  # coreset start point and projection
         score_scale: Literal["support", "fixed"] = "support"  # support: map / (map + fitted threshold)
+        bank_margin: int = 0  # support tokens within this many tokens of a defect pixel stay out of the bank
+        level_norm: bool = True  # per-level L2 normalisation (False: raw levels concatenated)
 
     def __init__(self, config: Config, weights: dict[str, Path]):
         if not 0 < config.coreset_ratio <= 1:
             raise MethodError(f"coreset_ratio must be in (0, 1], got {config.coreset_ratio}")
         if not 0 < config.threshold_quantile <= 1:
             raise MethodError(f"threshold_quantile must be in (0, 1], got {config.threshold_quantile}")
+        if config.bank_margin < 0:
+            raise MethodError(f"bank_margin must be >= 0 tokens, got {config.bank_margin}")
         self.config = config
         self.backbone = Backbone(config, weights["backbone"])
         self.device = self.backbone.device  # features, memory bank and cdist live here
@@ -75,7 +79,10 @@ class PatchCore(BackboneMethod):
     # -- features ------------------------------------------------------------------------------
     def embed(self, feats: TiledFeatures) -> torch.Tensor:
         """TiledFeatures -> locally aggregated unit patch features ``[T, h, w, D]``."""
-        layers = [l2_normalise(F.avg_pool2d(layer.float(), 3, 1, 1)) for layer in feats.layers]
+        layers = [F.avg_pool2d(layer.float(), 3, 1, 1) for layer in feats.layers]
+        if not self.config.level_norm:
+            return torch.cat(layers, dim=1).permute(0, 2, 3, 1)
+        layers = [l2_normalise(layer) for layer in layers]
         return (torch.cat(layers, dim=1) / math.sqrt(len(layers))).permute(0, 2, 3, 1)
 
     # -- predict -------------------------------------------------------------------------------
@@ -98,12 +105,15 @@ class PatchCore(BackboneMethod):
         score_map = self._to_score_map(feats, distances)
         fitted = self.fit_threshold(supports)
         if self.config.score_scale == "fixed" or fitted is None:
-            return Prediction(score_map, fitted)
+            return Prediction(score_map.clip(max=1), fitted)
         return Prediction(support_calibrated(score_map, fitted), 0.5)
 
     def _support(self, image: np.ndarray, mask: np.ndarray) -> dict:
         feats = self.backbone.extract(image)
         fg = self.backbone.mask_fractions(feats, mask)[:, 0]  # [T, h, w]
+        margin = self.config.bank_margin
+        if margin > 0:  # a token whose 3x3 neighbourhood holds defect pixels carries them in its feature
+            fg = F.max_pool2d(fg[:, None], 2 * margin + 1, 1, margin)[:, 0]
         return dict(
             feats=feats,
             features=self.embed(feats),  # [T, h, w, D]
@@ -115,7 +125,7 @@ class PatchCore(BackboneMethod):
     def _to_score_map(self, feats: TiledFeatures, distances: torch.Tensor) -> np.ndarray:
         """1-NN distances ``[T, h, w]`` in [0, 2] -> blurred score map ``[H, W]`` in [0, 1]."""
         image_map = self.backbone.to_image(feats, distances / 2)
-        return gaussian_blur(image_map, self.config.blur_sigma).clip(0, 1).astype(np.float32)
+        return gaussian_blur(image_map, self.config.blur_sigma).clip(min=0).astype(np.float32)
 
     def _coreset(self, bank: torch.Tensor) -> torch.Tensor:
         if self.config.coreset_ratio >= 1:
@@ -163,7 +173,8 @@ def _nearest_distance(
     """Exact 1-NN Euclidean distance of each query row ``[N, D]`` to ``bank`` ``[M, D]`` -> ``[N]``.
 
     With ``centres`` (``[N, 2]`` / ``[M, 2]`` pixel positions), bank rows closer than ``reach``
-    (Chebyshev) to the query row are excluded; a row with no bank row left gets distance 2 (max).
+    (Chebyshev) to the query row are excluded; a row with no bank row left gets the largest finite
+    distance (2, the unit-vector maximum, when none is finite).
     Exclusion looks at the ``EXCLUSION_CANDIDATES`` nearest rows first and falls back to all rows
     only for a query whose candidates were all excluded, so the result is the same as masking the
     whole distance matrix, without building an ``[n, M]`` gap matrix.
@@ -186,7 +197,8 @@ def _nearest_distance(
             gap = (centres[start + row] - bank_centres).abs().amax(-1)
             best[row] = distances[row].masked_fill(gap < reach, float("inf")).min()
         out[rows] = best
-    return out.clamp(max=2.0)
+    finite = out[torch.isfinite(out)]
+    return out.clamp(max=float(finite.max()) if len(finite) else 2.0)
 
 
 def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0, dims: int = 128) -> torch.Tensor:
