@@ -73,6 +73,7 @@ BACKBONE_DEFAULT = "<the backbone's own weights>"
 class Prediction:
     score_map: np.ndarray  # float32 [H, W] in [0, 1]
     threshold: float | None = None  # None: the method's native ``threshold``
+    image_score: float | None = None  # the method's own per-image anomaly score (None: the map's max)
 
 
 ThresholdProtocol = Literal["native", "deployable"]
@@ -353,7 +354,7 @@ class MethodSpec:
 def as_prediction(output: np.ndarray | Prediction, native_threshold: float) -> Prediction:
     if isinstance(output, Prediction):
         threshold = native_threshold if output.threshold is None else output.threshold
-        return Prediction(np.asarray(output.score_map, dtype=np.float32), float(threshold))
+        return Prediction(np.asarray(output.score_map, dtype=np.float32), float(threshold), output.image_score)
     return Prediction(np.asarray(output, dtype=np.float32), float(native_threshold))
 
 

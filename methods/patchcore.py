@@ -14,10 +14,13 @@ from methods._common import (
     Backbone, BackboneMethod, BackboneConfig, TiledFeatures, backbone_weight_spec, defect_free_tokens, l2_normalise,
     support_calibrated,
 )
+from harness.io import LRU
 from methods.base import MethodError, Prediction
+from methods.sharing import image_key
 
 QUERY_CHUNK = 1024  # query tokens per cdist call
 EXCLUSION_CANDIDATES = 64  # nearest bank rows checked against the exclusion radius first
+BANK_CACHE_ENTRIES = 64  # coreset banks kept per method instance (a support recurs across episodes)
 
 
 class PatchCore(BackboneMethod):
@@ -75,6 +78,7 @@ class PatchCore(BackboneMethod):
         self.config = config
         self.backbone = Backbone(config, weights["backbone"])
         self.device = self.backbone.device  # features, memory bank and cdist live here
+        self._banks = LRU(max_entries=BANK_CACHE_ENTRIES)  # (image, mask) -> coreset bank; supports recur
 
     # -- features ------------------------------------------------------------------------------
     def embed(self, feats: TiledFeatures) -> torch.Tensor:
@@ -94,62 +98,68 @@ class PatchCore(BackboneMethod):
     ) -> Prediction:
         """Return the anomaly map float32 ``[H, W]`` in [0, 1] and the support-fitted threshold."""
         supports = [self._support(image, np.asarray(mask, dtype=bool)) for image, mask in zip(support_images, support_masks)]
-        normal = [s["normal"].reshape(-1) for s in supports]
-        bank = torch.cat([s["features"].reshape(-1, s["features"].shape[-1])[n] for s, n in zip(supports, normal)])
+        bank = torch.cat([s["bank"] for s in supports])  # [M, D]
         feats = self.backbone.extract(query_image)
         if len(bank) == 0:  # every support token touches a defect: nothing is known to be normal
             return Prediction(np.zeros(query_image.shape[:2], np.float32), None)
-        bank = self._coreset(bank)
         query = self.embed(feats)
         distances = _nearest_distance(query.reshape(-1, query.shape[-1]), bank).reshape(query.shape[:3])
         score_map = self._to_score_map(feats, distances)
-        fitted = self.fit_threshold(supports)
+        return self._calibrated(score_map, self.fit_threshold(supports))
+
+    def _calibrated(self, score_map: np.ndarray, fitted: float | None, **extra) -> Prediction:
         if self.config.score_scale == "fixed" or fitted is None:
-            return Prediction(score_map.clip(max=1), fitted)
-        return Prediction(support_calibrated(score_map, fitted), 0.5)
+            return Prediction(score_map.clip(max=1), fitted, **extra)
+        return Prediction(support_calibrated(score_map, fitted), 0.5, **extra)
 
     def _support(self, image: np.ndarray, mask: np.ndarray) -> dict:
+        """Features of one support and its memory bank (defect-free tokens, coreset-subsampled)."""
         feats = self.backbone.extract(image)
         fg = self.backbone.mask_fractions(feats, mask)[:, 0]  # [T, h, w]
         margin = self.config.bank_margin
         if margin > 0:  # a token whose 3x3 neighbourhood holds defect pixels carries them in its feature
             fg = F.max_pool2d(fg[:, None], 2 * margin + 1, 1, margin)[:, 0]
-        return dict(
-            feats=feats,
-            features=self.embed(feats),  # [T, h, w, D]
-            normal=defect_free_tokens(feats, fg),  # [T, h, w]
-            mask=mask,
-            centres=self.backbone.token_centres(feats),  # [T, h, w, 2]
-        )
+        features = self.embed(feats)  # [T, h, w, D]
+        normal = defect_free_tokens(feats, fg)  # [T, h, w]
+        centres = self.backbone.token_centres(feats)  # [T, h, w, 2]
+        key = (image_key(image), image_key(mask))
+        bank = self._banks.get(key)
+        if bank is None:
+            bank = self._coreset(features[normal], centres[normal])
+            if self.config.coreset_ratio < 1:  # the greedy selection is the costly part: supports recur
+                self._banks.put(key, bank)
+        return dict(feats=feats, features=features, normal=normal, mask=mask, centres=centres,
+                    bank=bank[0], bank_centres=bank[1])
 
     def _to_score_map(self, feats: TiledFeatures, distances: torch.Tensor) -> np.ndarray:
         """1-NN distances ``[T, h, w]`` in [0, 2] -> blurred score map ``[H, W]`` in [0, 1]."""
         image_map = self.backbone.to_image(feats, distances / 2)
         return gaussian_blur(image_map, self.config.blur_sigma).clip(min=0).astype(np.float32)
 
-    def _coreset(self, bank: torch.Tensor) -> torch.Tensor:
-        if self.config.coreset_ratio >= 1:
-            return bank
-        count = max(1, math.ceil(self.config.coreset_ratio * len(bank)))
-        return bank[greedy_coreset(bank, count, seed=self.config.seed)]
+    def _coreset(self, features: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bank rows ``[M, D]``, their centres ``[M, 2]``): all rows, or a greedy k-center coreset."""
+        if self.config.coreset_ratio >= 1 or len(features) < 2:
+            return features, centres
+        count = max(1, math.ceil(self.config.coreset_ratio * len(features)))
+        chosen = greedy_coreset(features, count, seed=self.config.seed)
+        return features[chosen], centres[chosen]
 
     # -- deployable threshold ------------------------------------------------------------------
     def fit_threshold(self, supports: list[dict]) -> float | None:
         """Quantile of leave-out scores of the supports' defect-free pixels (no query labels)."""
-        flat = [
-            (s["features"].reshape(-1, s["features"].shape[-1]), s["normal"].reshape(-1), s["centres"].reshape(-1, 2))
-            for s in supports
-        ]
         radius = self.config.exclusion_radius + 0.5
         normal_pixels = []
-        for index, (support, (features, normal, centres)) in enumerate(zip(supports, flat)):
+        for index, support in enumerate(supports):
+            features = support["features"].reshape(-1, support["features"].shape[-1])
+            normal = support["normal"].reshape(-1)
             if len(supports) >= 2:
-                others = [(f[n]) for j, (f, n, _) in enumerate(flat) if j != index]
-                distances = _nearest_distance(features, torch.cat(others))
+                others = torch.cat([s["bank"] for j, s in enumerate(supports) if j != index])
+                distances = _nearest_distance(features, others)
             else:
                 reach = radius * self.backbone.token_pixels(support["feats"])
                 distances = _nearest_distance(
-                    features, features[normal], centres=centres, bank_centres=centres[normal], reach=reach
+                    features, support["bank"], centres=support["centres"].reshape(-1, 2),
+                    bank_centres=support["bank_centres"], reach=reach,
                 )
             if not normal.any():
                 continue

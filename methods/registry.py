@@ -39,6 +39,7 @@ register("panet-resize", "methods.panet:PANet", "training-free PANet, query and 
 register("patchcore-resize", "methods.patchcore:PatchCore", "few-shot PatchCore, query and supports resized (longest side 518)", resolution="resize")
 register("padim", "methods.padim:PaDiM", "few-shot PaDiM: Ledoit-Wolf Gaussian of defect-free support patches (positions pooled), Mahalanobis distance")
 register("padim-resize", "methods.padim:PaDiM", "few-shot PaDiM, query and supports resized (longest side = tile size)", resolution="resize")
+register("anomalydino", "methods.anomalydino:AnomalyDINO", "AnomalyDINO-style (WACV 2025): 1-NN cosine distance to rotated defect-free support patches, image score = mean of the top 1 % patch scores")
 register("match", "methods.match:Match", "training-free matching: best cosine to support defect patches minus best to background patches")
 register("seggpt", "methods.seggpt:SegGPT", "SegGPT in-context painting (transformers SegGptForImageSegmentation), k-shot feature ensemble, channel-max score")
 register("sofs", "methods.sofs.inference:SOFS", "SOFS (arXiv 2407.21351): non-resizing crops/tiles, intensity downsampling, abnormal prior, learned head")
