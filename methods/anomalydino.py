@@ -109,7 +109,7 @@ class AnomalyDINO(PatchCore):
             counted = counted & foreground
         score_map = self._to_score_map(feats, distances)
         image_score = top_mean(distances[counted] ** 2 / 4, self.config.top_fraction)
-        return self._calibrated(score_map, self.fit_threshold(supports), image_score=image_score)
+        return self._calibrated(score_map, self.support_threshold(supports), image_score=image_score)
 
 
 def top_mean(scores: torch.Tensor, fraction: float) -> float:

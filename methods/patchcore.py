@@ -19,8 +19,8 @@ from methods.base import MethodError, Prediction
 from methods.sharing import image_key
 
 QUERY_CHUNK = 1024  # query tokens per cdist call
-EXCLUSION_CANDIDATES = 64  # nearest bank rows checked against the exclusion radius first
 BANK_CACHE_ENTRIES = 64  # coreset banks kept per method instance (a support recurs across episodes)
+THRESHOLD_CACHE_ENTRIES = 1024  # fitted thresholds by support set (1-shot: one per support image)
 
 
 class PatchCore(BackboneMethod):
@@ -79,6 +79,7 @@ class PatchCore(BackboneMethod):
         self.backbone = Backbone(config, weights["backbone"])
         self.device = self.backbone.device  # features, memory bank and cdist live here
         self._banks = LRU(max_entries=BANK_CACHE_ENTRIES)  # (image, mask) -> coreset bank; supports recur
+        self._thresholds = LRU(max_entries=THRESHOLD_CACHE_ENTRIES)  # support set -> fitted threshold
 
     # -- features ------------------------------------------------------------------------------
     def embed(self, feats: TiledFeatures) -> torch.Tensor:
@@ -105,7 +106,14 @@ class PatchCore(BackboneMethod):
         query = self.embed(feats)
         distances = _nearest_distance(query.reshape(-1, query.shape[-1]), bank).reshape(query.shape[:3])
         score_map = self._to_score_map(feats, distances)
-        return self._calibrated(score_map, self.fit_threshold(supports))
+        return self._calibrated(score_map, self.support_threshold(supports))
+
+    def support_threshold(self, supports: list[dict]) -> float | None:
+        """:meth:`fit_threshold`, computed once per support set (it depends on nothing else)."""
+        key = tuple(s["key"] for s in supports)
+        if key not in self._thresholds:
+            self._thresholds.put(key, self.fit_threshold(supports))
+        return self._thresholds.get(key)
 
     def _calibrated(self, score_map: np.ndarray, fitted: float | None, **extra) -> Prediction:
         if self.config.score_scale == "fixed" or fitted is None:
@@ -129,7 +137,7 @@ class PatchCore(BackboneMethod):
             if self.config.coreset_ratio < 1:  # the greedy selection is the costly part: supports recur
                 self._banks.put(key, bank)
         return dict(feats=feats, features=features, normal=normal, mask=mask, centres=centres,
-                    bank=bank[0], bank_centres=bank[1])
+                    bank=bank[0], bank_centres=bank[1], key=key)
 
     def _to_score_map(self, feats: TiledFeatures, distances: torch.Tensor) -> np.ndarray:
         """1-NN distances ``[T, h, w]`` in [0, 2] -> blurred score map ``[H, W]`` in [0, 1]."""
@@ -183,32 +191,52 @@ def _nearest_distance(
     """Exact 1-NN Euclidean distance of each query row ``[N, D]`` to ``bank`` ``[M, D]`` -> ``[N]``.
 
     With ``centres`` (``[N, 2]`` / ``[M, 2]`` pixel positions), bank rows closer than ``reach``
-    (Chebyshev) to the query row are excluded; a row with no bank row left gets the largest finite
-    distance (2, the unit-vector maximum, when none is finite).
-    Exclusion looks at the ``EXCLUSION_CANDIDATES`` nearest rows first and falls back to all rows
-    only for a query whose candidates were all excluded, so the result is the same as masking the
-    whole distance matrix, without building an ``[n, M]`` gap matrix.
+    (Chebyshev) to the query row are excluded (:func:`pairs_within`: a few per row, set to
+    infinity before the minimum); a row with no bank row left gets the largest finite distance
+    (2, the unit-vector maximum, when none is finite).
     """
     out = torch.full((len(query),), float("inf"), device=query.device)
     if bank.numel() == 0:
         return out.clamp(max=2.0)
+    excluded = None if centres is None else pairs_within(centres, bank_centres, reach)
     for start in range(0, len(query), QUERY_CHUNK):
         rows = slice(start, start + QUERY_CHUNK)
         distances = torch.cdist(query[rows][None], bank[None])[0]  # [n, M]
-        if centres is None:
-            out[rows] = distances.min(dim=1).values
-            continue
-        count = min(EXCLUSION_CANDIDATES, distances.shape[1])
-        nearest, index = distances.topk(count, dim=1, largest=False)  # [n, c]
-        near = (centres[rows, None, :] - bank_centres[index]).abs().amax(-1) < reach  # [n, c]
-        best = nearest.masked_fill(near, float("inf")).min(dim=1).values
-        lost = (near.all(dim=1) & (count < distances.shape[1])).nonzero().flatten()
-        for row in lost.tolist():  # rare: every candidate lies within reach
-            gap = (centres[start + row] - bank_centres).abs().amax(-1)
-            best[row] = distances[row].masked_fill(gap < reach, float("inf")).min()
-        out[rows] = best
+        if excluded is not None:
+            pair_rows, pair_cols = excluded
+            here = (pair_rows >= start) & (pair_rows < start + QUERY_CHUNK)
+            distances[pair_rows[here] - start, pair_cols[here]] = float("inf")
+        out[rows] = distances.min(dim=1).values
     finite = out[torch.isfinite(out)]
     return out.clamp(max=float(finite.max()) if len(finite) else 2.0)
+
+
+def pairs_within(centres: torch.Tensor, bank_centres: torch.Tensor, reach: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols): every pair of a centre ``[N, 2]`` and a bank centre ``[M, 2]`` closer than
+    ``reach`` (Chebyshev), found through square buckets of side ``reach`` (such a pair lies in the
+    same or a neighbouring bucket), without an ``[N, M]`` gap matrix."""
+    cell_q = torch.floor(centres / reach).long() + 1  # [N, 2], >= 0 after the +1 margin
+    cell_b = torch.floor(bank_centres / reach).long() + 1  # [M, 2]
+    width = int(max(cell_q[:, 1].max(), cell_b[:, 1].max())) + 2
+    bank_key = cell_b[:, 0] * width + cell_b[:, 1]
+    order = torch.argsort(bank_key)
+    sorted_key = bank_key[order]
+    rows, cols = [], []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            key = (cell_q[:, 0] + dy) * width + cell_q[:, 1] + dx  # [N]
+            low = torch.searchsorted(sorted_key, key, side="left")
+            count = torch.searchsorted(sorted_key, key, side="right") - low
+            for j in range(int(count.max()) if len(count) else 0):  # bank rows per bucket: a handful
+                has = (count > j).nonzero().flatten()
+                rows.append(has)
+                cols.append(order[low[has] + j])
+    if not rows:
+        empty = torch.zeros(0, dtype=torch.long, device=centres.device)
+        return empty, empty
+    rows, cols = torch.cat(rows), torch.cat(cols)
+    near = (centres[rows] - bank_centres[cols]).abs().amax(-1) < reach
+    return rows[near], cols[near]
 
 
 def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0, dims: int = 128) -> torch.Tensor:

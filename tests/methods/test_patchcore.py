@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from methods.base import MethodSpec, Prediction
-from methods.patchcore import gaussian_blur, greedy_coreset
+from methods.patchcore import _nearest_distance, gaussian_blur, greedy_coreset, pairs_within
 from tests.methods.test_panet import micro_weights, textured_image, with_defect  # noqa: F401 (fixture)
 
 
@@ -81,3 +81,31 @@ def test_coreset_weights_and_blur(micro_weights):
     image, mask = with_defect(textured_image(200, 300), 50, 50, 28)
     prediction = build(micro_weights, coreset_ratio=0.25).predict([image], [mask], image)
     assert prediction.score_map.shape == (200, 300)
+
+
+def test_pairs_within_and_exclusion_match_a_full_gap_matrix():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.rand(300, 2, generator=generator) * 200  # [N, 2] pixel positions
+    bank_centres = torch.cat([centres[::3], torch.rand(50, 2, generator=generator) * 200])  # [M, 2]
+    gap = (centres[:, None] - bank_centres[None]).abs().amax(-1)  # [N, M], the brute-force way
+    rows, cols = pairs_within(centres, bank_centres, 12.0)
+    assert sorted(zip(rows.tolist(), cols.tolist())) == sorted(map(tuple, (gap < 12.0).nonzero().tolist()))
+    query = torch.nn.functional.normalize(torch.randn(300, 16, generator=generator), dim=1)
+    bank = torch.cat([query[::3], torch.nn.functional.normalize(torch.randn(50, 16, generator=generator), dim=1)])
+    expected = torch.cdist(query, bank).masked_fill(gap < 12.0, float("inf")).min(dim=1).values
+    got = _nearest_distance(query, bank, centres=centres, bank_centres=bank_centres, reach=12.0)
+    torch.testing.assert_close(got, expected)
+    assert torch.isfinite(got).all() and (got > 0).all()  # each row's own copy in the bank is excluded
+
+
+def test_threshold_is_fitted_once_per_support_set(micro_weights):
+    method = build(micro_weights)
+    support, mask = with_defect(textured_image(200, 280, seed=1), 40, 40, 20)
+    calls = []
+    fit = method.fit_threshold
+    method.fit_threshold = lambda supports: calls.append(1) or fit(supports)
+    first = method.predict([support], [mask], textured_image(200, 280, seed=2))
+    second = method.predict([support], [mask], textured_image(200, 280, seed=3))
+    assert first.threshold == second.threshold and len(calls) == 1
+    method.predict([support], [~mask], textured_image(200, 280, seed=2))  # another mask: another set
+    assert len(calls) == 2
