@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness import provenance
+from harness.normal_supports import normal_support_pool
 from harness.runner import (DEFAULT_EPISODE_TIMEOUT_S, EvalSettings, Executor, InlineExecutor, MethodJob, RowContext,
                             WorkUnit, make_unit)
 from harness.store import RunStore, StoreError, os_problem, partition_value
@@ -358,7 +359,9 @@ def build_jobs(config: RunConfig, store: RunStore, dataset, manifest, identities
         summary = MethodSummary(spec.name, planned=len(manifest.episodes))
         retry = transient_rows(store, spec.name, done)
         summary.skipped = sum(len(chunks[i]) for i in done if i < len(chunks)) - sum(map(len, retry.values()))
-        units = [make_unit(spec.name, i, chunk, by_id, retry.get(i)) for i, chunk in enumerate(chunks)
+        normal = int(spec.resolved_options().get("normal_supports", 0) or 0)  # harness.normal_supports
+        pool = normal_support_pool(manifest.episodes, dataset.records) if normal else None
+        units = [make_unit(spec.name, i, chunk, by_id, retry.get(i), normal, pool) for i, chunk in enumerate(chunks)
                  if i not in done or i in retry]
         context = RowContext(record["run_id"], manifest.manifest_id, dataset.name, config_hash, options_json)
         predictions = str(store.method_predictions_dir(spec.name)) if config.save_predictions else None

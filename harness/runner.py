@@ -28,6 +28,7 @@ import numpy as np
 from harness.constants import SIZE_BIN_EDGES
 from harness.io import LRU, atomic_write, short_error
 from harness.metrics import episode_metrics
+from harness.normal_supports import draw_normal_supports
 from harness.records import UNSCORED_STATUS, Episode, ImageRecord
 from harness.schema import METRIC_COLUMNS
 from methods.base import MethodSpec, Prediction, check_inputs, checked_prediction
@@ -71,6 +72,8 @@ class WorkUnit:
     # (real path, size, mtime_ns, content digest) of the unit's image and mask files as hashed for
     # the manifest (``harness.provenance.ContentHashes.entry``); each file is checked when read.
     file_hashes: tuple[tuple[str, int, int, str], ...] = ()
+    normal_supports: int = 0  # good images added to each episode's supports (harness.normal_supports)
+    normal_pool: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (object, ids) they are drawn from
 
     def retry(self) -> "WorkUnit":
         return replace(self, attempt=self.attempt + 1)
@@ -85,13 +88,19 @@ class WorkUnit:
 
 
 def make_unit(method: str, chunk_index: int, episodes: Sequence[Episode], by_id: dict[str, ImageRecord],
-              positions: Sequence[int] | None = None) -> WorkUnit:
-    """The unit of a chunk; with ``positions`` only those episodes of it (``WorkUnit.positions``)."""
+              positions: Sequence[int] | None = None, normal_supports: int = 0,
+              normal_pool: dict[str, tuple[str, ...]] | None = None) -> WorkUnit:
+    """The unit of a chunk; with ``positions`` only those episodes of it (``WorkUnit.positions``);
+    with ``normal_supports`` K > 0 also the records of the K normal supports each episode draws."""
     if positions is not None:
         episodes = [episodes[p] for p in positions]
         positions = tuple(positions)
-    ids = sorted({i for e in episodes for i in (*e.support_ids, e.query_id)})
-    return WorkUnit(method, chunk_index, tuple(episodes), tuple(by_id[i] for i in ids), positions=positions)
+    ids = {i for e in episodes for i in (*e.support_ids, e.query_id)}
+    pool = tuple((obj, (normal_pool or {}).get(obj, ())) for obj in sorted({e.object for e in episodes}))
+    if normal_supports:
+        ids |= {i for e in episodes for i in draw_normal_supports(e, dict(pool), normal_supports)}
+    return WorkUnit(method, chunk_index, tuple(episodes), tuple(by_id[i] for i in sorted(ids)), positions=positions,
+                    normal_supports=normal_supports, normal_pool=pool if normal_supports else ())
 
 
 def episode_fields(episode: Episode) -> dict:
@@ -273,6 +282,7 @@ class EpisodeWorker:
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self.cache = ImageCache()
         self.file_hashes: dict[str, tuple] = {}  # real path -> WorkUnit.file_hashes entry
+        self.normal_supports: tuple[int, dict] = (0, {})  # (K, pool) of the current unit
         self._pools = None  # (loader, scorer) thread pools, started on the first chunk
 
     def _use(self, name: str) -> None:
@@ -335,6 +345,7 @@ class EpisodeWorker:
         self._use(unit.method)
         self.records = {record.image_id: record for record in unit.records}
         self.file_hashes.update((entry[0], entry) for entry in unit.file_hashes)
+        self.normal_supports = (unit.normal_supports, dict(unit.normal_pool))
         episodes = unit.episodes
         if not episodes:
             return []
@@ -406,6 +417,9 @@ class EpisodeWorker:
             start = time.perf_counter()
             support_images = [self._image(i) for i in episode.support_ids]
             support_masks = [self._mask(i) for i in episode.support_ids]
+            for image_id in draw_normal_supports(episode, self.normal_supports[1], self.normal_supports[0]):
+                support_images.append(self._image(image_id))
+                support_masks.append(np.zeros(support_images[-1].shape[:2], bool))
             query_image = self._image(episode.query_id)
             gt_mask = self._mask(episode.query_id)
             return support_images, support_masks, query_image, gt_mask, time.perf_counter() - start

@@ -56,6 +56,7 @@ class AnomalyDINO(PatchCore):
         rotations: int = 4  # bank copies of each support rotated by 0, 90, 180, 270 degrees (1 = none)
         masking: bool = False  # query background (PCA of the patch tokens) scores 0
         top_fraction: float = 0.01  # image score = mean of this top share of token scores
+        normal_supports: int = 0  # K good images of the object the runner adds as supports (harness.normal_supports)
         threshold_quantile: float = 0.995
         exclusion_radius: int = 1  # k = 1 threshold: tokens excluded around each scored token
         blur_sigma: float = 4.0

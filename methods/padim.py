@@ -61,10 +61,13 @@ class PaDiM(BackboneMethod):
         threshold_quantile: float = 0.995
         blur_sigma: float = 4.0
         seed: int = 0  # channel subset
+        normal_supports: int = 0  # K good images of the object the runner adds as supports (harness.normal_supports)
 
     def __init__(self, config: Config, weights: dict[str, Path]):
         if config.cells < 1:
             raise MethodError(f"cells must be >= 1, got {config.cells}")
+        if config.normal_supports < 0:
+            raise MethodError(f"normal_supports must be >= 0 images, got {config.normal_supports}")
         if config.max_dims < 1:
             raise MethodError(f"max_dims must be >= 1, got {config.max_dims}")
         if not 0 < config.threshold_quantile <= 1:

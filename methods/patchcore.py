@@ -67,12 +67,15 @@ class PatchCore(BackboneMethod):
         score_scale: Literal["support", "fixed"] = "support"  # support: map / (map + fitted threshold)
         bank_margin: int = 0  # support tokens within this many tokens of a defect pixel stay out of the bank
         level_norm: bool = True  # per-level L2 normalisation (False: raw levels concatenated)
+        normal_supports: int = 0  # K good images of the object the runner adds as supports (harness.normal_supports)
 
     def __init__(self, config: Config, weights: dict[str, Path]):
         if not 0 < config.coreset_ratio <= 1:
             raise MethodError(f"coreset_ratio must be in (0, 1], got {config.coreset_ratio}")
         if not 0 < config.threshold_quantile <= 1:
             raise MethodError(f"threshold_quantile must be in (0, 1], got {config.threshold_quantile}")
+        if config.normal_supports < 0:
+            raise MethodError(f"normal_supports must be >= 0 images, got {config.normal_supports}")
         if config.bank_margin < 0:
             raise MethodError(f"bank_margin must be >= 0 tokens, got {config.bank_margin}")
         self.config = config
