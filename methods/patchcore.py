@@ -18,7 +18,7 @@ from harness.io import LRU
 from methods.base import MethodError, Prediction
 from methods.sharing import image_key
 
-QUERY_CHUNK = 1024  # query tokens per cdist call
+CHUNK_ELEMENTS = 2**24  # entries of one query-by-bank block (64 MB of float32)
 BANK_CACHE_ENTRIES = 64  # coreset banks kept per method instance (a support recurs across episodes)
 THRESHOLD_CACHE_ENTRIES = 1024  # fitted thresholds by support set (1-shot: one per support image)
 
@@ -194,24 +194,37 @@ def _nearest_distance(
     """Exact 1-NN Euclidean distance of each query row ``[N, D]`` to ``bank`` ``[M, D]`` -> ``[N]``.
 
     With ``centres`` (``[N, 2]`` / ``[M, 2]`` pixel positions), bank rows closer than ``reach``
-    (Chebyshev) to the query row are excluded (:func:`pairs_within`: a few per row, set to
-    infinity before the minimum); a row with no bank row left gets the largest finite distance
-    (2, the unit-vector maximum, when none is finite).
+    (Chebyshev) to the query row are excluded (:func:`pairs_within`: a few per row, dropped
+    before the minimum); a row with no bank row left gets the largest finite distance (2, the
+    unit-vector maximum, when none is finite). Unit-length rows (PatchCore's features) take the
+    matmul form ``sqrt(2 - 2 max_j q.b_j)``: one GEMM per block and one square root per row
+    (torch.cdist writes and square-roots every entry); other rows use ``torch.cdist``.
     """
     out = torch.full((len(query),), float("inf"), device=query.device)
     if bank.numel() == 0:
         return out.clamp(max=2.0)
     excluded = None if centres is None else pairs_within(centres, bank_centres, reach)
-    for start in range(0, len(query), QUERY_CHUNK):
-        rows = slice(start, start + QUERY_CHUNK)
-        distances = torch.cdist(query[rows][None], bank[None])[0]  # [n, M]
+    unit = _unit_rows(query) and _unit_rows(bank)
+    step = max(64, CHUNK_ELEMENTS // len(bank))  # query rows per [n, M] block
+    for start in range(0, len(query), step):
+        rows = slice(start, start + step)
+        if unit:  # |q - b|^2 = 2 - 2 q.b: one matmul, the square root only of each row's best
+            scores = query[rows] @ bank.T  # [n, M] cosine similarities
+        else:
+            scores = -torch.cdist(query[rows][None], bank[None])[0]  # [n, M] negated distances
         if excluded is not None:
             pair_rows, pair_cols = excluded
-            here = (pair_rows >= start) & (pair_rows < start + QUERY_CHUNK)
-            distances[pair_rows[here] - start, pair_cols[here]] = float("inf")
-        out[rows] = distances.min(dim=1).values
+            here = (pair_rows >= start) & (pair_rows < start + step)
+            scores[pair_rows[here] - start, pair_cols[here]] = float("-inf")
+        best = scores.amax(dim=1)
+        out[rows] = (2 - 2 * best).clamp(min=0).sqrt() if unit else -best
     finite = out[torch.isfinite(out)]
     return out.clamp(max=float(finite.max()) if len(finite) else 2.0)
+
+
+def _unit_rows(rows: torch.Tensor) -> bool:
+    """Whether every row has unit length (to float32 rounding): the matmul form is then exact."""
+    return rows.numel() == 0 or bool(((rows * rows).sum(1) - 1).abs().max() < 1e-4)
 
 
 def pairs_within(centres: torch.Tensor, bank_centres: torch.Tensor, reach: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -96,6 +96,8 @@ def test_pairs_within_and_exclusion_match_a_full_gap_matrix():
     got = _nearest_distance(query, bank, centres=centres, bank_centres=bank_centres, reach=12.0)
     torch.testing.assert_close(got, expected)
     assert torch.isfinite(got).all() and (got > 0).all()  # each row's own copy in the bank is excluded
+    raw_query, raw_bank = 3 * query, 3 * bank  # not unit length: the cdist path, same answer scaled
+    torch.testing.assert_close(_nearest_distance(raw_query, raw_bank), 3 * torch.cdist(query, bank).min(dim=1).values)
 
 
 def test_threshold_is_fitted_once_per_support_set(micro_weights):
