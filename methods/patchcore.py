@@ -256,16 +256,23 @@ def pairs_within(centres: torch.Tensor, bank_centres: torch.Tensor, reach: float
 
 
 def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0, dims: int = 128) -> torch.Tensor:
-    """Indices of ``count`` rows chosen by greedy k-center on a Gaussian random projection."""
+    """Indices of ``count`` rows chosen by greedy k-center on a Gaussian random projection.
+
+    Each step adds the row farthest from those chosen so far; squared distances to the newest
+    row come from one matrix-vector product (``|x|^2 + |c|^2 - 2 x.c``), so a step reads the
+    rows once."""
     generator = torch.Generator().manual_seed(seed)  # CPU generator: the same draw on every device
+    features = features.float()
     if features.shape[1] > dims:
         projection = torch.randn(features.shape[1], dims, generator=generator) / math.sqrt(dims)
         features = features @ projection.to(features.device)
+    squared = (features * features).sum(1)  # [N]
     chosen = [int(torch.randint(len(features), (1,), generator=generator))]
-    min_distance = torch.cdist(features, features[chosen[-1]][None])[:, 0]
+    min_distance = squared + squared[chosen[-1]] - 2 * (features @ features[chosen[-1]])
     for _ in range(count - 1):
         chosen.append(int(min_distance.argmax()))
-        min_distance = torch.minimum(min_distance, torch.cdist(features, features[chosen[-1]][None])[:, 0])
+        newest = squared + squared[chosen[-1]] - 2 * (features @ features[chosen[-1]])
+        torch.minimum(min_distance, newest, out=min_distance)
     return torch.tensor(chosen, device=features.device)
 
 
