@@ -28,6 +28,7 @@ once per image and shared by every variant.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,7 +152,7 @@ def evaluate(spec: str, real_data: Path, shots: int, max_queries: int | None, va
         name: build(options).predict for name, options in variants.items()}
     out = {name: Scores() for name in scorers}
     rng = np.random.default_rng(0)
-    for episode in manifest.episodes:
+    for index, episode in enumerate(manifest.episodes):
         supports = [by_id[i] for i in episode.support_ids]
         query = by_id[episode.query_id]
         image = read_image(query)
@@ -168,6 +169,7 @@ def evaluate(spec: str, real_data: Path, shots: int, max_queries: int | None, va
             out[name].seconds += time.perf_counter() - start
             score_map = getattr(result, "score_map", result)
             out[name].add(f"{episode.object}/{episode.category}", score_map, gt, draw, episode.query_is_normal)
+        print(f"  {spec} {shots}-shot: episode {index + 1}/{len(manifest.episodes)}", file=sys.stderr, flush=True)
     for scores in out.values():
         scores.seconds /= len(manifest.episodes)
     return out

@@ -114,3 +114,20 @@ def test_threshold_is_fitted_once_per_support_set(micro_weights):
     assert first.threshold == second.threshold and len(calls) == 1
     method.predict([support], [~mask], textured_image(200, 280, seed=2))  # another mask: another set
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("margin, left_out", [(0, 1), (1, 9), (2, 25)])
+def test_bank_margin_leaves_out_the_tokens_around_a_defect(micro_weights, margin, left_out):
+    method = build(micro_weights, bank_margin=margin)
+    image, mask = with_defect(textured_image(140, 140), 60, 60, 1)  # one pixel, in token (4, 4) of 10 x 10
+    support = method._support(image, mask)
+    assert (~support["normal"]).sum() == left_out
+    assert len(support["bank"]) == 100 - left_out
+
+
+def test_coreset_bank_is_cached_per_support_and_subsampled(micro_weights):
+    method = build(micro_weights, coreset_ratio=0.25)
+    image, mask = with_defect(textured_image(140, 140), 60, 60, 1)
+    first = method._support(image, mask)
+    assert len(first["bank"]) == 25  # ceil(0.25 * 99)
+    assert method._support(image, mask)["bank"] is first["bank"]  # the greedy selection ran once
