@@ -183,10 +183,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shots", default="1,5")
     parser.add_argument("--max-queries-per-class", type=int, default=6)
     parser.add_argument("--variant", action="append", default=[], help="NAME=opt=value,opt=value (PatchCore options)")
-    parser.add_argument("--no-reference", action="store_true", help="only the PatchCore variants")
+    parser.add_argument("--no-reference", action="store_true", help="leave out the reference scorer")
+    parser.add_argument("--no-default", action="store_true", help="leave out PatchCore with its defaults")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
-    variants = {"patchcore": {}} | dict(parse_variant(v) for v in args.variant)
+    variants = ({} if args.no_default else {"patchcore": {}}) | dict(parse_variant(v) for v in args.variant)
     print("| data | shots | scorer | class-mean pixel AUROC % | pooled pixel AUROC % | image AUROC % | s/episode |")
     print("|---|---|---|---|---|---|---|", flush=True)
     for spec in args.datasets.split(","):
