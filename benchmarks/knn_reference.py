@@ -93,9 +93,10 @@ class Scores:
     image: list[tuple[float, bool]] = field(default_factory=list)
     seconds: float = 0.0
 
-    def add(self, class_id: str, score_map: np.ndarray, gt: np.ndarray, draw: np.ndarray, is_normal: bool) -> None:
+    def add(self, class_id: str, score_map: np.ndarray, gt: np.ndarray, draw: np.ndarray, is_normal: bool,
+            image_score: float | None = None) -> None:
         grid = score_map[::2, ::2].astype(np.float64)
-        self.image.append((float(score_map.max()), not is_normal))
+        self.image.append((float(score_map.max()) if image_score is None else image_score, not is_normal))
         if is_normal:
             self.normal_neg.append(grid[~gt][draw])
             return
@@ -149,8 +150,11 @@ def evaluate(spec: str, real_data: Path, shots: int, max_queries: int | None, va
                               max_queries_per_class=max_queries)
     by_id = {r.image_id: r for r in data.records}
     scorers = ({"reference": KnnReference().score} if with_reference else {}) | {
-        name: build(options).predict for name, options in variants.items()}
-    out = {name: Scores() for name in scorers}
+        name: build({**options, "score_scale": "fixed"}).predict for name, options in variants.items()}
+    # A calibrated map is r / (r + t) of the raw map r and its threshold t, so one raw prediction
+    # gives both rows (score_scale=support, the default, and "<name> fixed").
+    out = {row: Scores() for name in scorers for row in (
+        [name] if name == "reference" or "score_scale" in variants[name] else [name, f"{name} fixed"])}
     rng = np.random.default_rng(0)
     for index, episode in enumerate(manifest.episodes):
         supports = [by_id[i] for i in episode.support_ids]
@@ -166,9 +170,21 @@ def evaluate(spec: str, real_data: Path, shots: int, max_queries: int | None, va
             start = time.perf_counter()
             with torch.no_grad():
                 result = score(support_images, support_masks, image)
-            out[name].seconds += time.perf_counter() - start
-            score_map = getattr(result, "score_map", result)
-            out[name].add(f"{episode.object}/{episode.category}", score_map, gt, draw, episode.query_is_normal)
+            seconds = time.perf_counter() - start
+            class_id = f"{episode.object}/{episode.category}"
+            if name == "reference":
+                out[name].seconds += seconds
+                out[name].add(class_id, result, gt, draw, episode.query_is_normal)
+                continue
+            raw, threshold = result.score_map, result.threshold
+            calibrated = raw / (raw + max(threshold, 1e-6)) if threshold is not None else raw
+            for row, score_map in ((f"{name} fixed", raw), (name, calibrated)):
+                if row in out:
+                    out[row].seconds += seconds
+                    image_score = result.image_score
+                    if image_score is not None and row == name and threshold is not None:
+                        image_score = image_score / (image_score + max(threshold, 1e-6))
+                    out[row].add(class_id, score_map, gt, draw, episode.query_is_normal, image_score)
         print(f"  {spec} {shots}-shot: episode {index + 1}/{len(manifest.episodes)}", file=sys.stderr, flush=True)
     for scores in out.values():
         scores.seconds /= len(manifest.episodes)
