@@ -28,9 +28,12 @@ class PatchCore(BackboneMethod):
 
     * Patch feature: per layer, 3x3 average of the token map (AvgPool2d(3, 1, 1), as anomalib),
       L2-normalised, layers concatenated and scaled by 1/sqrt(L) -> unit vectors ``[N, L*C]``.
-    * Memory bank: support tokens whose area-averaged mask fraction is exactly 0 (with FAD /
-      normal supports: all tokens); optional greedy coreset on a 128-d random projection.
-    * Score: exact 1-NN Euclidean distance d in [0, 2] (chunked ``torch.cdist``), mapped to
+    * Memory bank: per support, the tokens farther than ``bank_margin`` (2) tokens from every
+      defect pixel (a token next to the defect carries it through the 3x3 average and the
+      upsampled stride-16 level; with FAD / normal supports: all tokens), then a greedy k-center
+      coreset of ``coreset_ratio`` (10 %) of them, as PatchCore subsamples its bank, cached per
+      support across episodes (methods/BASELINES.md: measured against a minimal 1-NN scorer).
+    * Score: exact 1-NN Euclidean distance d in [0, 2] (matmul form for unit vectors), mapped to
       ``d / 2`` in [0, 1] (fixed and linear, so scores compare across episodes), bilinearly
       upsampled to the original size (tiles stitched), then a Gaussian blur sigma = 4 px at the
       original resolution (separable, truncate 4, edge replicated). Image score = max.
@@ -59,13 +62,13 @@ class PatchCore(BackboneMethod):
 
     @dataclass
     class Config(BackboneConfig):
-        coreset_ratio: float = 1.0  # 1.0 = keep every defect-free support patch (few-shot default)
+        coreset_ratio: float = 0.1  # per-support greedy coreset share (1.0 = every bank token); see BASELINES.md
         threshold_quantile: float = 0.995
         exclusion_radius: int = 1  # k = 1 threshold: tokens excluded around each scored token
         blur_sigma: float = 4.0
         seed: int = 0  # coreset start point and projection
         score_scale: Literal["support", "fixed"] = "support"  # support: map / (map + fitted threshold)
-        bank_margin: int = 0  # support tokens within this many tokens of a defect pixel stay out of the bank
+        bank_margin: int = 2  # support tokens within this many tokens of a defect pixel stay out of the bank
         level_norm: bool = True  # per-level L2 normalisation (False: raw levels concatenated)
         normal_supports: int = 0  # K good images of the object the runner adds as supports (harness.normal_supports)
 

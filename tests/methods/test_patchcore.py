@@ -27,7 +27,8 @@ def test_score_map_shape_range_and_threshold(micro_weights, resolution):
 def test_query_equal_to_support_is_normal_except_a_pasted_patch(micro_weights, resolution):
     support, mask = with_defect(textured_image(600, 1030), 100, 100, 42)
     query, pasted = with_defect(support, 420, 700, 56, colour=(20, 40, 220))  # not in the bank
-    prediction = build(micro_weights, resolution=resolution).predict([support], [mask], query)
+    # the whole bank (no coreset, no margin), so every normal query token has its exact copy in it
+    prediction = build(micro_weights, resolution=resolution, coreset_ratio=1.0, bank_margin=0).predict([support], [mask], query)
     score_map = prediction.score_map
     far = np.ones_like(mask)
     far[40:200, 40:200] = False  # the support's own defect (excluded from the bank)
@@ -62,7 +63,7 @@ def test_normal_supports_use_every_token(micro_weights):
 
 
 def test_defect_tokens_are_kept_out_of_the_bank(micro_weights):
-    method = build(micro_weights)
+    method = build(micro_weights, bank_margin=0)
     image, mask = with_defect(textured_image(140, 140), 60, 60, 1)  # one pixel
     support = method._support(image, mask)
     assert (~support["normal"]).sum() == 1
@@ -112,13 +113,14 @@ def test_threshold_is_fitted_once_per_support_set(micro_weights):
     first = method.predict([support], [mask], textured_image(200, 280, seed=2))
     second = method.predict([support], [mask], textured_image(200, 280, seed=3))
     assert first.threshold == second.threshold and len(calls) == 1
-    method.predict([support], [~mask], textured_image(200, 280, seed=2))  # another mask: another set
+    moved = np.roll(mask, 100, axis=1)
+    method.predict([support], [moved], textured_image(200, 280, seed=2))  # another mask: another set
     assert len(calls) == 2
 
 
 @pytest.mark.parametrize("margin, left_out", [(0, 1), (1, 9), (2, 25)])
 def test_bank_margin_leaves_out_the_tokens_around_a_defect(micro_weights, margin, left_out):
-    method = build(micro_weights, bank_margin=margin)
+    method = build(micro_weights, bank_margin=margin, coreset_ratio=1.0)
     image, mask = with_defect(textured_image(140, 140), 60, 60, 1)  # one pixel, in token (4, 4) of 10 x 10
     support = method._support(image, mask)
     assert (~support["normal"]).sum() == left_out
@@ -126,7 +128,7 @@ def test_bank_margin_leaves_out_the_tokens_around_a_defect(micro_weights, margin
 
 
 def test_coreset_bank_is_cached_per_support_and_subsampled(micro_weights):
-    method = build(micro_weights, coreset_ratio=0.25)
+    method = build(micro_weights, coreset_ratio=0.25, bank_margin=0)
     image, mask = with_defect(textured_image(140, 140), 60, 60, 1)
     first = method._support(image, mask)
     assert len(first["bank"]) == 25  # ceil(0.25 * 99)
