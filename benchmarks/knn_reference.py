@@ -8,8 +8,8 @@ distance to the nearest support token (bank: support tokens farther than ``REF_E
 from any defect pixel). The token map is upsampled bilinearly to the original size; no tiling,
 no blur, no calibration. Image score = max.
 
-Both scorers run over the same manifest (``harness.episodes.build_manifest`` with the ``bench.py
-run`` defaults, normal queries included) and are scored the same way, by exact rank AUROC on a
+Both scorers run over the same manifest (``harness.episodes.build_manifest``, ``normal_fraction``
+0.2, one support draw, ``--max-queries-per-class`` queries per class) and are scored the same way, by exact rank AUROC on a
 2x-subsampled pixel grid (negatives further subsampled at one fixed rate, so every episode keeps
 its pixel weight):
 
@@ -18,12 +18,14 @@ its pixel weight):
 * image AUROC: per-query max, defective vs normal queries.
 
     python -m benchmarks.knn_reference                      # real sets at 1 and 5 shots + synthetic base
-    python -m benchmarks.knn_reference --datasets synthetic:base --shots 1 \\
-        --variant blur0=blur_sigma=0 --variant fixed=score_scale=fixed
+    python -m benchmarks.knn_reference --datasets synthetic:base --shots 1 --max-queries-per-class 1 \\
+        --variant margin0=bank_margin=0 --variant blur0=blur_sigma=0
 
-``--variant NAME=opt=value,opt=value`` adds a PatchCore column with those options (ablations;
+``--variant NAME=opt=value,opt=value`` adds a PatchCore row with those options (ablations;
 ``method=anomalydino`` scores another registered method); the backbone features are computed
-once per image and shared by every variant.
+once per image and shared by every variant. Each variant is predicted once with
+``score_scale=fixed`` and gives two rows: ``NAME`` (the calibrated ``r / (r + t)``, what the
+default ``score_scale=support`` stores) and ``NAME fixed`` (the raw map).
 """
 from __future__ import annotations
 
