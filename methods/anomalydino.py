@@ -61,7 +61,7 @@ class AnomalyDINO(PatchCore):
         exclusion_radius: int = 1  # k = 1 threshold: tokens excluded around each scored token
         blur_sigma: float = 4.0
         score_scale: Literal["support", "fixed"] = "support"  # support: map / (map + fitted threshold)
-        # PatchCore options this method keeps fixed (one bank token per defect-free support token)
+        # PatchCore options at AnomalyDINO's values: the whole bank (no coreset), no margin around defects
         coreset_ratio: float = 1.0
         bank_margin: int = 0
         level_norm: bool = True
