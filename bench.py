@@ -410,11 +410,8 @@ def report(runs, out, per_class, size_edges, bootstrap, fa_budget):
             raise click.ClickException(str(exc)) from None
     from harness.summary import auroc_warnings, console_text
 
-    from harness.report.tables import verdict
-
     click.echo(console_text(result.tables["summary"], budgets))  # the same columns and cells as after `run`
-    click.echo("\nverdict: " + " ".join(verdict(result.tables["summary"], result.tables["paired_differences"].data,
-                                                budgets)))
+    click.echo("\nverdict: " + " ".join(result.verdict))
     for line in auroc_warnings(result.tables["summary"].data):
         click.echo(line, err=True)
     for note in result.notes:

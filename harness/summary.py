@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.report.operating import DEFAULT_FA_BUDGETS
-from harness.report.tables import AUROC_CHANCE_BELOW, SHORT_FLAG_LEGEND, Table, console_table
+from harness.report.tables import AUROC_CHANCE_BELOW, SHORT_FLAG_LEGEND, Table, console_table, primary_budget
 
 AUROC_WARNING_BELOW = AUROC_CHANCE_BELOW  # pixel AUROC under this gets a warning line
 CONSOLE_WIDTH = 120  # the console table fits this many columns
@@ -45,7 +45,7 @@ def console_text(table: Table, fa_budgets=DEFAULT_FA_BUDGETS) -> str:
     pointer to the full table."""
     frame = console_frame(table, fa_budgets)
     text = frame.to_markdown(index=False, tablefmt="simple", disable_numparse=True)  # "100.0" stays "100.0"
-    b = f"{max(fa_budgets):g}" if fa_budgets else "B"
+    b = f"{primary_budget(fa_budgets):g}" if fa_budgets else "B"
     legend = (f"All in %. rec@faB = defective parts flagged by the threshold that at most B % of the test's good "
               f"parts exceed (threshold-free); calFA@{b} = false alarms on the test's good parts [Wilson 95 % CI] "
               f"with a threshold set on held-out good parts only (deployable; its recall is in summary.md).")

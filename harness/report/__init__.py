@@ -44,6 +44,7 @@ class ReportResult:
     files: list[Path] = field(default_factory=list)  # every file written
     plots: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what could not be shown, and why
+    verdict: list[str] = field(default_factory=list)  # the report's opening paragraph, one sentence per shot
 
 
 def _declared_protocols(sources: dict[str, MethodSource]) -> dict[str, str]:
@@ -187,15 +188,16 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, formats=("md", "csv", "
     }
 
     qualitative, disagreements = _overlays(pixels, defective, max_overlay_disagreements, section_notes)
+    opening = verdict(tables["summary"], paired, agg.operating.budgets)
     html_path = render_report(
         out_dir / "report.html", runs=runs, tables=tables,
         plots={name: (plot_captions[name], path) for name, path in plot_paths.items()},
         qualitative=qualitative, disagreements=disagreements, notes=section_notes,
-        verdict=verdict(tables["summary"], paired, agg.operating.budgets))
+        verdict=opening)
     files.append(html_path)
     notes = [line for lines in section_notes.values() for line in lines]
     return ReportResult(out_dir, html_path, {t.name: t for t in tables.values()}, agg, files,
-                        plot_paths, notes)
+                        plot_paths, notes, opening)
 
 
 def _overlays(pixels: PixelSource, defective: pd.DataFrame, n_disagreements: int,

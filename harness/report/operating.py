@@ -164,8 +164,9 @@ def operating_points(rows: pd.DataFrame, calibration: pd.DataFrame, keys: list[s
         defective_sub = sub[~normal_mask]
         comp_scores, comp_bins, comp_parent = _components(defective_sub, size_edges)
         small = comp_bins < small_bins
+        n_small = int(small.sum())
         entry.update(n_good_test=int(normal.size), n_defective_test=int(defective.size),
-                     n_components_scored=int(comp_scores.size))
+                     n_components_scored=int(comp_scores.size), n_small_components=n_small)
         entry["good_passed@recall95"] = good_passed_at_recall(defective, normal)
         calibration_sub = cal_groups.get(group if len(group) > 1 else group[0])
         for budget in budgets:
@@ -179,11 +180,9 @@ def operating_points(rows: pd.DataFrame, calibration: pd.DataFrame, keys: list[s
             entry[f"false_alarm@fa{b}"] = flagged_rate(normal, t) if np.isfinite(t) else np.nan
             found = comp_scores > t if np.isfinite(t) else np.zeros(comp_scores.size, bool)
             entry[f"comp_recall@fa{b}"] = found.mean() if np.isfinite(t) and found.size else np.nan
-            n_small = int(small.sum())
             entry[f"comp_recall_small@fa{b}"] = found[small].mean() if np.isfinite(t) and n_small else np.nan
             entry[f"comp_recall_small@fa{b}_low"], entry[f"comp_recall_small@fa{b}_high"] = (
                 wilson_interval(int(found[small].sum()), n_small) if np.isfinite(t) else (np.nan, np.nan))
-            entry["n_small_components"] = n_small
             calibrated = _calibrated(sub, normal_mask, comp_scores, comp_parent, calibration_sub, budget)
             cal_found = calibrated.pop(("_found", ""))
             entry["calibration_images"] = calibrated.pop(("calibration_images", ""))

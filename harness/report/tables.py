@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from harness.report.aggregate import Aggregates
+from harness.report.operating import MIN_GOOD_IMAGES, wilson_interval
 
 
 @dataclass
@@ -85,7 +86,6 @@ def seconds_text(episodes_per_s: float) -> str:
 
 
 IMAGE_AUROC_BELOW = 0.5  # image AUROC under chance: the image score ranks good parts above bad ones
-MIN_GOOD_IMAGES = 20  # a false-alarm figure from fewer good images is flagged
 
 
 def primary_budget(budgets) -> float:
@@ -255,10 +255,8 @@ def operating_columns(data: pd.DataFrame, budgets) -> list[tuple[str, list[str]]
 
 def calibrated_fa_text(value, low, high, n, with_n: bool = True) -> str:
     """"7.5 [3.2, 16] (n=120)"; "–" without calibration."""
-    if value is None or not np.isfinite(value):
-        return "–"
-    text = f"{_pct(value)} [{_pct(low, 0)}, {_pct(high, 0)}]"
-    return text + (f" (n={int(n)})" if with_n else "")
+    text = _recall_ci_text(value, low, high)
+    return text + (f" (n={int(n)})" if with_n and text != "–" else "")
 
 
 def console_table(table: Table, budgets) -> pd.DataFrame:
@@ -460,8 +458,6 @@ def false_alarm_table(agg: Aggregates) -> Table:
 
 
 def _wilson_text(rate, n) -> str:
-    from harness.report.operating import wilson_interval
-
     if rate is None or not np.isfinite(rate) or not n:
         return "–"
     low, high = wilson_interval(int(round(rate * n)), int(n))
