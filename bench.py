@@ -287,7 +287,7 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
     budgets = parse_budgets(fa_budget)
     if seeds is not None and seeds < 1:
         raise click.BadParameter("must be at least 1", param_hint="--seeds")
-    from harness.run import RunConfig, execute
+    from harness.run import Run, RunConfig
     from harness.runner import EvalSettings
 
     signal.signal(signal.SIGTERM, _terminate)
@@ -316,16 +316,14 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
             command=shlex.join(["python", "bench.py", *sys.argv[1:]]),
             episode_timeout_s=episode_timeout,
         )
-        from harness.plan import format_plan, plan_run
+        from harness.plan import format_plan
 
-        for spec in config.methods:  # missing weights fail before the dataset is read
-            spec.check()
-        plan = plan_run(config)
-        click.echo(format_plan(plan), err=True)
+        opened = Run.open(config)  # methods checked, then the dataset and manifest loaded, once
+        click.echo(format_plan(opened.plan()), err=True)
         if dry_run:
             click.echo("dry run: nothing computed (drop --dry-run to start)", err=True)
             return
-        summary = execute(config, inputs=plan.inputs)  # the dataset is read once
+        summary = opened.execute()
     click.echo(f"\nrun folder: {summary.run_dir}  (manifest {summary.manifest_id}, {summary.episodes} episodes per method, {summary.elapsed_s:.0f} s)")
     for m in summary.methods:
         click.echo(f"  {m.method:<22} computed {m.ok + m.failed:>5}  already stored {m.skipped:>5}  failed {m.failed:>4}"

@@ -1,6 +1,7 @@
 """What a run will do before it starts: episodes per method and a rough time estimate.
 
-``bench.py run`` prints this plan before any computation, and ``--dry-run`` stops after it. The
+``harness.run.Run.plan`` fills a :class:`RunPlan` from the same job generator the run executes
+(``Run.pending``); ``bench.py run`` prints it before any computation, and ``--dry-run`` stops after it. The
 estimate uses stored latencies: the median per-episode time (``latency_s + load_s`` of ok rows)
 of the most recent Parquet parts of the same method under the results folder (the run folder
 itself included), divided over the workers. It leaves out start-up and model loading, and an
@@ -37,7 +38,6 @@ class RunPlan:
     methods: list[MethodPlan] = field(default_factory=list)
     composition: str = ""  # "32 defective, 120 normal, 160 calibration"
     skipped_classes: dict[str, str] = field(default_factory=dict)  # class id -> why it makes no episode
-    inputs: tuple | None = field(default=None, repr=False)  # (dataset, manifest): ``execute`` reuses them
 
     @property
     def estimated_s(self) -> float | None:
@@ -46,49 +46,18 @@ class RunPlan:
         return sum(known) / max(1, self.workers) if known else None
 
 
-def _parts(folder: Path) -> list[Path]:
-    return [p for p in folder.glob("part-*.parquet") if p.is_file()] if folder.is_dir() else []
-
-
-def stored_rows(run_dir: Path, method: str, manifest_id: str) -> int:
-    """Rows of ``method`` already in ``run_dir`` when it holds the same manifest (else 0), less
-    those with a transient error (``harness.status``): the run computes them again."""
-    import pyarrow.parquet as pq
-
-    from harness.status import is_transient
-    from harness.store import RunStore, partition_value
-
-    store = RunStore(run_dir)
-    previous = store.read_json()  # a damaged run.json is one line, as in the run
-    if previous.get("manifest_id") != manifest_id:
-        return 0
-    total = 0
-    for part in _parts(run_dir / "episodes" / f"method={partition_value(method)}"):
-        try:
-            total += pq.ParquetFile(part).metadata.num_rows
-            index = int(part.stem.removeprefix("part-"))
-            total -= sum(map(is_transient, store.part_statuses(method, index) or ()))
-        except Exception:  # a corrupt part is recomputed by the run
-            continue
-    return total
-
-
 def stored_latency(results_roots: list[Path], method: str) -> tuple[float | None, int]:
     """Median seconds per episode (latency + image loading, ok rows) over the newest stored parts
-    of ``method`` under ``results_roots``; ``(None, 0)`` when there are none."""
+    of ``method`` in the run folders at and directly under ``results_roots``; ``(None, 0)`` when
+    there are none."""
     import numpy as np
     import pyarrow.parquet as pq
 
-    from harness.store import partition_value
+    from harness.store import RunStore
 
-    name = f"method={partition_value(method)}"
-    parts = []
-    for root in results_roots:
-        if root.is_dir():
-            parts += _parts(root / "episodes" / name)  # root is itself a run folder
-            for run in root.iterdir():
-                parts += _parts(run / "episodes" / name)
-    parts = sorted(set(parts), key=lambda p: p.stat().st_mtime, reverse=True)[:MAX_PARTS]
+    parts = {path for root in results_roots for store in RunStore.runs_under(root)
+             for path in store.part_files(method).values()}
+    parts = sorted(parts, key=lambda p: p.stat().st_mtime, reverse=True)[:MAX_PARTS]
     values = []
     for part in parts:
         try:
@@ -100,10 +69,16 @@ def stored_latency(results_roots: list[Path], method: str) -> tuple[float | None
     return (float(np.median(values)), len(values)) if values else (None, 0)
 
 
+def auto_workers(resources: dict, gpus_per_worker: float) -> int:
+    """One worker per GPU slot; on CPUs one per core up to 4 cores, then one per 2 cores."""
+    if gpus_per_worker > 0:
+        return max(1, int(resources.get("GPU", 0.0) // gpus_per_worker + 1e-9))
+    cpus = int(resources.get("CPU", 1.0))
+    return max(1, cpus if cpus <= 4 else cpus // 2)
+
+
 def guess_workers(config) -> int:
     """The workers ``harness.run.make_executor`` would start, without starting Ray."""
-    from harness.run import auto_workers
-
     if config.executor == "inline":
         return 1
     if config.workers:
@@ -113,28 +88,14 @@ def guess_workers(config) -> int:
     return auto_workers({"CPU": float(os.cpu_count() or 1)}, getattr(config, "gpus_per_worker", 0.0) or 0.0)
 
 
-def plan_run(config) -> RunPlan:
-    """Load the dataset and manifest as ``harness.run.execute`` will (``plan.inputs``: hand them
-    to ``execute``, so a large dataset is read once), count what is left to do."""
-    from datasets.base import load_dataset
-    from harness.run import load_or_build_manifest
-
-    dataset = load_dataset(config.dataset, config.dataset_format, follow_links=config.follow_links)
-    manifest = load_or_build_manifest(config, dataset)
-    run_dir = Path(config.out) if config.out else Path(config.results_root) / f"{dataset.name}-{manifest.manifest_id[:8]}"
-    plan = RunPlan(run_dir, manifest.manifest_id, len(manifest.episodes), guess_workers(config),
-                   skipped_classes=dict(manifest.params.get("skip_reasons") or {}), inputs=(dataset, manifest))
+def composition(episodes) -> str:
+    """``"32 defective, 120 normal, 160 calibration"`` (and unlabelled, when there are any)."""
     kinds = [("defective", lambda e: not e.query_is_normal and e.role == "test"),
              ("normal", lambda e: e.query_is_normal and e.role == "test"),
              ("calibration", lambda e: e.role == "calibration")]
-    if any(e.role == "unlabelled" for e in manifest.episodes):  # predicted and stored, not scored
+    if any(e.role == "unlabelled" for e in episodes):  # predicted and stored, not scored
         kinds.append(("unlabelled", lambda e: e.role == "unlabelled"))
-    plan.composition = ", ".join(f"{sum(map(test, manifest.episodes))} {name}" for name, test in kinds)
-    for spec in config.methods:
-        stored = 0 if config.overwrite == "always" else stored_rows(run_dir, spec.name, manifest.manifest_id)
-        seconds, n = stored_latency([run_dir, Path(config.results_root)], spec.name)
-        plan.methods.append(MethodPlan(spec.name, len(manifest.episodes), min(stored, len(manifest.episodes)), seconds, n))
-    return plan
+    return ", ".join(f"{sum(map(test, episodes))} {name}" for name, test in kinds)
 
 
 def _duration(seconds: float) -> str:

@@ -371,8 +371,8 @@ class RayExecutor:
         )
         threads = max(1, int(self.cpus_per_worker))
         first, *rest = jobs
-        more = [(j.spec, j.context, j.predictions_dir) for j in rest]
-        actors = [remote_worker.remote(first.spec, first.context, settings, first.predictions_dir, threads, more,
+        more = [(j.spec, j.context, j.keep_maps) for j in rest]
+        actors = [remote_worker.remote(first.spec, first.context, settings, first.keep_maps, threads, more,
                                        episode_timeout_s=self.episode_timeout_s)
                   for _ in range(count)]
         return self._wait_until_ready(_label({job.spec.name: job for job in jobs}), actors)

@@ -12,19 +12,21 @@ import math
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from harness import provenance
-from harness.normal_supports import normal_support_pool
-from harness.runner import (DEFAULT_EPISODE_TIMEOUT_S, EvalSettings, Executor, InlineExecutor, MethodJob, RowContext,
-                            WorkUnit, make_unit)
-from harness.store import RunStore, StoreError, os_problem, partition_value
 from harness.io import REPO_ROOT, file_sha256
+from harness.normal_supports import normal_support_pool
+from harness.plan import RunPlan, auto_workers
 from harness.records import UNSCORED_STATUS
-from methods.base import MethodError, MethodSpec
+from harness.run_record import SCHEMA_VERSION, RunRecord
+from harness.runner import (DEFAULT_EPISODE_TIMEOUT_S, SCORE_MAP_KEY, EvalSettings, Executor, InlineExecutor, MethodJob,
+                            RowContext, WorkUnit, describe_error, failed_row, make_unit)
+from harness.store import RunStore, StoreError, os_problem, partition_value
+from methods.base import MethodSpec
 
 
 class RunError(Exception):
@@ -169,52 +171,49 @@ def check_supports(manifest, allow_replacement: bool) -> None:
     warn(f"{text}; drawn with replacement (--allow-replacement)")
 
 
-def record_skipped_inputs(dataset, run_dir: Path) -> Path | None:
-    """Write the dataset files the adapter left out to ``<run>/skipped_inputs.tsv``; one summary line."""
-    from harness.store import atomic_write_bytes
-
+def record_skipped_inputs(dataset, store: RunStore) -> Path | None:
+    """Write the dataset files the adapter left out to the store's ``skipped_inputs.tsv``; one summary line."""
     skipped = dataset.meta.get("skipped") or []
-    path = run_dir / "skipped_inputs.tsv"
     if not skipped:
         return None
     lines = ["path\treason\tproblem"] + [
         "\t".join(str(item.get(key, "")).replace("\t", " ").replace("\n", " ") for key in ("path", "reason", "problem"))
         for item in skipped]
-    atomic_write_bytes(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    path = store.write_skipped_inputs(lines)
     reasons = Counter(item.get("reason", "?") for item in skipped)
     by_reason = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(reasons.items()))
     warn(f"{len(skipped)} dataset file(s) left out ({by_reason}); list: {path}")
     return path
 
 
-def check_resumable(store: RunStore, previous: dict, config: RunConfig, manifest) -> None:
+def check_resumable(store: RunStore, previous: RunRecord | None, config: RunConfig, manifest) -> None:
     """Refuse to add to a run folder made by another manifest, data, or evaluation settings."""
     run_dir = store.run_dir
-    if not previous and any(store.part_files(spec.name) for spec in config.methods):
-        raise RunError(f"{run_dir}: holds episode parts but no run.json; cannot tell how they were chunked, use another --out")
-    if previous and previous.get("manifest_id") not in (None, manifest.manifest_id):
-        before = previous.get("manifest_params") or {}
+    if previous is None:
+        if any(store.part_files(spec.name) for spec in config.methods):
+            raise RunError(f"{run_dir}: holds episode parts but no run.json; cannot tell how they were chunked, "
+                           "use another --out")
+        return
+    if previous.manifest_id not in (None, manifest.manifest_id):
+        before = previous.manifest_params
         ignore = ("data_sha256", "dataset_root")
         same_sampling = {k: v for k, v in before.items() if k not in ignore} == \
             {k: v for k, v in manifest.params.items() if k not in ignore}
         if same_sampling and before.get("data_sha256") != manifest.params.get("data_sha256"):
             raise RunError(
                 f"{run_dir}: the dataset's images or masks changed since this run was made (manifest "
-                f"{previous['manifest_id']}, now {manifest.manifest_id}); resuming would mix labels, use another --out")
+                f"{previous.manifest_id}, now {manifest.manifest_id}); resuming would mix labels, use another --out")
         raise RunError(
-            f"{run_dir}: holds manifest {previous['manifest_id']}, this command makes {manifest.manifest_id}; "
+            f"{run_dir}: holds manifest {previous.manifest_id}, this command makes {manifest.manifest_id}; "
             "use another --out"
         )
     settings_record = json.loads(json.dumps(asdict(config.settings)))
-    if previous and previous.get("eval_settings") not in (None, settings_record):
-        raise RunError(f"{run_dir}: was scored with other evaluation settings {previous['eval_settings']}; use another --out")
+    if previous.eval_settings not in (None, settings_record):
+        raise RunError(f"{run_dir}: was scored with other evaluation settings {previous.eval_settings}; use another --out")
 
 
-def execute(config: RunConfig, progress_out=sys.stderr, inputs: tuple | None = None) -> RunSummary:
-    """Run ``config``; ``inputs``: the ``(dataset, manifest)`` its plan loaded (``harness.plan``)."""
-    from datasets.base import load_dataset
-
-    started = time.time()
+def check_config(config: RunConfig) -> None:
+    """The options a run refuses before any work (one line each)."""
     if not config.methods:
         raise RunError("no method given (--methods)")
     if config.chunk_size is not None and config.chunk_size < 1:
@@ -224,48 +223,172 @@ def execute(config: RunConfig, progress_out=sys.stderr, inputs: tuple | None = N
     for spec in config.methods:
         if partition_value(spec.name) != spec.name:
             raise RunError(f"method name '{spec.name}' cannot be a results folder name (use letters, digits, _ . + -)")
-    # Fail before any work: every method's options and weights must be usable.
-    identities = {}
-    for spec in config.methods:
-        weights = spec.check()
-        identities[spec.name] = method_identity(spec, weights)
     if len({s.name for s in config.methods}) != len(config.methods):
         raise RunError("a method is listed twice in --methods")
 
-    if inputs is None:
+
+def check_methods(methods: Sequence[MethodSpec]) -> dict[str, tuple[str, str, dict]]:
+    """Every method's options and weights checked once (``MethodSpec.check``), before any data is
+    read; ``{name: method_identity}``."""
+    return {spec.name: method_identity(spec, spec.check()) for spec in methods}
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How a run's episodes are cut into work units (one Parquet part each)."""
+
+    size: int
+    order: str  # harness.run_record.CHUNK_ORDERS
+    chunks: tuple[tuple, ...]
+
+    @property
+    def rows(self) -> dict[int, int]:
+        return {index: len(chunk) for index, chunk in enumerate(self.chunks)}
+
+
+@dataclass
+class MethodWork:
+    """What is left to do for one method: the units to compute and the episodes already stored."""
+
+    spec: MethodSpec
+    units: list[WorkUnit]
+    stored: int  # episodes stored and kept (transient errors are computed again)
+
+
+class Run:
+    """One run, opened once: its config, dataset, manifest, method identities and store.
+
+    ``Run.open(config)`` checks the methods (weights included), loads the dataset and builds or
+    reads the manifest, each once; ``plan()`` (``bench.py run`` prints it, ``--dry-run`` stops
+    there) and ``execute()`` then share the object and one job generator (:meth:`pending`), so
+    the plan counts exactly the units the run computes.
+    """
+
+    def __init__(self, config: RunConfig, dataset, manifest, identities: dict[str, tuple[str, str, dict]]):
+        self.config, self.dataset, self.manifest, self.identities = config, dataset, manifest, identities
+        run_dir = Path(config.out) if config.out else Path(config.results_root) / f"{dataset.name}-{manifest.manifest_id[:8]}"
+        self.store = RunStore(run_dir)
+        self.by_id = dataset.by_id()
+
+    @classmethod
+    def open(cls, config: RunConfig) -> "Run":
+        from datasets.base import load_dataset
+
+        check_config(config)
+        identities = check_methods(config.methods)  # fail before any work
         dataset = load_dataset(config.dataset, config.dataset_format, follow_links=config.follow_links)
         manifest = load_or_build_manifest(config, dataset)
-    else:
-        dataset, manifest = inputs
-    if not manifest.episodes:
-        raise RunError(f"{config.dataset}: the manifest has no episodes (check --fold and the dataset's classes)")
-    by_id = dataset.by_id()
-    missing = {i for e in manifest.episodes for i in (*e.support_ids, e.query_id)} - set(by_id)
-    if missing:
-        raise RunError(f"manifest {manifest.manifest_id} names {len(missing)} images not in {config.dataset} (e.g. {sorted(missing)[0]})")
+        if not manifest.episodes:
+            raise RunError(f"{config.dataset}: the manifest has no episodes (check --fold and the dataset's classes)")
+        run = cls(config, dataset, manifest, identities)
+        missing = {i for e in manifest.episodes for i in (*e.support_ids, e.query_id)} - set(run.by_id)
+        if missing:
+            raise RunError(f"manifest {manifest.manifest_id} names {len(missing)} images not in {config.dataset} "
+                           f"(e.g. {sorted(missing)[0]})")
+        return run
 
-    run_dir = Path(config.out) if config.out else Path(config.results_root) / f"{dataset.name}-{manifest.manifest_id[:8]}"
-    store = RunStore(run_dir)
-    with store.lock(warn=warn):
-        return _execute_locked(config, store, dataset, manifest, identities, progress_out, started)
+    @property
+    def run_dir(self) -> Path:
+        return self.store.run_dir
+
+    def chunking(self, previous: RunRecord | None, workers: int) -> Chunking:
+        """The chunk plan; a resumed run keeps its size and order (run.json)."""
+        previous = previous or RunRecord()
+        size = self.config.chunk_size or previous.chunk_size or choose_chunk_size(len(self.manifest.episodes), workers)
+        if previous.chunk_size not in (None, size):
+            raise RunError(f"{self.run_dir}: was chunked by {previous.chunk_size} episodes; drop --chunk-size to resume")
+        order = previous.resolved_chunk_order
+        ordered = order_episodes(self.manifest.episodes, order)
+        return Chunking(size, order, tuple(tuple(ordered[i : i + size]) for i in range(0, len(ordered), size)))
+
+    def pending(self, previous: RunRecord | None, chunking: Chunking, *, dry: bool) -> Iterator[MethodWork]:
+        """Per method, the units not stored yet (resume, ``--overwrite``), in method order.
+
+        ``dry`` (the plan): reads part footers only and changes nothing; otherwise (the run, under
+        the lock) verifies each part's checksum, moves bad parts aside and, with
+        ``--overwrite always``, clears the method's results first."""
+        config, store, chunks = self.config, self.store, chunking.chunks
+        stored_methods = previous.methods if previous else {}
+        for spec in config.methods:
+            config_hash = self.identities[spec.name][0]
+            stored = stored_methods.get(spec.name)
+            if config.overwrite == "always":
+                if not dry:
+                    store.clear_method(spec.name)
+                done = set()
+            else:
+                if stored and stored.get("config_hash") != config_hash and store.part_files(spec.name):
+                    raise RunError(
+                        f"{self.run_dir}: method '{spec.name}' was run with another config or weights "
+                        f"({stored.get('config_hash')} vs {config_hash}); use --overwrite always or another --out")
+                done = (store.stored_chunks(spec.name, chunking.rows) if dry
+                        else store.done_chunks(spec.name, chunking.rows, warn=warn))
+            if config.overwrite == "never" and done:
+                raise RunError(f"{self.run_dir}: method '{spec.name}' already has results and --overwrite never was given")
+            retry = transient_rows(store, spec.name, done, warn=None if dry else warn)
+            normal = int(spec.resolved_options().get("normal_supports", 0) or 0)  # harness.normal_supports
+            pool = normal_support_pool(self.manifest.episodes, self.dataset.records) if normal else None
+            units = [make_unit(spec.name, i, chunk, self.by_id, retry.get(i), normal, pool)
+                     for i, chunk in enumerate(chunks) if i not in done or i in retry]
+            kept = sum(len(chunks[i]) for i in done if i < len(chunks)) - sum(map(len, retry.values()))
+            yield MethodWork(spec, units, kept)
+
+    def plan(self) -> RunPlan:
+        """Episodes per method to compute and stored, and a time estimate; nothing is written."""
+        from harness.plan import MethodPlan, composition, guess_workers, stored_latency
+
+        config, manifest = self.config, self.manifest
+        previous = self.store.read_record()
+        check_resumable(self.store, previous, config, manifest)
+        workers = guess_workers(config)
+        plan = RunPlan(self.run_dir, manifest.manifest_id, len(manifest.episodes), workers,
+                       composition=composition(manifest.episodes),
+                       skipped_classes=dict(manifest.params.get("skip_reasons") or {}))
+        for work in self.pending(previous, self.chunking(previous, workers), dry=True):
+            seconds, n = stored_latency([self.run_dir, Path(config.results_root)], work.spec.name)
+            plan.methods.append(MethodPlan(work.spec.name, len(manifest.episodes), work.stored, seconds, n))
+        return plan
+
+    def execute(self, progress_out=sys.stderr) -> RunSummary:
+        """Lock the run folder, chunk, record, run every method, finish run.json."""
+        from harness.episodes import write_manifest
+
+        started = time.time()
+        with self.store.lock(warn=warn):
+            previous = self.store.read_record()
+            check_resumable(self.store, previous, self.config, self.manifest)
+            write_manifest(self.manifest, self.store.manifest_dir)
+            record_skipped_inputs(self.dataset, self.store)
+            executor = make_executor(self.config)
+            try:
+                return self._run_methods(previous, executor, progress_out, started)
+            finally:
+                executor.close()
+
+    def _run_methods(self, previous: RunRecord | None, executor: Executor, progress_out, started: float) -> RunSummary:
+        """Chunk the episodes, record the run, build one job per method, run them, finish run.json."""
+        config, store, manifest = self.config, self.store, self.manifest
+        chunking = self.chunking(previous, executor.workers)
+        record = start_record(config, self.dataset, manifest, previous, executor, chunking)
+        jobs, summaries = [], []
+        for work in self.pending(previous, chunking, dry=False):
+            name = work.spec.name
+            config_hash, options_json, identity = self.identities[name]
+            record.methods[name] = {**identity, "config_hash": config_hash}
+            summary = MethodSummary(name, planned=len(manifest.episodes), skipped=work.stored)
+            context = RowContext(record.run_id, manifest.manifest_id, self.dataset.name, config_hash, options_json)
+            jobs.append(MethodJob(work.spec, context, work.units, config.save_predictions, make_writer(store, summary)))
+            summaries.append(summary)
+        record.counts = {"planned": len(manifest.episodes) * len(config.methods)}
+        attach_file_hashes(jobs, manifest)
+        store.write_record(record)
+        run_jobs(config, store, manifest, executor, jobs, summaries, record, progress_out, started)
+        return RunSummary(self.run_dir, manifest.manifest_id, len(manifest.episodes), summaries, time.time() - started)
 
 
-def _execute_locked(config: RunConfig, store: RunStore, dataset, manifest, identities, progress_out,
-                    started: float) -> RunSummary:
-    from harness.episodes import write_manifest
-
-    run_dir = store.run_dir
-    previous = store.read_json()
-    check_resumable(store, previous, config, manifest)
-    write_manifest(manifest, store.manifest_dir)
-    record_skipped_inputs(dataset, run_dir)
-
-    executor = make_executor(config)
-    try:
-        return _run_methods(config, store, dataset, manifest, identities, previous, executor, progress_out, started)
-    finally:
-        executor.close()
-
+def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
+    """``Run.open(config).execute()``: the run without printing a plan (tests, benchmarks)."""
+    return Run.open(config).execute(progress_out)
 
 def order_episodes(episodes: Sequence, chunk_order: str) -> list:
     """Episodes in chunking order. ``"query"``: grouped by (class, query image), manifest order
@@ -277,100 +400,40 @@ def order_episodes(episodes: Sequence, chunk_order: str) -> list:
     return sorted(episodes, key=lambda e: (e.object, e.category, e.query_id))
 
 
-def _run_methods(config: RunConfig, store: RunStore, dataset, manifest, identities, previous, executor: Executor,
-                 progress_out, started: float) -> RunSummary:
-    """Chunk the episodes, record the run, build one job per method, run them, finish run.json."""
-    chunk_size, chunk_order, chunks = plan_chunks(config, store, manifest, previous, executor.workers)
-    record = start_record(config, dataset, manifest, previous, executor, chunk_size, chunk_order)
-    jobs, summaries = build_jobs(config, store, dataset, manifest, identities, record, chunks)
-    attach_file_hashes(jobs, manifest)
-    store.write_json(record)
-    run_jobs(config, store, manifest, executor, jobs, summaries, record, progress_out, started)
-    return RunSummary(store.run_dir, manifest.manifest_id, len(manifest.episodes), summaries, time.time() - started)
-
-
-def plan_chunks(config: RunConfig, store: RunStore, manifest, previous: dict, workers: int):
-    """(chunk size, chunk order, chunks of episodes); a resumed run keeps its size and order."""
-    chunk_size = config.chunk_size or previous.get("chunk_size") or choose_chunk_size(len(manifest.episodes), workers)
-    if previous.get("chunk_size") not in (None, chunk_size):
-        raise RunError(f"{store.run_dir}: was chunked by {previous['chunk_size']} episodes; drop --chunk-size to resume")
-    # A run folder made before chunks were grouped by query keeps the manifest order.
-    chunk_order = previous.get("chunk_order") or ("manifest" if previous.get("chunk_size") else "query")
-    ordered = order_episodes(manifest.episodes, chunk_order)
-    chunks = [tuple(ordered[i : i + chunk_size]) for i in range(0, len(ordered), chunk_size)]
-    return chunk_size, chunk_order, chunks
-
-
-def start_record(config: RunConfig, dataset, manifest, previous: dict, executor: Executor, chunk_size: int,
-                 chunk_order: str) -> dict:
-    """run.json of this invocation before any episode runs (provenance, executor, invocations)."""
-    run_id = previous.get("run_id") or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{manifest.manifest_id[:8]}"
-    record = {
-        **previous,
-        "run_id": run_id,
-        "schema_version": 1,
-        "command": config.command,
-        "dataset": {"spec": config.dataset, "name": dataset.name, "root": str(dataset.root), "format": dataset.format,
-                    "meta": {k: v for k, v in dataset.meta.items() if not isinstance(v, (list, dict))}},
-        "manifest_id": manifest.manifest_id,
-        "manifest_params": manifest.params,
-        "eval_settings": asdict(config.settings),
-        "chunk_size": chunk_size,
-        "chunk_order": chunk_order,
-        "episode_timeout_s": config.episode_timeout_s or None,
-        "git": provenance.git_info(),
-        "packages": provenance.package_versions(),
-        "hardware": provenance.hardware(),
-        "status": "running",
-        "ended_at": None,
-        "executor": {"name": executor.name, "workers": executor.workers, "cpus_per_worker": executor.cpus_per_worker,
-                     "gpus_per_worker": executor.gpus_per_worker, "cluster_resources": executor.resources},
-        "started_at": previous.get("started_at") or datetime.now(timezone.utc).isoformat(),
-    }
+def start_record(config: RunConfig, dataset, manifest, previous: RunRecord | None, executor: Executor,
+                 chunking: Chunking) -> RunRecord:
+    """run.json of this invocation before any episode runs (provenance, executor, invocations);
+    what ``previous`` holds and this invocation does not set is kept."""
+    previous = previous or RunRecord()
+    now = datetime.now(timezone.utc)
+    git, hardware = provenance.git_info(), provenance.hardware()
     # Each invocation (first run, resumes) is recorded, so a resumed run shows every code version.
-    earlier = previous.get("invocations") if isinstance(previous.get("invocations"), list) else []
-    record["invocations"] = [*earlier, {
-        "started_at": datetime.now(timezone.utc).isoformat(), "command": config.command,
-        "git_sha": record["git"]["sha"], "git_dirty": record["git"]["dirty"], "host": record["hardware"]["hostname"]}]
-    return record
-
-
-def build_jobs(config: RunConfig, store: RunStore, dataset, manifest, identities, record: dict, chunks):
-    """One :class:`MethodJob` per method with the chunks it has not stored yet (resume, overwrite);
-    fills ``record["methods"]`` and ``record["counts"]``. Returns (jobs, summaries)."""
-    chunk_rows = {index: len(chunk) for index, chunk in enumerate(chunks)}
-    by_id = dataset.by_id()
-    stored_methods = dict(record.get("methods", {}))
-    jobs, summaries = [], []
-    for spec in config.methods:
-        config_hash, options_json, identity = identities[spec.name]
-        stored = stored_methods.get(spec.name)
-        if config.overwrite == "always":
-            store.clear_method(spec.name)
-        elif stored and stored.get("config_hash") != config_hash and store.part_files(spec.name):
-            raise RunError(
-                f"{store.run_dir}: method '{spec.name}' was run with another config or weights "
-                f"({stored.get('config_hash')} vs {config_hash}); use --overwrite always or another --out"
-            )
-        done = store.done_chunks(spec.name, chunk_rows, warn=warn)
-        if config.overwrite == "never" and done:
-            raise RunError(f"{store.run_dir}: method '{spec.name}' already has results and --overwrite never was given")
-        stored_methods[spec.name] = {**identity, "config_hash": config_hash}
-        summary = MethodSummary(spec.name, planned=len(manifest.episodes))
-        retry = transient_rows(store, spec.name, done)
-        summary.skipped = sum(len(chunks[i]) for i in done if i < len(chunks)) - sum(map(len, retry.values()))
-        normal = int(spec.resolved_options().get("normal_supports", 0) or 0)  # harness.normal_supports
-        pool = normal_support_pool(manifest.episodes, dataset.records) if normal else None
-        units = [make_unit(spec.name, i, chunk, by_id, retry.get(i), normal, pool) for i, chunk in enumerate(chunks)
-                 if i not in done or i in retry]
-        context = RowContext(record["run_id"], manifest.manifest_id, dataset.name, config_hash, options_json)
-        predictions = str(store.method_predictions_dir(spec.name)) if config.save_predictions else None
-        jobs.append(MethodJob(spec, context, units, predictions, make_writer(store, summary)))
-        summaries.append(summary)
-    record["methods"] = stored_methods
-    record["counts"] = {"planned": len(manifest.episodes) * len(config.methods)}
-    return jobs, summaries
-
+    invocation = {"started_at": now.isoformat(), "command": config.command, "git_sha": git["sha"],
+                  "git_dirty": git["dirty"], "host": hardware["hostname"]}
+    return replace(
+        previous,
+        run_id=previous.run_id or f"{now:%Y%m%dT%H%M%SZ}-{manifest.manifest_id[:8]}",
+        schema_version=SCHEMA_VERSION,
+        command=config.command,
+        dataset={"spec": config.dataset, "name": dataset.name, "root": str(dataset.root), "format": dataset.format,
+                 "meta": {k: v for k, v in dataset.meta.items() if not isinstance(v, (list, dict))}},
+        manifest_id=manifest.manifest_id,
+        manifest_params=manifest.params,
+        eval_settings=asdict(config.settings),
+        chunk_size=chunking.size,
+        chunk_order=chunking.order,
+        episode_timeout_s=config.episode_timeout_s or None,
+        git=git,
+        packages=provenance.package_versions(),
+        hardware=hardware,
+        status="running",
+        ended_at=None,
+        executor={"name": executor.name, "workers": executor.workers, "cpus_per_worker": executor.cpus_per_worker,
+                  "gpus_per_worker": executor.gpus_per_worker, "cluster_resources": executor.resources},
+        started_at=previous.started_at or now.isoformat(),
+        invocations=[*previous.invocations, invocation],
+        methods=dict(previous.methods),
+    )
 
 def attach_file_hashes(jobs: list[MethodJob], manifest) -> None:
     """Give each unit the content hashes of its image and mask files as the manifest was built
@@ -401,9 +464,10 @@ def attach_file_hashes(jobs: list[MethodJob], manifest) -> None:
     hashes.save()
 
 
-def transient_rows(store: RunStore, method: str, done: set[int]) -> dict[int, list[int]]:
+def transient_rows(store: RunStore, method: str, done: set[int], warn=warn) -> dict[int, list[int]]:
     """``{chunk: positions}`` of the stored rows whose error is transient (``harness.status``):
-    a resume computes those episodes again and merges them into their part."""
+    a resume computes those episodes again and merges them into their part (``warn``: one line
+    saying so, None: quiet)."""
     from harness.status import is_transient
 
     retry = {}
@@ -412,20 +476,20 @@ def transient_rows(store: RunStore, method: str, done: set[int]) -> dict[int, li
         positions = [p for p, status in enumerate(statuses or ()) if is_transient(status)]
         if positions:
             retry[index] = positions
-    if retry:
+    if retry and warn is not None:
         n = sum(map(len, retry.values()))
         warn(f"{method}: {n} stored episode(s) failed on a transient cause (disk, memory, read error, "
              "timeout, dead worker); computing them again")
     return retry
 
 
-def run_jobs(config: RunConfig, store: RunStore, manifest, executor: Executor, jobs, summaries, record: dict,
+def run_jobs(config: RunConfig, store: RunStore, manifest, executor: Executor, jobs, summaries, record: RunRecord,
              progress_out, started: float) -> None:
     """Run every job on the executor with a progress bar; run.json ends complete, incomplete
     (units lost) or interrupted (an exception, re-raised)."""
     total = sum(len(u.episodes) for job in jobs for u in job.units)
     progress = make_progress(total, progress_out)
-    record["status"] = "interrupted"
+    record.status = "interrupted"
     failure: BaseException | None = None
     try:
         if any(job.units for job in jobs):
@@ -438,7 +502,7 @@ def run_jobs(config: RunConfig, store: RunStore, manifest, executor: Executor, j
                 if unit.method == job.spec.name:
                     summary.lost += len(unit.episodes)
                     summary.errors[f"not stored, re-run to retry: {reason}"] = len(unit.episodes)
-        record["status"] = "complete" if not any(s.lost for s in summaries) else "incomplete"
+        record.status = "complete" if not any(s.lost for s in summaries) else "incomplete"
     except BaseException as exc:
         failure = exc
         raise
@@ -448,41 +512,61 @@ def run_jobs(config: RunConfig, store: RunStore, manifest, executor: Executor, j
         finish_record(store, record, [s.name for s in config.methods], len(manifest.episodes), started, failure)
 
 
-def record_backbone_work(record: dict, executor: Executor) -> None:
+def record_backbone_work(record: RunRecord, executor: Executor) -> None:
     """run.json: per method (this invocation) backbone passes, unique views and their ratio, and
     the device it ran on; ``backbone_views`` adds the ratio across methods ("all")."""
     from harness.runner import summarise_stats
 
     views = summarise_stats(executor.view_stats or {})
     devices = executor.devices or {}
-    for name, entry in record.get("methods", {}).items():
+    for name, entry in record.methods.items():
         if name in views:
             entry["backbone_views"] = views[name]
         if devices.get(name):
             entry["device"] = devices[name]
     if views:
-        record["backbone_views"] = views
+        record.backbone_views = views
 
 
-def finish_record(store: RunStore, record: dict, methods: Sequence[str], planned_per_method: int, started: float,
+def finish_record(store: RunStore, record: RunRecord, methods: Sequence[str], planned_per_method: int, started: float,
                   failure: BaseException | None) -> None:
     """Write the final run.json; while another error is on its way out, only warn if that fails too."""
-    record["ended_at"] = datetime.now(timezone.utc).isoformat()
-    record["elapsed_s"] = record.get("elapsed_s", 0.0) + (time.time() - started)
-    record["counts"] = count_stored(store, methods, planned_per_method)
-    if record.get("status") == "complete" and record["counts"].get("retry_on_resume"):
-        record["status"] = "incomplete"  # transient errors stored: the same command retries them
+    record.ended_at = datetime.now(timezone.utc).isoformat()
+    record.elapsed_s = (record.elapsed_s or 0.0) + (time.time() - started)
+    record.counts = count_stored(store, methods, planned_per_method)
+    if record.status == "complete" and record.counts.get("retry_on_resume"):
+        record.status = "incomplete"  # transient errors stored: the same command retries them
     try:
-        store.write_json(record)
+        store.write_record(record)
     except StoreError as exc:
         if failure is None:
             raise
         warn(f"{exc} (run.json not updated; the stored parts are kept)")
 
 
+def store_maps(store: RunStore, method: str, rows: list[dict]) -> list[dict]:
+    """Write the 8-bit score maps the workers returned with ``rows`` as PNGs (``pred_path``); a
+    map that cannot be written (a full disk) makes its episode an error row (transient: retried on
+    resume)."""
+    out = []
+    for row in rows:
+        score = row.pop(SCORE_MAP_KEY, None)
+        if score is not None:
+            try:
+                row["pred_path"] = str(store.write_prediction(method, row["episode_id"], score))
+            except Exception as exc:  # noqa: BLE001 - e.g. a full disk while writing the PNG
+                row = failed_row(row, describe_error(exc))
+                row["error_trace"] = f"writing the score map of {row['episode_id']}: {describe_error(exc)}"
+        out.append(row)
+    return out
+
+
 def make_writer(store: RunStore, summary: MethodSummary):
+    """``MethodJob.done_rows``: a unit's rows into its part (merged into the stored part when only
+    some of its episodes ran again), their maps into PNGs, the failures into errors.log."""
+
     def write(unit: WorkUnit, rows: list[dict]) -> None:
-        errors_log = store.run_dir / "errors.log"
+        rows = store_maps(store, unit.method, rows)
         lines = []
         for row in rows:
             trace = row.pop("error_trace", None)
@@ -502,9 +586,9 @@ def make_writer(store: RunStore, summary: MethodSummary):
         store.write_part(unit.method, unit.chunk_index, rows)
         if lines:
             try:
-                store.append_text(errors_log, "".join(lines))
+                store.append_errors("".join(lines))
             except OSError as exc:
-                warn(f"{errors_log}: cannot append error details ({os_problem(exc)}); the rows keep their status")
+                warn(f"{store.errors_log}: cannot append error details ({os_problem(exc)}); the rows keep their status")
 
     return write
 
@@ -525,14 +609,6 @@ def count_stored(store: RunStore, methods: Sequence[str], planned_per_method: in
     counts = {"planned": planned_per_method * len(methods), "done": int(len(frame)), "failed": failed,
               "ok": int(len(frame)) - failed - unscored, "retry_on_resume": transient}
     return {**counts, "unscored": unscored} if unscored else counts
-
-
-def auto_workers(resources: dict, gpus_per_worker: float) -> int:
-    """One worker per GPU slot; on CPUs one per core up to 4 cores, then one per 2 cores."""
-    if gpus_per_worker > 0:
-        return max(1, int(resources.get("GPU", 0.0) // gpus_per_worker + 1e-9))
-    cpus = int(resources.get("CPU", 1.0))
-    return max(1, cpus if cpus <= 4 else cpus // 2)
 
 
 def default_gpus_per_worker(given: float | None, resources: dict) -> float:

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from harness.constants import SIZE_BIN_EDGES
-from harness.io import LRU, atomic_write, short_error
+from harness.io import LRU, short_error
 from harness.metrics import episode_metrics
 from harness.normal_supports import draw_normal_supports
 from harness.records import UNSCORED_STATUS, Episode, ImageRecord
@@ -118,6 +118,22 @@ def episode_fields(episode: Episode) -> dict:
         "support_is_normal": episode.support_is_normal,
         "role": episode.role,
     }
+
+
+SCORE_MAP_KEY = "score_map_u8"  # a row's 8-bit score map on its way to the store (not a column)
+
+
+def score_map_u8(score_map: np.ndarray) -> np.ndarray:
+    """``uint8 [H, W]``: score·255, rounded (what a prediction PNG holds)."""
+    return np.round(np.clip(score_map, 0, 1) * 255).astype(np.uint8)
+
+
+def failed_row(row: dict, status: str) -> dict:
+    """``row`` turned into an error row (``status``): its metric columns emptied."""
+    failed = {**row, "status": status[:2000], **{key: None for key in METRIC_COLUMNS}}
+    failed.update(latency_s=None, load_s=None, pred_path=None)
+    failed.pop(SCORE_MAP_KEY, None)
+    return failed
 
 
 def error_row(context: RowContext, episode: Episode, status: str, worker: str = "") -> dict:
@@ -243,23 +259,25 @@ class _Failure:
 class _Slot:
     method: object
     context: RowContext
-    predictions_dir: Path | None
+    keep_maps: bool  # return each episode's 8-bit score map with its row (SCORE_MAP_KEY)
 
 
 class EpisodeWorker:
     """The run's method instances + the dataset records; ``run_chunk(unit) -> rows``.
 
-    ``method_spec``/``context``/``predictions_dir`` give the first method; ``more`` adds others as
-    ``(spec, context, predictions_dir)`` (one worker, one process, models loaded once each)."""
+    ``method_spec``/``context``/``keep_maps`` give the first method; ``more`` adds others as
+    ``(spec, context, keep_maps)`` (one worker, one process, models loaded once each). A worker
+    writes nothing: with ``keep_maps`` a row carries its episode's 8-bit score map under
+    ``SCORE_MAP_KEY``, and the driver's store writes it (``harness.run``)."""
 
     def __init__(
         self,
         method_spec: MethodSpec,
         context: RowContext,
         settings: EvalSettings,
-        predictions_dir: str | None = None,
+        keep_maps: bool = False,
         threads: int | None = None,
-        more: Sequence[tuple[MethodSpec, RowContext, str | None]] = (),
+        more: Sequence[tuple[MethodSpec, RowContext, bool]] = (),
         episode_timeout_s: float | None = None,
     ):
         if threads:
@@ -271,8 +289,8 @@ class EpisodeWorker:
         self._read_image, self._read_mask = read_image, read_mask
         self.slots: dict[str, _Slot] = {}
         self.specs: dict[str, MethodSpec] = {}
-        for spec, ctx, predictions in ((method_spec, context, predictions_dir), *more):
-            self.slots[spec.name] = _Slot(spec.build(), ctx, Path(predictions) if predictions else None)
+        for spec, ctx, keep in ((method_spec, context, keep_maps), *more):
+            self.slots[spec.name] = _Slot(spec.build(), ctx, bool(keep))
             self.specs[spec.name] = spec
         # None or 0: predict runs on the calling thread, unbounded
         self.predictor = PredictThread(episode_timeout_s) if episode_timeout_s else None
@@ -287,7 +305,7 @@ class EpisodeWorker:
 
     def _use(self, name: str) -> None:
         slot = self.slots[name]
-        self.method, self.context, self.predictions_dir = slot.method, slot.context, slot.predictions_dir
+        self.method, self.context, self.keep_maps = slot.method, slot.context, slot.keep_maps
         self.method_name = name
         self.device = method_device(slot.method)
 
@@ -339,8 +357,8 @@ class EpisodeWorker:
         """Rows of the chunk's episodes, in order, computed as a three-stage pipeline.
 
         A loader thread decodes episode i+1's images while episode i runs ``predict`` on this
-        thread, and a scorer thread computes episode i-1's metrics and writes its prediction PNG
-        (numpy and PIL release the GIL for most of that), so a GPU is not left idle while the CPU
+        thread, and a scorer thread computes episode i-1's metrics and its 8-bit map
+        (numpy releases the GIL for most of that), so a GPU is not left idle while the CPU
         decodes and scores. At most ``PIPELINE_DEPTH`` score maps wait for the scorer."""
         self._use(unit.method)
         self.records = {record.image_id: record for record in unit.records}
@@ -454,7 +472,7 @@ class EpisodeWorker:
 
     def _score(self, episode: Episode, prediction: Prediction, gt_mask: np.ndarray, load_s: float,
                predict_s: float) -> dict:
-        """The episode's row: metrics of the checked prediction, and its PNG when predictions are kept."""
+        """The episode's row: metrics of the checked prediction, and its 8-bit map when maps are kept."""
         try:
             metrics = episode_metrics(
                 np.clip(prediction.score_map, 0.0, 1.0),
@@ -464,8 +482,7 @@ class EpisodeWorker:
                 hist_bins=self.settings.hist_bins,
                 frac_edges=self.settings.frac_edges,
             )
-            pred_path = self._save_prediction(episode, prediction.score_map)
-        except Exception as exc:  # noqa: BLE001 - e.g. a full disk while writing the PNG
+        except Exception as exc:  # noqa: BLE001 - one bad episode must not stop the run
             return self._error_row(episode, exc, traceback.format_exc(limit=-3))
         labelled = episode.role != "unlabelled"
         row = {**asdict(self.context), **episode_fields(episode), **(metrics if labelled else unscored(metrics))}
@@ -476,8 +493,11 @@ class EpisodeWorker:
             worker=self.worker_name,
             device=self.device,
             finished_at=datetime.now(timezone.utc),
-            pred_path=str(pred_path) if pred_path else None,
+            pred_path=None,  # set by the driver when it stores the map
         )
+        # A calibration image only sets a threshold: its row holds all that needs.
+        if self.keep_maps and episode.role != "calibration":
+            row[SCORE_MAP_KEY] = score_map_u8(prediction.score_map)
         return row
 
     def _error_row(self, episode: Episode, exc: BaseException, trace: str) -> dict:
@@ -486,18 +506,6 @@ class EpisodeWorker:
         row["error_trace"] = trace
         return row
 
-    def _save_prediction(self, episode: Episode, score_map: np.ndarray) -> Path | None:
-        if self.predictions_dir is None or episode.role == "calibration":
-            return None  # a calibration image only sets a threshold: its row holds all that needs
-        from PIL import Image
-
-        from harness.store import prediction_file  # the store owns the layout (imported only when saving)
-
-        path = prediction_file(self.predictions_dir, episode.episode_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image = Image.fromarray(np.round(np.clip(score_map, 0, 1) * 255).astype(np.uint8))
-        atomic_write(path, image.save, suffix=".png")  # a full disk leaves no half-written temp file
-        return path
 
 
 @dataclass
@@ -507,7 +515,7 @@ class MethodJob:
     spec: MethodSpec
     context: RowContext
     units: list[WorkUnit]
-    predictions_dir: str | None = None
+    keep_maps: bool = False  # rows carry their 8-bit score maps (SCORE_MAP_KEY) for the store
     done_rows: Callable[[WorkUnit, list[dict]], None] = field(default=lambda unit, rows: None)
 
 
@@ -602,8 +610,8 @@ class InlineExecutor:
             return
         by_name = {job.spec.name: job for job in jobs}
         first, *rest = jobs
-        worker = EpisodeWorker(first.spec, first.context, settings, first.predictions_dir, self.threads,
-                               more=[(j.spec, j.context, j.predictions_dir) for j in rest],
+        worker = EpisodeWorker(first.spec, first.context, settings, first.keep_maps, self.threads,
+                               more=[(j.spec, j.context, j.keep_maps) for j in rest],
                                episode_timeout_s=self.episode_timeout_s)
         try:
             for group in interleave(jobs):

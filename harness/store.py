@@ -7,6 +7,13 @@
     results/<run>/episodes/method=<m>/.part-<chunk>.parquet.sha256   its content checksum (sha256sum format)
     results/<run>/episodes/.corrupt/                       parts that failed verification, moved aside
     results/<run>/predictions/<m>/<episode_id>.png         optional 8-bit score maps
+    results/<run>/errors.log                               tracebacks of the episodes that failed
+    results/<run>/skipped_inputs.tsv                       dataset files the adapter left out
+
+This module is the only one that spells the layout: the run (``harness.run``, on the driver) writes
+parts, score maps, run.json (``harness.run_record.RunRecord``) and errors.log through
+:class:`RunStore`; workers only return rows and 8-bit maps; the planner and the report ask it for
+paths.
 
 Part names are deterministic (the chunk index in the manifest order) and written to a temp file
 then renamed, so a killed run leaves only whole parts and a re-run replaces a chunk's own file.
@@ -34,6 +41,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from harness.io import atomic_write, pid_alive, short_error
+from harness.run_record import RecordError, RunRecord, loads as parse_record
 from harness.schema import EPISODE_SCHEMA, EPISODE_SCHEMA_WITH_METHOD
 
 Warn = Callable[[str], None]
@@ -91,43 +99,6 @@ def verify_part(path: Path, rows: int | None = None) -> str | None:
     return None
 
 
-# What run.json's fields must be, when present (harness.run.start_record writes them).
-RUN_RECORD_TYPES = {
-    "run_id": str, "manifest_id": str, "status": str, "command": str, "started_at": str,
-    "chunk_size": int, "elapsed_s": (int, float), "episode_timeout_s": (int, float, type(None)),
-    "methods": dict, "manifest_params": dict, "dataset": dict, "eval_settings": dict, "counts": dict,
-    "executor": dict, "git": dict, "hardware": dict, "packages": dict, "invocations": list,
-}
-CHUNK_ORDERS = ("query", "manifest")
-
-
-def check_run_record(record, path: Path) -> dict:
-    """``record`` (a parsed run.json) when its fields have the types this project writes; else one
-    ``StoreError`` naming the file and the field (a hand-edited or damaged record)."""
-    if not isinstance(record, dict):
-        raise StoreError(f"{path}: not a run record (a JSON object)")
-    for key, kind in RUN_RECORD_TYPES.items():
-        value = record.get(key)
-        if key in record and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
-            raise StoreError(f"{path}: field '{key}' holds {json.dumps(value)[:60]}, not {_kind_name(kind)}; "
-                             "the run record is damaged (restore it, or use another --out)")
-    methods = record.get("methods") or {}
-    bad = next((name for name, entry in methods.items() if not isinstance(entry, dict)), None)
-    if bad is not None:
-        raise StoreError(f"{path}: field 'methods.{bad}' is not an object; the run record is damaged")
-    if record.get("chunk_order", "query") not in CHUNK_ORDERS or (record.get("chunk_size", 1) or 0) < 1:
-        raise StoreError(f"{path}: chunk_order {record.get('chunk_order')!r} / chunk_size {record.get('chunk_size')!r} "
-                         f"are not a chunking this project writes ({' or '.join(CHUNK_ORDERS)}, >= 1)")
-    return record
-
-
-def _kind_name(kind) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {str: "a string", int: "an integer", float: "a number", dict: "a JSON object", list: "a JSON list",
-             type(None): "null"}
-    return " or ".join(dict.fromkeys(names[k] for k in kinds))
-
-
 def checksum_path(part: Path) -> Path:
     """The sha256 sidecar of a part: ``.part-00003.parquet.sha256`` beside it (hidden: pandas,
     pyarrow and DuckDB globs skip it)."""
@@ -160,11 +131,6 @@ def verify_checksum(part: Path) -> str | None:
     return None
 
 
-def prediction_file(method_predictions_dir: Path, episode_id: str) -> Path:
-    """The 8-bit score-map PNG of one episode inside ``RunStore.method_predictions_dir(method)``."""
-    return Path(method_predictions_dir) / f"{episode_id}.png"
-
-
 class RunStore:
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
@@ -174,6 +140,16 @@ class RunStore:
         self.corrupt_dir = self.episodes_dir / ".corrupt"
         self.run_json = self.run_dir / "run.json"
         self.lock_path = self.run_dir / ".lock"
+        self.errors_log = self.run_dir / "errors.log"
+        self.skipped_inputs = self.run_dir / "skipped_inputs.tsv"
+
+    @classmethod
+    def runs_under(cls, root: Path) -> list["RunStore"]:
+        """``root`` itself and each folder directly inside it, as run folders (some may hold nothing)."""
+        root = Path(root)
+        if not root.is_dir():
+            return []
+        return [cls(root), *(cls(p) for p in sorted(root.iterdir()) if p.is_dir())]
 
     def method_dir(self, method: str) -> Path:
         return self.episodes_dir / f"method={partition_value(method)}"
@@ -182,11 +158,25 @@ class RunStore:
         return self.method_dir(method) / f"part-{chunk_index:05d}.parquet"
 
     def method_predictions_dir(self, method: str) -> Path:
-        """Where a method's workers write its score maps (:func:`prediction_file` names them)."""
+        """Where a method's score maps are kept (:meth:`prediction_path` names them)."""
         return self.predictions_dir / partition_value(method)
 
     def prediction_path(self, method: str, episode_id: str) -> Path:
-        return prediction_file(self.method_predictions_dir(method), episode_id)
+        """The 8-bit score-map PNG of one episode."""
+        return self.method_predictions_dir(method) / f"{episode_id}.png"
+
+    def write_prediction(self, method: str, episode_id: str, score_u8) -> Path:
+        """Write an episode's 8-bit score map (``uint8 [H, W]``, score·255) as a PNG, atomically;
+        an ``OSError`` (a full disk) is raised as it is, so the caller makes the episode's error row."""
+        from PIL import Image
+
+        path = self.prediction_path(method, episode_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, Image.fromarray(score_u8).save, suffix=".png")  # no half-written temp file survives
+        return path
+
+    def has_predictions(self, method: str) -> bool:
+        return self.method_predictions_dir(method).is_dir()
 
     def part_files(self, method: str) -> dict[int, Path]:
         folder = self.method_dir(method)
@@ -220,6 +210,13 @@ class RunStore:
             warn(f"{adopted[0].parent}: {len(adopted)} part(s) written before parts had checksums were read "
                  "whole and their checksums added")
         return done
+
+    def stored_chunks(self, method: str, chunk_rows: dict[int, int]) -> set[int]:
+        """Chunk indices whose part's footer reads back whole with its chunk's row count: what
+        :meth:`done_chunks` will keep, short of a checksum mismatch, read without changing anything
+        (the plan)."""
+        return {index for index, path in self.part_files(method).items()
+                if index in chunk_rows and verify_part(path, chunk_rows[index]) is None}
 
     def _verify(self, path: Path, rows: int | None, adopted: list[Path]) -> str | None:
         """Why a part does not count as done (its footer, then its checksum), None when it does. A part
@@ -293,22 +290,32 @@ class RunStore:
         shutil.rmtree(self.method_dir(method), ignore_errors=True)
         shutil.rmtree(self.predictions_dir / partition_value(method), ignore_errors=True)
 
-    def read_json(self) -> dict:
+    def read_record(self) -> RunRecord | None:
+        """run.json as a :class:`RunRecord`, None when the folder has none; a damaged file is one
+        ``StoreError`` naming it and the field."""
         try:
             text = self.run_json.read_text()
         except FileNotFoundError:
-            return {}
+            return None
         except OSError as exc:
             raise StoreError(f"{self.run_json}: cannot read ({os_problem(exc)})") from None
         try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"{self.run_json}: not valid JSON ({exc})") from None
-        return check_run_record(record, self.run_json)
+            return parse_record(text, self.run_json)
+        except RecordError as exc:
+            raise StoreError(str(exc)) from None
 
-    def write_json(self, record: dict) -> None:
-        text = json.dumps(record, indent=2, sort_keys=True, default=str)
+    def write_record(self, record: RunRecord) -> None:
+        text = record.dumps()
         atomic_write_bytes(self.run_json, lambda tmp: tmp.write_text(text))
+
+    def write_skipped_inputs(self, lines: list[str]) -> Path:
+        """``skipped_inputs.tsv``: one line per dataset file the adapter left out."""
+        atomic_write_bytes(self.skipped_inputs, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+        return self.skipped_inputs
+
+    def append_errors(self, text: str) -> None:
+        """Append to ``errors.log`` (:meth:`append_text`)."""
+        self.append_text(self.errors_log, text)
 
     def lock(self, warn: Warn | None = None) -> "RunLock":
         """Take the run folder for this process (see :class:`RunLock`); refuse a folder whose own
@@ -457,7 +464,7 @@ def check_parts(run_dir: Path | str) -> None:
     values only from parts as they were written; parts from before checksums are read as they are)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    paths = sorted((Path(run_dir) / "episodes").glob("method=*/part-*.parquet"))
+    paths = sorted(RunStore(run_dir).episodes_dir.glob("method=*/part-*.parquet"))
     with ThreadPoolExecutor(4) as pool:  # hashlib and file reads release the GIL
         for path, problem in zip(paths, pool.map(verify_checksum, paths)):
             if problem not in (None, "no checksum"):
@@ -466,7 +473,7 @@ def check_parts(run_dir: Path | str) -> None:
 
 def read_run(run_dir: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
     """All episode rows of a run (errors included) with the ``method`` column from the folder."""
-    episodes = Path(run_dir) / "episodes"
+    episodes = RunStore(run_dir).episodes_dir
     if not episodes.is_dir():
         raise StoreError(f"{run_dir}: not a run folder (no episodes/ inside)")
     check_parts(run_dir)

@@ -50,9 +50,9 @@ class ReportResult:
 def _declared_protocols(sources: dict[str, MethodSource]) -> dict[str, str]:
     declared = {}
     for label, source in sources.items():
-        spec = (source.run.provenance.get("methods") or {}).get(source.method)
-        if isinstance(spec, dict) and spec.get("threshold_protocol"):
-            declared[label] = str(spec["threshold_protocol"])
+        protocol = source.run.record.method_protocol(source.method) if source.run.record else None
+        if protocol:
+            declared[label] = protocol
     return declared
 
 
@@ -60,7 +60,7 @@ def _run_rates(sources: dict[str, MethodSource]) -> dict[str, float]:
     """Episodes/s of each method's whole run (all methods) from run.json ``elapsed_s``."""
     rates = {}
     for label, source in sources.items():
-        elapsed = source.run.provenance.get("elapsed_s")
+        elapsed = source.run.record.elapsed_s if source.run.record else None
         if isinstance(elapsed, (int, float)) and elapsed > 0:
             rates[label] = source.run.n_rows / elapsed
     return rates

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from harness.report.load import RunInfo
+from harness.run_record import RunRecord
 from harness.report.tables import Table
 
 # In page order: verdict and contents first, provenance last (collapsed).
@@ -95,27 +96,27 @@ def table_html(table: Table) -> str:
 
 
 def _provenance_html(run: RunInfo) -> str:
-    p = run.provenance
-    elapsed = p.get("elapsed_s")
+    r = run.record or RunRecord()
+    elapsed = r.elapsed_s
     rate = (f"{run.n_rows / elapsed:.2f} episode rows/s over {elapsed:.1f} s (all methods)"
             if isinstance(elapsed, (int, float)) and elapsed > 0 else None)
-    fields = {"run folder": str(run.run_dir), "run_id": p.get("run_id"), "command": p.get("command"),
-              "dataset": p.get("dataset"), "manifest_id": p.get("manifest_id"),
-              "manifest_params": p.get("manifest_params"), "eval_settings": p.get("eval_settings"),
-              "methods": p.get("methods"), "counts": p.get("counts"),
-              "started_at": p.get("started_at") or p.get("start"),
-              "ended_at": p.get("ended_at") or p.get("end"), "throughput": rate, "git": p.get("git"),
-              "executor": p.get("executor"), "hardware": p.get("hardware"),
+    fields = {"run folder": str(run.run_dir), "run_id": r.run_id, "command": r.command,
+              "dataset": r.dataset, "manifest_id": r.manifest_id,
+              "manifest_params": r.manifest_params, "eval_settings": r.eval_settings,
+              "methods": r.methods, "counts": r.counts,
+              "started_at": r.started_at or r.extra.get("start"),
+              "ended_at": r.ended_at or r.extra.get("end"), "throughput": rate, "git": r.git,
+              "executor": r.executor, "hardware": r.hardware,
               "episode rows read": run.n_rows}
     items = []
     for name, value in fields.items():
-        if value is None:
+        if value is None or value == {}:  # a field the run.json lacks
             continue
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
         if len(text) > 600:
             text = text[:600] + " …"
         items.append(f"<dt>{html.escape(name)}</dt><dd>{html.escape(text)}</dd>")
-    if not p:
+    if run.record is None:
         items.append("<dt>run.json</dt><dd>missing</dd>")
     return f"<h3>{html.escape(run.label)}</h3><dl>{''.join(items)}</dl>"
 

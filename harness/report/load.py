@@ -1,19 +1,19 @@
 """Read one or several runs into one episode frame, with display labels for methods.
 
-A run is ``results/<run>/run.json`` + ``results/<run>/episodes/method=<m>/part-*.parquet``.
+A run is a run folder of ``harness.store`` (run.json, one Parquet part per chunk and method).
 When several runs hold the same method name, that method is shown as ``<run folder>:<method>``
 so the runs can be compared side by side; other method names are kept as they are.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from harness.store import StoreError, check_parts, check_run_record, read_run
+from harness.run_record import RunRecord
+from harness.store import RunStore, StoreError, check_parts, read_run
 
 
 # What the report reads of each row (the rest of the schema stays on disk).
@@ -31,7 +31,7 @@ class RunInfo:
 
     label: str  # the run folder name, unique among the runs of one report
     run_dir: Path
-    provenance: dict = field(default_factory=dict)  # run.json, {} when missing
+    record: RunRecord | None = None  # run.json, None when missing
     n_rows: int = 0
 
 
@@ -123,7 +123,7 @@ def read_report_rows(run_dir: Path):
 
     check_parts(run_dir)
     try:
-        dataset = ds.dataset(Path(run_dir) / "episodes", format="parquet",
+        dataset = ds.dataset(RunStore(run_dir).episodes_dir, format="parquet",
                              partitioning=ds.partitioning(pa.schema([pa.field("method", pa.string())]), flavor="hive"),
                              schema=EPISODE_SCHEMA_WITH_METHOD, exclude_invalid_files=False, ignore_prefixes=[".", "_"])
         scalars, parts = [], []
@@ -154,18 +154,14 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[RunInfo], dict[s
         raise StoreError("report: no run folder given")
     frames, runs, hist_parts = [], [], []
     for run_dir, label in zip(map(Path, run_dirs), _unique_run_labels([Path(p) for p in run_dirs])):
-        if not (run_dir / "episodes").is_dir():
+        store = RunStore(run_dir)
+        if not store.episodes_dir.is_dir():
             raise StoreError(f"{run_dir}: no episodes/ folder (is this a run folder?)")
-        provenance = {}
-        if (run_dir / "run.json").is_file():
-            try:
-                provenance = check_run_record(json.loads((run_dir / "run.json").read_text()), run_dir / "run.json")
-            except json.JSONDecodeError as error:
-                raise StoreError(f"{run_dir / 'run.json'}: not valid JSON ({error})") from None
+        record = store.read_record()
         rows, parts = read_report_rows(run_dir)
         frames.append(rows)
         hist_parts.append((label, parts))
-        runs.append(RunInfo(label=label, run_dir=run_dir, provenance=provenance, n_rows=len(rows)))
+        runs.append(RunInfo(label=label, run_dir=run_dir, record=record, n_rows=len(rows)))
     if any(parts is None for _, parts in hist_parts):
         # A run whose lists could not be streamed brings them in memory: the others must too, so
         # that ``aggregate`` sums every run's lists from the rows.
@@ -215,9 +211,7 @@ def _hist_cells(hist_parts, shared: set[str]):
 
 def planned_episodes(run: RunInfo) -> int | None:
     """Episodes per method the run's manifest planned (``run.json``), ``None`` when unknown."""
-    params = run.provenance.get("manifest_params") or {}
-    planned = params.get("n_episodes") if isinstance(params, dict) else None
-    return planned if isinstance(planned, int) and planned >= 0 else None
+    return run.record.planned_episodes if run.record is not None else None
 
 
 def coverage_notes(rows: pd.DataFrame, sources: dict[str, MethodSource]) -> list[str]:

@@ -1,10 +1,10 @@
 """Qualitative overlays (best / median / worst and largest disagreements) and prediction sweeps.
 
 Pixels come from two optional places, and the report says which one is missing:
-- query images and GT masks: ``run.json["dataset"] = {"root", "format"}`` opened with
+- query images and GT masks: run.json's ``dataset`` (``{"root", "format"}``) opened with
   ``datasets.base.load_dataset``; ``Dataset.by_id()`` maps ``query_id`` -> ImageRecord;
-- score maps: ``<run>/predictions/<method>/<episode_id>.png`` (8-bit, score·255), or the row's
-  ``pred_path``.
+- score maps: the run store's ``prediction_path(method, episode_id)`` (8-bit, score·255), or the
+  row's ``pred_path``.
 A run folder's contents are not trusted: a score map is opened only when its real path lies inside
 the run folder (a ``pred_path`` or a link leading elsewhere is ignored), images only through the
 dataset adapter, which refuses files that resolve outside the recorded dataset root, and a PNG that
@@ -27,7 +27,7 @@ from PIL import Image  # noqa: E402
 from harness import metrics  # noqa: E402
 from harness.report.load import MethodSource, RunInfo  # noqa: E402
 from harness.schema import HIST_BINS  # noqa: E402
-from harness.store import partition_value  # noqa: E402
+from harness.store import RunStore  # noqa: E402
 
 MAX_SIDE = 512
 
@@ -41,7 +41,7 @@ class PixelSource:
         self._datasets = {run.label: self._open_dataset(run) for run in runs}
 
     def _open_dataset(self, run: RunInfo):
-        entry = run.provenance.get("dataset")
+        entry = run.record.dataset if run.record else None
         if not isinstance(entry, dict) or not entry.get("root"):
             self.notes.append(f"{run.label}: run.json has no dataset root, so query images and GT "
                               "masks are not shown.")
@@ -92,9 +92,7 @@ class PixelSource:
     def score_map(self, method_label: str, episode_id: str, pred_path=None) -> np.ndarray | None:
         """float32 ``[H, W]`` in [0, 1] from the stored 8-bit PNG, or None."""
         source = self.sources[method_label]
-        folder = source.run.run_dir / "predictions"
-        candidates = [folder / source.method / f"{episode_id}.png",
-                      folder / partition_value(source.method) / f"{episode_id}.png"]
+        candidates = [RunStore(source.run.run_dir).prediction_path(source.method, episode_id)]
         if isinstance(pred_path, str) and pred_path:
             candidates.append(Path(pred_path))
         inside = source.run.run_dir.resolve()
@@ -115,8 +113,7 @@ class PixelSource:
         return any(opened is not None for opened in self._datasets.values())
 
     def has_predictions(self) -> bool:
-        return any((s.run.run_dir / "predictions" / name).is_dir() for s in self.sources.values()
-                   for name in (s.method, partition_value(s.method)))
+        return any(RunStore(s.run.run_dir).has_predictions(s.method) for s in self.sources.values())
 
 
 MAX_CROPS_GT = 4  # zoomed crops per episode around GT components (smallest first)
