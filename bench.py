@@ -225,29 +225,14 @@ def manifest_options(func):
     return func
 
 
-# The no-argument run on the embedded default is a smoke benchmark that must finish in minutes on
-# 2 CPUs; any user dataset gets the full protocol (all queries, 5 support draws).
-SYNTHETIC_QUICK = {"seeds": 1, "max_queries_per_class": 4, "normal_queries_per_object": 40}  # and --save-predictions
-CALIBRATION_NORMALS = 20
-
-
 def manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed,
                       normal_queries_per_object=None, calibration_normals=None):
-    from harness.run import ManifestSettings
+    from harness.run import manifest_defaults
 
-    quick = str(dataset).startswith("synthetic")
-    if seeds is None:
-        seeds = SYNTHETIC_QUICK["seeds"] if quick else 5
-    if max_queries_per_class is None and quick:
-        max_queries_per_class = SYNTHETIC_QUICK["max_queries_per_class"]
-    if normal_queries_per_object is None and quick:
-        normal_queries_per_object = SYNTHETIC_QUICK["normal_queries_per_object"]
-    if calibration_normals is None:
-        calibration_normals = CALIBRATION_NORMALS
-    if seeds < 1:
+    if seeds is not None and seeds < 1:
         raise click.BadParameter("must be at least 1", param_hint="--seeds")
-    return ManifestSettings(parse_ints(shots, "--shots"), seeds, normal_fraction, fad, fold, max_queries_per_class,
-                            episode_seed, calibration_normals, normal_queries_per_object)
+    return manifest_defaults(dataset, parse_ints(shots, "--shots"), seeds, normal_fraction, fad, fold,
+                             max_queries_per_class, episode_seed, normal_queries_per_object, calibration_normals)
 
 
 @click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -287,12 +272,12 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
     budgets = parse_budgets(fa_budget)
     if seeds is not None and seeds < 1:
         raise click.BadParameter("must be at least 1", param_hint="--seeds")
-    from harness.run import Run, RunConfig
+    from harness.run import Run, RunConfig, is_quick_dataset
     from harness.runner import EvalSettings
 
     signal.signal(signal.SIGTERM, _terminate)
     if save_predictions is None:
-        save_predictions = str(dataset).startswith("synthetic")
+        save_predictions = is_quick_dataset(dataset)
     with user_errors():
         config = RunConfig(
             methods=method_specs(methods, weights, sets),

@@ -31,7 +31,7 @@ def cli_seconds(args: list[str], repeats: int = 3) -> float:
 
 def report_seconds(rows: int, tmp: Path) -> tuple[float, float]:
     """(seconds to write a synthetic run folder of ``rows`` rows, seconds of ``bench.py report`` on it)."""
-    from harness.report.synthetic import write_synthetic_run
+    from benchmarks.report_rows import write_synthetic_run
 
     start = time.perf_counter()
     run = write_synthetic_run(tmp / f"synthetic-{rows}", rows)

@@ -111,7 +111,7 @@ def _worker(method_names, options=None):
 
     specs = [MethodSpec.create(m, options or {}) for m in method_names]
     context = RowContext("bench", "bench", "synthetic", "bench", "{}")
-    return EpisodeWorker(specs[0], context, EvalSettings(), None, None, more=[(s, context, None) for s in specs[1:]])
+    return EpisodeWorker(specs[0], context, EvalSettings(), False, None, more=[(s, context, False) for s in specs[1:]])
 
 
 def bench_overhead(out: Path, method: str, episodes: int) -> float:

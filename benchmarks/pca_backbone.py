@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import torch
 
+import benchmarks.small_backbones  # noqa: F401  (registers the test backbones vit_tiny14, vit_micro14)
 from datasets.base import load_dataset, read_image
 from harness.features import build_vit, images_to_tensor
 

@@ -87,19 +87,15 @@ ARCHS: dict[str, BackboneArch] = {
     # (benchmarks/backbone_levels.py; numbers in methods/BASELINES.md).
     "efficientnet_lite0": _efficientnet_lite(0, "57934424", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
     "efficientnet_lite2": _efficientnet_lite(2, "9656183e", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
-    # Test-only: DINOv2's ViT layout (patch 14, 11 blocks so that SOFS's blocks 5..10 exist),
-    # 192 dims; tests write seeded *random* weights for it. Carries no defect signal.
-    "vit_tiny14": BackboneArch(
-        "vit_small_patch14_dinov2", "vit", dict(embed_dim=192, depth=11, num_heads=3),
-        default_levels=SOFS_LAYERS, note="random weights written by tests (no defect signal)",
-    ),
-    # Test-only: tiny and fast.
-    "vit_micro14": BackboneArch(
-        "vit_small_patch14_dinov2", "vit", dict(embed_dim=32, depth=11, num_heads=2, mlp_ratio=2.0),
-        default_levels=SOFS_LAYERS,
-    ),
 }
 
+
+def register_arch(name: str, arch: BackboneArch) -> None:
+    """Add a backbone architecture to :data:`ARCHS` (the small random-weight ones of the tests and
+    benchmarks: ``benchmarks/small_backbones.py``); a name is never given two architectures."""
+    if ARCHS.get(name, arch) != arch:
+        raise BackboneError(f"backbone '{name}' is already registered as another architecture")
+    ARCHS[name] = arch
 
 
 def did_you_mean(name: str, known) -> str:

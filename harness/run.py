@@ -46,6 +46,37 @@ class ManifestSettings:
     normal_queries_per_object: int | None = None  # instead of normal_fraction
 
 
+# The no-argument run on the embedded default is a smoke benchmark that must finish in minutes on
+# 2 CPUs (and keeps score maps); any user dataset gets the full protocol (all queries, 5 support draws).
+SYNTHETIC_QUICK = {"seeds": 1, "max_queries_per_class": 4, "normal_queries_per_object": 40}
+CALIBRATION_NORMALS = 20
+
+
+def is_quick_dataset(dataset: str) -> bool:
+    """The embedded synthetic default (``synthetic[:seed]``): quick protocol, score maps kept."""
+    return str(dataset).startswith("synthetic")
+
+
+def manifest_defaults(dataset: str, shots: tuple[int, ...] = (1,), seeds: int | None = None,
+                      normal_fraction: float = 0.2, fad: bool = False, fold: str | None = None,
+                      max_queries_per_class: int | None = None, base_seed: int = 0,
+                      normal_queries_per_object: int | None = None,
+                      calibration_normals: int | None = None) -> ManifestSettings:
+    """The manifest settings of ``bench.py run`` (and ``ablate``): an option left None takes its
+    default, the quick protocol's on the embedded synthetic default."""
+    quick = is_quick_dataset(dataset)
+    if seeds is None:
+        seeds = SYNTHETIC_QUICK["seeds"] if quick else 5
+    if max_queries_per_class is None and quick:
+        max_queries_per_class = SYNTHETIC_QUICK["max_queries_per_class"]
+    if normal_queries_per_object is None and quick:
+        normal_queries_per_object = SYNTHETIC_QUICK["normal_queries_per_object"]
+    if calibration_normals is None:
+        calibration_normals = CALIBRATION_NORMALS
+    return ManifestSettings(tuple(shots), seeds, normal_fraction, fad, fold, max_queries_per_class, base_seed,
+                            calibration_normals, normal_queries_per_object)
+
+
 @dataclass
 class RunConfig:
     methods: list[MethodSpec]

@@ -66,13 +66,10 @@ class RunRecord:
         return planned if isinstance(planned, int) and not isinstance(planned, bool) and planned >= 0 else None
 
     def to_json(self) -> dict:
-        """The run.json object: every field (``elapsed_s`` / ``backbone_views`` only once known)
-        and the ``extra`` fields of another version."""
-        out = {**self.extra, **{k: v for k, v in asdict(self).items() if k != "extra"}}
-        for key in ("elapsed_s", "backbone_views"):
-            if out[key] is None:
-                del out[key]
-        return out
+        """The run.json object: the fields known so far (``ended_at`` and ``episode_timeout_s``
+        also when null) and the ``extra`` fields of another version."""
+        return {**self.extra, **{k: v for k, v in asdict(self).items()
+                                 if k != "extra" and (v is not None or k in ("ended_at", "episode_timeout_s"))}}
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True, default=str)
@@ -103,7 +100,8 @@ def parse(data, path: Path) -> RunRecord:
     bad = next((name for name, entry in (data.get("methods") or {}).items() if not isinstance(entry, dict)), None)
     if bad is not None:
         raise RecordError(f"{path}: field 'methods.{bad}' is not an object; the run record is damaged")
-    if data.get("chunk_order", "query") not in CHUNK_ORDERS or (data.get("chunk_size", 1) or 0) < 1:
+    order, size = data.get("chunk_order"), data.get("chunk_size")
+    if order not in (None, *CHUNK_ORDERS) or size is not None and size < 1:
         raise RecordError(f"{path}: chunk_order {data.get('chunk_order')!r} / chunk_size {data.get('chunk_size')!r} "
                           f"are not a chunking this project writes ({' or '.join(CHUNK_ORDERS)}, >= 1)")
     values = {key: value for key, value in data.items() if key in known and value is not None}

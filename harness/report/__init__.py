@@ -5,8 +5,7 @@
 - ``aggregate.py``  pooled numbers per (method, shots) — vectorised group-bys over the rows;
 - ``confidence.py`` bootstrap intervals for mIoU and paired method differences;
 - ``tables.py``     display tables and their Markdown / CSV / LaTeX files;
-- ``plots.py``      PNG figures; ``overlays.py`` qualitative examples; ``html.py`` the page;
-- ``synthetic.py``  ``make_synthetic_rows`` / ``benchmark_aggregation`` for scale tests.
+- ``plots.py``      PNG figures; ``overlays.py`` qualitative examples; ``html.py`` the page.
 """
 from __future__ import annotations
 
@@ -25,12 +24,11 @@ from harness.report.load import MethodSource, coverage_notes, load_runs
 from harness.report.operating import DEFAULT_FA_BUDGETS, operating_points, split_calibration
 from harness.report.overlays import (PixelSource, episode_figure, largest_disagreements,
                                      pick_examples, prediction_sweeps)
-from harness.report.synthetic import benchmark_aggregation, make_synthetic_rows
 from harness.report.tables import (Table, component_table, false_alarm_table, operating_size_table,
                                    operating_table, paired_table, per_class_table, size_table,
                                    summary_table, verdict, write_table)
 
-__all__ = ["ReportResult", "build_report", "benchmark_aggregation", "make_synthetic_rows", "SECTIONS"]
+__all__ = ["ReportResult", "build_report", "SECTIONS"]
 
 
 @dataclass

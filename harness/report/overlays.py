@@ -165,7 +165,7 @@ def _contour(ax, mask: np.ndarray, colour: str, width: float) -> None:
 
 
 def episode_figure(pixels: PixelSource, episode_id: str, rows: pd.DataFrame, title: str) -> str:
-    """One episode as a base64 PNG: the whole query with GT (green) and each method's thresholded
+    """One episode as a base64 PNG: the whole query with GT (white) and each method's thresholded
     prediction (other colours) as contours, boxes marking the zoomed regions; then a crop at native
     resolution around each GT component (smallest first, up to ``MAX_CROPS_GT``) and around each
     method's largest false-positive blob. Titles give each method's IoU and threshold.
@@ -175,43 +175,65 @@ def episode_figure(pixels: PixelSource, episode_id: str, rows: pd.DataFrame, tit
     first = rows.iloc[0]
     image = pixels.query_image(first["run"], first["query_id"])
     gt = pixels.gt_mask(first["run"], first["query_id"])
-    shape = (int(first["height"]), int(first["width"]))
-    canvas = image if image is not None else np.full((*shape, 3), 60, np.uint8)
-    methods = []  # (label, colour, predicted mask at native size or None)
+    canvas = image if image is not None else np.full((int(first["height"]), int(first["width"]), 3), 60, np.uint8)
+    methods = _method_masks(pixels, episode_id, rows, canvas.shape[:2])
+    crops = _crops(gt, methods)
+    # More than three crops: two rows of crops beside the whole query, so the page never shrinks
+    # the figure below readability.
+    crop_rows = 2 if len(crops) > 3 else 1
+    crop_cols = max(1, -(-len(crops) // crop_rows))
+    whole_width = float(np.clip(5.0 * crop_rows * canvas.shape[1] / max(canvas.shape[0], 1), 3.5, 7.5))
+    fig = plt.figure(figsize=(whole_width + 2.7 * crop_cols, 3.6 * crop_rows + 0.9))
+    grid = fig.add_gridspec(crop_rows, 1 + crop_cols, width_ratios=[whole_width / 2.7] + [1] * crop_cols)
+    _draw_whole(fig.add_subplot(grid[:, 0]), canvas, gt, methods, crops,
+                "whole query" + (" (image unavailable)" if image is None else "")
+                + ("" if gt is not None else ", GT unavailable"))
+    for k, (what, box, area) in enumerate(crops):
+        ax = fig.add_subplot(grid[k // crop_cols, 1 + k % crop_cols])
+        window = _crop_window(box, canvas.shape)
+        ax.imshow(canvas[window], interpolation="nearest")
+        _contour(ax, gt[window] if gt is not None else None, GT_COLOUR, 1.5)
+        for _, colour, predicted in methods:
+            _contour(ax, predicted[window] if predicted is not None else None, colour, 1.2)
+        ax.set_title(f"{k + 1}: {what}, {area} px", fontsize=7)
+        ax.axis("off")
+    return _finish(fig, title, methods, crop_rows)
+
+
+def _method_masks(pixels: PixelSource, episode_id: str, rows: pd.DataFrame, shape) -> list:
+    """``(label, colour, predicted mask at the canvas size or None)`` of each method's row."""
+    methods = []
     for i, (_, row) in enumerate(rows.iterrows()):
         score = pixels.score_map(row["method"], episode_id, row.get("pred_path"))
         predicted = None
         if score is not None:
             predicted = score > row["threshold"]  # as metrics: score > t
-            if predicted.shape != canvas.shape[:2]:
-                predicted = np.asarray(Image.fromarray(predicted).resize(canvas.shape[1::-1], Image.NEAREST))
+            if predicted.shape != tuple(shape):
+                predicted = np.asarray(Image.fromarray(predicted).resize(tuple(shape)[::-1], Image.NEAREST))
         label = f"{row['method']} {row['shots']}-shot: IoU {100 * row['iou_fg']:.1f} % @ thr {row['threshold']:.2f}"
         if score is None:
             label += " (no stored prediction)"
         methods.append((label, METHOD_COLOURS[i % len(METHOD_COLOURS)], predicted))
+    return methods
 
+
+def _crops(gt: np.ndarray | None, methods: list) -> list:
+    """``(what, box, area)``: the smallest GT components, then each method's largest false-positive blob."""
     crops = [("GT component", box[1:], box[0]) for box in _boxes(gt)[:MAX_CROPS_GT]]
-    for label, colour, predicted in methods:
+    for label, _, predicted in methods:
         if predicted is None:
             continue
-        false_positive = predicted & ~gt if gt is not None else predicted
-        blobs = _boxes(false_positive)
+        blobs = _boxes(predicted & ~gt if gt is not None else predicted)
         if blobs:
             area, *box = max(blobs)
             crops.append((f"largest FP blob of {label.split(':')[0]}", tuple(box), area))
+    return crops
 
-    # More than three crops: two rows of crops beside the whole query, so the page never shrinks
-    # the figure below readability.
-    crop_rows = 2 if len(crops) > 3 else 1
-    crop_cols = max(1, -(-len(crops) // crop_rows))
-    whole_width = 5.0 * crop_rows * canvas.shape[1] / max(canvas.shape[0], 1)
-    whole_width = float(np.clip(whole_width, 3.5, 7.5))
-    fig = plt.figure(figsize=(whole_width + 2.7 * crop_cols, 3.6 * crop_rows + 0.9))
-    grid = fig.add_gridspec(crop_rows, 1 + crop_cols, width_ratios=[whole_width / 2.7] + [1] * crop_cols)
-    ax = fig.add_subplot(grid[:, 0])
+
+def _draw_whole(ax, canvas: np.ndarray, gt, methods: list, crops: list, title: str) -> None:
+    """The whole query (downscaled to ``MAX_SIDE``) with the contours and numbered crop boxes."""
     scale = MAX_SIDE / max(canvas.shape[:2]) if max(canvas.shape[:2]) > MAX_SIDE else 1.0
-    small = _downscale(canvas, nearest=False)
-    ax.imshow(small)
+    ax.imshow(_downscale(canvas, nearest=False))
     _contour(ax, _downscale(gt, True) if gt is not None else None, GT_COLOUR, 1.0)
     for _, colour, predicted in methods:
         _contour(ax, _downscale(predicted, True) if predicted is not None else None, colour, 0.8)
@@ -223,20 +245,16 @@ def episode_figure(pixels: PixelSource, episode_id: str, rows: pd.DataFrame, tit
                                    fill=False, edgecolor="white", linewidth=0.8, linestyle="--"))
         ax.text(cols_slice.start * scale + 2, rows_slice.start * scale + 2, str(k + 1), color="white",
                 fontsize=7, va="top", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
-    ax.set_title("whole query" + (" (image unavailable)" if image is None else "")
-                 + ("" if gt is not None else ", GT unavailable"), fontsize=8)
+    ax.set_title(title, fontsize=8)
     ax.axis("off")
-    for k, (what, box, area) in enumerate(crops):
-        ax = fig.add_subplot(grid[k // crop_cols, 1 + k % crop_cols])
-        rows_slice, cols_slice = _crop_window(box, canvas.shape)
-        ax.imshow(canvas[rows_slice, cols_slice], interpolation="nearest")
-        _contour(ax, gt[rows_slice, cols_slice] if gt is not None else None, GT_COLOUR, 1.5)
-        for _, colour, predicted in methods:
-            _contour(ax, predicted[rows_slice, cols_slice] if predicted is not None else None, colour, 1.2)
-        ax.set_title(f"{k + 1}: {what}, {area} px", fontsize=7)
-        ax.axis("off")
+
+
+def _finish(fig, title: str, methods: list, crop_rows: int) -> str:
+    """Legend and title, then the figure as a base64 PNG (closed)."""
+    import matplotlib.patheffects as effects
+
     handles = [plt.Line2D([], [], color=GT_COLOUR, linewidth=2, label="ground truth (white)",
-                          path_effects=[__import__("matplotlib.patheffects").patheffects.withStroke(linewidth=3.6, foreground="black")])]
+                          path_effects=[effects.withStroke(linewidth=3.6, foreground="black")])]
     handles += [plt.Line2D([], [], color=colour, linewidth=2, label=label) for label, colour, _ in methods]
     fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=7, frameon=False)
     fig.suptitle(title + "\n" + "   ".join(label for label, _, _ in methods), fontsize=8.5)

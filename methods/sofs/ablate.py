@@ -1,12 +1,15 @@
 """``ablate_sofs``: the click command behind ``bench.py ablate sofs`` (the paper's ablation table).
 
 Trains the full head and one head per contribution switched off, on the same fold with the same
-options, into ``OUT/heads/<variant>/`` (each resumes like ``bench.py train sofs``), then runs
-``bench.py run`` once with the five variants, each with its own head, into ``OUT/run``, so the
-summary table compares them on the same episodes.
+options, into ``OUT/heads/<variant>/`` (each resumes like ``bench.py train sofs``), then evaluates
+the five variants, each with its own head, in one run into ``OUT/run`` through the harness's run
+API (``harness.run.Run``, as ``bench.py run`` does, with its defaults), so the summary table
+compares them on the same episodes.
 """
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 import click
@@ -52,8 +55,7 @@ CPU_STEPS = 20  # a smoke-sized default on CPU; the paper-scale recipe needs a G
 @click.option("--executor", type=click.Choice(["ray", "inline"]), default="ray", show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=None)
 @click.option("--quiet", is_flag=True, help="No training progress bars.")
-@click.pass_context
-def ablate_sofs(ctx, dataset, fold, eval_fold, holdout_objects, steps, backbone, backbone_weights, layers,
+def ablate_sofs(dataset, fold, eval_fold, holdout_objects, steps, backbone, backbone_weights, layers,
                 image_size, reduce_dim, batch_size, accumulate, seed, device, only, out, shots, seeds,
                 max_queries_per_class, executor, workers, quiet):
     """Train the full SOFS head and its four ablation heads, then evaluate all five in one run folder."""
@@ -66,6 +68,10 @@ def ablate_sofs(ctx, dataset, fold, eval_fold, holdout_objects, steps, backbone,
     if unknown or not variants:
         raise click.BadParameter(f"{', '.join(unknown) or 'nothing'}: choose from {', '.join(ABLATIONS)}",
                                  param_hint="--only")
+    try:
+        shot_counts = tuple(int(s) for s in shots.split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(f"{shots!r} is not a comma-separated list of integers", param_hint="--shots") from None
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if steps is None:
         steps = TrainConfig.steps if cuda else CPU_STEPS
@@ -89,14 +95,41 @@ def ablate_sofs(ctx, dataset, fold, eval_fold, holdout_objects, steps, backbone,
         train_sofs.main(train_args + list(ABLATIONS[variant]) + ["--out", str(head_dir)],
                         standalone_mode=False)
         heads[variant] = head_dir / "sofs_head.pt"
-    run_command = ctx.find_root().command.get_command(ctx, "run")
-    if run_command is None:
-        raise click.ClickException("no `run` command to evaluate with")
-    weights = [f"{v}={heads[v]}" for v in variants]
-    if backbone_weights:
-        weights += [f"{v}.backbone={backbone_weights}" for v in variants]
     click.echo(f"== evaluating {', '.join(variants)} -> {out / 'run'}", err=True)
-    ctx.invoke(run_command, methods=",".join(variants), dataset=dataset, shots=shots, seeds=seeds,
-               fold=eval_fold, max_queries_per_class=max_queries_per_class, out=str(out / "run"),
-               executor=executor, workers=workers, weights=tuple(weights))
+    evaluate(variants, heads, backbone_weights, dataset, shot_counts, seeds, eval_fold, max_queries_per_class,
+             out / "run", executor, workers)
+
+
+def evaluate(variants, heads: dict[str, Path], backbone_weights: Path | None, dataset: str, shots: tuple[int, ...],
+             seeds: int | None, fold: str | None, max_queries_per_class: int | None, out: Path, executor: str,
+             workers: int | None) -> None:
+    """One run of the variants (each with its head) through ``harness.run.Run``, then its summary table."""
+    from datasets.base import DatasetError
+    from harness.plan import format_plan
+    from harness.run import Run, RunConfig, RunError, is_quick_dataset, manifest_defaults
+    from harness.store import StoreError
+    from harness.summary import write_run_summary
+    from methods.base import MethodError, MethodSpec
+
+    weights = {v: {"checkpoint": str(heads[v]), **({"backbone": str(backbone_weights)} if backbone_weights else {})}
+               for v in variants}
+    try:
+        config = RunConfig(
+            methods=[MethodSpec.create(v, {}, weights[v]) for v in variants], dataset=dataset,
+            manifest=manifest_defaults(dataset, shots, seeds, fold=fold, max_queries_per_class=max_queries_per_class),
+            out=str(out), executor=executor, workers=workers, save_predictions=is_quick_dataset(dataset),
+            command=shlex.join(["python", "bench.py", *sys.argv[1:]]))
+        run = Run.open(config)
+        click.echo(format_plan(run.plan()), err=True)
+        summary = run.execute()
+        table, warnings = write_run_summary(summary.run_dir)
+    except (DatasetError, MethodError, RunError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("\n" + table)
+    for line in warnings:
+        click.echo(line, err=True)
+    if summary.failed:
+        click.echo(f"{summary.failed} episodes failed (rows kept with their error; details in "
+                   f"{run.store.errors_log})", err=True)
+    click.echo(f"\ntable: {summary.run_dir / 'summary.md'}  (full report: python bench.py report {summary.run_dir})")
 

@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+import benchmarks.small_backbones  # noqa: F401  (registers the test backbones vit_tiny14, vit_micro14)
 from benchmarks.gpu_check import run as gpu_run
 from benchmarks.gpu_check.inputs import PROFILES, VITB14, dinov2_shapes, dinov2_state_dict, write_dinov2_weights
 from benchmarks.gpu_check.report import markdown

@@ -104,9 +104,9 @@ def test_transient_error_rows_are_retried_on_resume_and_counted_until_they_succe
     assert line.startswith(f"run: {first.episodes - full} of {first.episodes} planned episodes stored "
                            f"({full} more failed on a transient cause")
 
-    from harness.plan import plan_run
+    from harness.run import Run
 
-    plan = plan_run(config(dataset, tmp_path / "run", options=options))
+    plan = Run.open(config(dataset, tmp_path / "run", options=options)).plan()
     assert plan.methods[0].to_compute == full  # the plan counts the retries too
 
     still_full = execute(config(dataset, tmp_path / "run", options=options), progress_out=None)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+import benchmarks.small_backbones  # noqa: F401  (registers the test backbones vit_tiny14, vit_micro14)
 from harness.features import (
     ARCHS, BackboneError, CNNFeatures, PackagedWeights, build_model, default_weights, images_to_tensor,
     load_efficientnet, make_features, packaged_file,

@@ -113,7 +113,7 @@ def test_disk_full_is_one_store_error_keeps_parts_and_leaves_no_temp_files(tmp_p
 
 def test_failing_run_json_in_finally_does_not_mask_the_first_error(tmp_path, monkeypatch, capsys):
     dataset = make_folder_dataset(tmp_path / "data")
-    real_json = RunStore.write_json
+    real_json = RunStore.write_record
     calls = {"n": 0}
 
     def json_fails_after_start(self, record):
@@ -125,7 +125,7 @@ def test_failing_run_json_in_finally_does_not_mask_the_first_error(tmp_path, mon
     def part_fails(self, method, index, rows):
         raise StoreError("part-00000.parquet: cannot write (No space left on device)")
 
-    monkeypatch.setattr(RunStore, "write_json", json_fails_after_start)
+    monkeypatch.setattr(RunStore, "write_record", json_fails_after_start)
     monkeypatch.setattr(RunStore, "write_part", part_fails)
     with pytest.raises(StoreError, match="part-00000"):
         execute(config(dataset, tmp_path / "run"), progress_out=None)

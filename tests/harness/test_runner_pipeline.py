@@ -8,7 +8,7 @@ import numpy as np
 import tests.toy_methods  # noqa: F401  (registers toy-bright)
 from datasets.base import load_dataset
 from harness.episodes import build_manifest
-from harness.runner import EpisodeWorker, EvalSettings, RowContext, make_unit
+from harness.runner import SCORE_MAP_KEY, EpisodeWorker, EvalSettings, RowContext, make_unit
 from methods.base import MethodSpec
 from tests.toy_methods import make_folder_dataset
 
@@ -21,7 +21,7 @@ def _worker_and_unit(tmp_path, sleep_s=0.0, save=False):
     unit = make_unit("toy-bright", 0, tuple(manifest.episodes), dataset.by_id())
     context = RowContext("run", manifest.manifest_id, "widget", "hash", "{}")
     spec = MethodSpec.create("toy-bright", {"sleep_s": sleep_s})
-    return EpisodeWorker(spec, context, EvalSettings(), str(tmp_path / "pred") if save else None), unit
+    return EpisodeWorker(spec, context, EvalSettings(), keep_maps=save), unit
 
 
 def _untimed(row):
@@ -32,8 +32,14 @@ def test_pipelined_rows_equal_sequential_rows_in_episode_order(tmp_path):
     worker, unit = _worker_and_unit(tmp_path, save=True)
     rows = worker.run_chunk(unit)
     assert [r["episode_id"] for r in rows] == [e.episode_id for e in unit.episodes]
-    assert all(r["status"] == "ok" for r in rows) and all(r["pred_path"] for r in rows)
+    assert all(r["status"] == "ok" for r in rows)
+    # The worker writes nothing: each row brings its 8-bit map, at the query's size, for the store.
+    maps = [r.pop(SCORE_MAP_KEY) for r in rows]
+    assert all(m.dtype == np.uint8 and m.shape == (r["height"], r["width"]) for m, r in zip(maps, rows))
+    assert not any(r["pred_path"] for r in rows)
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # nothing written beside the dataset
     sequential = [worker.run_episode(e) for e in unit.episodes]
+    assert all(np.array_equal(m, r.pop(SCORE_MAP_KEY)) for m, r in zip(maps, sequential))
     assert [_untimed(r) for r in rows] == [_untimed(r) for r in sequential]
 
 

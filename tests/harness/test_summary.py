@@ -14,6 +14,7 @@ import pytest
 
 from harness.report import summarise
 from harness.report.load import MethodSource, RunInfo
+from harness.run_record import RunRecord
 from harness.report.tables import summary_table
 from harness.schema import EPISODE_SCHEMA, HIST_BINS
 from harness.store import RunStore
@@ -108,7 +109,7 @@ def test_protocol_label_fixed_vs_fitted():
 def test_declared_protocol_wins_over_inference():
     rows = make_rows()
     rows = rows[rows["method"] == "good"]
-    run = RunInfo("run", None, {"methods": {"good": {"threshold_protocol": "deployable"}}})
+    run = RunInfo("run", None, RunRecord(methods={"good": {"threshold_protocol": "deployable"}}))
     agg, intervals, paired, _ = summarise(rows, {"good": MethodSource("good", run, "good")}, bootstrap=10)
     assert summary_table(agg, intervals, paired, 10).display["protocol"].iloc[0].startswith("deployable")
 

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import benchmarks.small_backbones  # noqa: F401  (registers the test backbones vit_tiny14, vit_micro14)
 from harness.features import BackboneError, build_model, make_features, read_state_dict
 from methods.sofs.checkpoint import load_backbone
 

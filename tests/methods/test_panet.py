@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+import benchmarks.small_backbones  # noqa: F401  (registers the test backbones vit_tiny14, vit_micro14)
 from methods.base import MethodError, MethodSpec
 from tests.conftest import random_weights
 

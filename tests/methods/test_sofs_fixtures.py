@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import benchmarks.small_backbones  # noqa: F401  (registers the test backbones vit_tiny14, vit_micro14)
 from methods.sofs.checkpoint import hparams_of, save_head
 from methods.sofs.model import HeadConfig, SOFSHead
 from tests.conftest import random_weights

@@ -1,4 +1,5 @@
-"""Synthetic episode rows at scale, and the aggregation timing the benchmark script calls."""
+"""Synthetic episode rows at scale (a fixture of the report's tests and of ``benchmarks/cli_bench.py``),
+and the aggregation timing over them. Not part of the harness: nothing in harness/ imports it."""
 from __future__ import annotations
 
 import time
@@ -28,26 +29,28 @@ def make_synthetic_rows(n: int, seed: int = 0, n_classes: int = 40, normal_frac:
 
 
 def write_synthetic_run(run_dir, n: int, seed: int = 0, rows_per_part: int = 50_000):
-    """A run folder of about ``n`` synthetic rows (``episodes/method=<m>/part-*.parquet`` + run.json),
-    for timing ``bench.py report`` at scale. Returns the folder."""
-    import json
+    """A run folder of about ``n`` synthetic rows (parts without checksums, as before checksums
+    existed, and run.json), written where the store puts them, for timing ``bench.py report`` at
+    scale. Returns the folder."""
     from pathlib import Path
 
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    run_dir = Path(run_dir)
+    from harness.run_record import RunRecord
+    from harness.store import RunStore
+
+    store = RunStore(Path(run_dir))
     table = make_synthetic_table(n, seed)
     for method in _METHODS:
         rows = table.filter(pc.equal(table["method"], method)).drop_columns(["method"])
-        folder = run_dir / "episodes" / f"method={method}"
-        folder.mkdir(parents=True, exist_ok=True)
+        store.method_dir(method).mkdir(parents=True, exist_ok=True)
         for part, start in enumerate(range(0, rows.num_rows, rows_per_part)):
-            pq.write_table(rows.slice(start, rows_per_part), folder / f"part-{part:05d}.parquet")
-    record = {"run_id": "synthetic", "manifest_id": "synthetic-manifest", "command": f"synthetic {n} rows",
-              "methods": {m: {"threshold_protocol": "deployable" if m == "patchcore" else "native"} for m in _METHODS}}
-    (run_dir / "run.json").write_text(json.dumps(record))
-    return run_dir
+            pq.write_table(rows.slice(start, rows_per_part), store.part_path(method, part))
+    store.write_record(RunRecord(
+        run_id="synthetic", manifest_id="synthetic-manifest", command=f"synthetic {n} rows",
+        methods={m: {"threshold_protocol": "deployable" if m == "patchcore" else "native"} for m in _METHODS}))
+    return store.run_dir
 
 
 def make_synthetic_table(n: int, seed: int = 0, n_classes: int = 40, normal_frac: float = 0.2) -> pa.Table:
