@@ -319,7 +319,7 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
         with user_errors():
             write_quick_report(summary.run_dir, budgets)
     if summary.failed:
-        click.echo(f"{summary.failed} episodes failed (rows kept with their error; details in {summary.run_dir / 'errors.log'})", err=True)
+        click.echo(f"{summary.failed} episodes failed (rows kept with their error; details in {summary.errors_log})", err=True)
         sys.exit(EXIT_SOME_FAILED)
 
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from harness.run import ManifestSettings, RunConfig, execute
-from harness.store import read_run
+from harness.store import RunStore, read_run
 from methods.base import MethodSpec
 
 
@@ -75,8 +75,6 @@ def _manifest(shots=(1,), seeds=1, max_queries=None):
 
 def bench_backbone_views(out: Path, methods: str = "sofs,panet,patchcore", max_queries: int = 2) -> dict:
     """[views] passes / unique views of a 3-method, 2-seed, 2-shot inline run (one worker)."""
-    import json
-
     from methods.sharing import reset_shared
 
     reset_shared()
@@ -87,7 +85,7 @@ def bench_backbone_views(out: Path, methods: str = "sofs,panet,patchcore", max_q
     start = time.perf_counter()
     summary = execute(config, progress_out=None)
     wall = time.perf_counter() - start
-    views = json.loads((summary.run_dir / "run.json").read_text()).get("backbone_views", {})
+    views = RunStore(summary.run_dir).read_record().backbone_views or {}
     print(f"[views] {methods}, shots 1,2, seeds 2, {summary.episodes} episodes per method, inline, {wall:.0f} s")
     for name, item in views.items():
         print(f"[views] {name:<10} backbone passes {item['backbone_passes']:>6} / unique views {item['unique_views']:>6} "

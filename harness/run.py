@@ -124,6 +124,11 @@ class RunSummary:
     def failed(self) -> int:
         return sum(m.failed + m.lost for m in self.methods)
 
+    @property
+    def errors_log(self) -> Path:
+        """Where the failed episodes' tracebacks are (``RunStore.errors_log``)."""
+        return RunStore(self.run_dir).errors_log
+
 
 def default_fold(dataset) -> str | None:
     """Evaluate the novel (test) objects when the dataset defines folds."""

@@ -130,6 +130,6 @@ def evaluate(variants, heads: dict[str, Path], backbone_weights: Path | None, da
         click.echo(line, err=True)
     if summary.failed:
         click.echo(f"{summary.failed} episodes failed (rows kept with their error; details in "
-                   f"{run.store.errors_log})", err=True)
+                   f"{summary.errors_log})", err=True)
     click.echo(f"\ntable: {summary.run_dir / 'summary.md'}  (full report: python bench.py report {summary.run_dir})")
 
