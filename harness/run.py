@@ -1,5 +1,8 @@
 """One benchmark run end to end: dataset -> manifest -> executor -> store (+ run.json).
 
+``Run.open(config)`` loads everything once; ``Run.plan()`` and ``Run.execute()`` share it and one
+job generator (``Run.pending``); ``execute(config)`` is the two in one call.
+
 Re-running the same command resumes: chunks whose Parquet part verifies are skipped (a corrupt one
 is moved aside and recomputed), so a killed run ends, after a re-run, with every episode exactly
 once. One process writes a run folder at a time (``<run>/.lock``); a dataset whose image or mask
@@ -418,13 +421,55 @@ class Run:
         record.counts = {"planned": len(manifest.episodes) * len(config.methods)}
         attach_file_hashes(jobs, manifest)
         store.write_record(record)
-        run_jobs(config, store, manifest, executor, jobs, summaries, record, progress_out, started)
+        self._run_jobs(executor, jobs, summaries, record, progress_out, started)
         return RunSummary(self.run_dir, manifest.manifest_id, len(manifest.episodes), summaries, time.time() - started)
+
+    def _run_jobs(self, executor: Executor, jobs, summaries, record: RunRecord, progress_out, started: float) -> None:
+        """Run every job on the executor with a progress bar; run.json ends complete, incomplete
+        (units lost) or interrupted (an exception, re-raised)."""
+        total = sum(len(u.episodes) for job in jobs for u in job.units)
+        progress = make_progress(total, progress_out)
+        record.status = "interrupted"
+        failure: BaseException | None = None
+        try:
+            if any(job.units for job in jobs):
+                # One worker set for all methods: each chunk's units of every method run back to back
+                # on one worker, so a query's features are computed once (methods._common).
+                progress.set_description(",".join(job.spec.name for job in jobs if job.units))
+                executor.run_all(jobs, self.config.settings, progress.update_rows)
+            for job, summary in zip(jobs, summaries):
+                for unit, reason in executor.lost:
+                    if unit.method == job.spec.name:
+                        summary.lost += len(unit.episodes)
+                        summary.errors[f"not stored, re-run to retry: {reason}"] = len(unit.episodes)
+            record.status = "complete" if not any(s.lost for s in summaries) else "incomplete"
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            progress.close()
+            record_backbone_work(record, executor)
+            self._finish_record(record, started, failure)
+
+    def _finish_record(self, record: RunRecord, started: float, failure: BaseException | None) -> None:
+        """Write the final run.json; while another error is on its way out, only warn if that fails too."""
+        record.ended_at = datetime.now(timezone.utc).isoformat()
+        record.elapsed_s = (record.elapsed_s or 0.0) + (time.time() - started)
+        record.counts = count_stored(self.store, [s.name for s in self.config.methods], len(self.manifest.episodes))
+        if record.status == "complete" and record.counts.get("retry_on_resume"):
+            record.status = "incomplete"  # transient errors stored: the same command retries them
+        try:
+            self.store.write_record(record)
+        except StoreError as exc:
+            if failure is None:
+                raise
+            warn(f"{exc} (run.json not updated; the stored parts are kept)")
 
 
 def execute(config: RunConfig, progress_out=sys.stderr) -> RunSummary:
     """``Run.open(config).execute()``: the run without printing a plan (tests, benchmarks)."""
     return Run.open(config).execute(progress_out)
+
 
 def order_episodes(episodes: Sequence, chunk_order: str) -> list:
     """Episodes in chunking order. ``"query"``: grouped by (class, query image), manifest order
@@ -519,35 +564,6 @@ def transient_rows(store: RunStore, method: str, done: set[int], warn=warn) -> d
     return retry
 
 
-def run_jobs(config: RunConfig, store: RunStore, manifest, executor: Executor, jobs, summaries, record: RunRecord,
-             progress_out, started: float) -> None:
-    """Run every job on the executor with a progress bar; run.json ends complete, incomplete
-    (units lost) or interrupted (an exception, re-raised)."""
-    total = sum(len(u.episodes) for job in jobs for u in job.units)
-    progress = make_progress(total, progress_out)
-    record.status = "interrupted"
-    failure: BaseException | None = None
-    try:
-        if any(job.units for job in jobs):
-            # One worker set for all methods: each chunk's units of every method run back to back
-            # on one worker, so a query's features are computed once (methods._common).
-            progress.set_description(",".join(job.spec.name for job in jobs if job.units))
-            executor.run_all(jobs, config.settings, progress.update_rows)
-        for job, summary in zip(jobs, summaries):
-            for unit, reason in executor.lost:
-                if unit.method == job.spec.name:
-                    summary.lost += len(unit.episodes)
-                    summary.errors[f"not stored, re-run to retry: {reason}"] = len(unit.episodes)
-        record.status = "complete" if not any(s.lost for s in summaries) else "incomplete"
-    except BaseException as exc:
-        failure = exc
-        raise
-    finally:
-        progress.close()
-        record_backbone_work(record, executor)
-        finish_record(store, record, [s.name for s in config.methods], len(manifest.episodes), started, failure)
-
-
 def record_backbone_work(record: RunRecord, executor: Executor) -> None:
     """run.json: per method (this invocation) backbone passes, unique views and their ratio, and
     the device it ran on; ``backbone_views`` adds the ratio across methods ("all")."""
@@ -562,22 +578,6 @@ def record_backbone_work(record: RunRecord, executor: Executor) -> None:
             entry["device"] = devices[name]
     if views:
         record.backbone_views = views
-
-
-def finish_record(store: RunStore, record: RunRecord, methods: Sequence[str], planned_per_method: int, started: float,
-                  failure: BaseException | None) -> None:
-    """Write the final run.json; while another error is on its way out, only warn if that fails too."""
-    record.ended_at = datetime.now(timezone.utc).isoformat()
-    record.elapsed_s = (record.elapsed_s or 0.0) + (time.time() - started)
-    record.counts = count_stored(store, methods, planned_per_method)
-    if record.status == "complete" and record.counts.get("retry_on_resume"):
-        record.status = "incomplete"  # transient errors stored: the same command retries them
-    try:
-        store.write_record(record)
-    except StoreError as exc:
-        if failure is None:
-            raise
-        warn(f"{exc} (run.json not updated; the stored parts are kept)")
 
 
 def store_maps(store: RunStore, method: str, rows: list[dict]) -> list[dict]:
