@@ -364,7 +364,12 @@ class Run:
                         else store.done_chunks(spec.name, chunking.rows, warn=warn))
             if config.overwrite == "never" and done:
                 raise RunError(f"{self.run_dir}: method '{spec.name}' already has results and --overwrite never was given")
-            retry = transient_rows(store, spec.name, done, warn=None if dry else warn)
+            try:
+                retry = transient_rows(store, spec.name, done, warn=None if dry else warn)
+            except StoreError:
+                if not dry:
+                    raise
+                retry = {}  # a part whose footer reads but not its rows: the run's checksum check moves it aside
             normal = int(spec.resolved_options().get("normal_supports", 0) or 0)  # harness.normal_supports
             pool = normal_support_pool(self.manifest.episodes, self.dataset.records) if normal else None
             units = [make_unit(spec.name, i, chunk, self.by_id, retry.get(i), normal, pool)

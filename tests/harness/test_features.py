@@ -117,3 +117,22 @@ def test_packaged_imagenet_weights_classify_the_cat_and_the_coffee(arch):
         x = torch.nn.functional.interpolate(images_to_tensor([image]), size=(224, 224), mode="bilinear", antialias=True)
         with torch.no_grad():
             assert features.model(features.normalise(x)).argmax().item() == label
+
+
+def test_test_backbones_are_registered_by_benchmarks_not_shipped():
+    """``vit_tiny14`` / ``vit_micro14`` live in ``benchmarks/small_backbones.py``; the production
+    table knows only real backbones, and a name never gets a second architecture."""
+    import subprocess
+    import sys
+
+    from benchmarks.small_backbones import SMALL_ARCHS
+    from harness.features import register_arch
+    from tests.conftest import REPO_ROOT
+
+    shipped = subprocess.run([sys.executable, "-c", "import harness.features as f; print(' '.join(f.ARCHS))"],
+                             cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert "efficientnet_lite0" in shipped and not set(SMALL_ARCHS) & set(shipped)
+    assert all(ARCHS[name] == arch for name, arch in SMALL_ARCHS.items())
+    register_arch("vit_micro14", SMALL_ARCHS["vit_micro14"])  # the same one again: fine
+    with pytest.raises(BackboneError, match="already registered"):
+        register_arch("vit_micro14", SMALL_ARCHS["vit_tiny14"])
