@@ -1,8 +1,10 @@
 """``harness.run.Run``: a run is opened once (dataset, manifest, fingerprint, method checks) and its
 plan and execution share one job generator; run.json is a typed ``RunRecord``."""
 import json
+from pathlib import Path
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -100,3 +102,32 @@ def test_run_record_round_trips_and_reads_older_files(tmp_path):
     store.write_record(replace(older, chunk_size=0))
     with pytest.raises(StoreError, match="chunk_size 0"):
         store.read_record()
+
+
+def test_the_driver_stores_the_maps_and_a_map_it_cannot_write_is_a_transient_error_row(tmp_path, monkeypatch):
+    import errno
+
+    from harness.status import is_transient
+    from harness.store import read_run
+
+    dataset = make_folder_dataset(tmp_path / "data")
+    real = RunStore.write_prediction
+    refused = []
+
+    def full_disk_once(self, method, episode_id, score_u8):
+        if not refused:
+            refused.append(episode_id)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, method, episode_id, score_u8)
+
+    monkeypatch.setattr(RunStore, "write_prediction", full_disk_once)
+    summary = Run.open(config(dataset, tmp_path / "run", save_predictions=True)).execute(progress_out=None)
+    rows = read_run(summary.run_dir).set_index(["method", "episode_id"])
+    store = RunStore(summary.run_dir)
+    failed = rows.loc[("toy-bright", refused[0])]
+    assert failed["status"].startswith("error: OSError: [Errno 28]") and is_transient(failed["status"])
+    assert pd.isna(failed["tp"]) and pd.isna(failed["iou_fg"]) and pd.isna(failed["pred_path"])  # no metrics kept
+    assert refused[0] in store.errors_log.read_text()
+    ok = rows[rows["status"] == "ok"]
+    assert len(ok) == len(rows) - 1 and all(store.prediction_path(m, e) == Path(p) and Path(p).is_file()
+                                            for (m, e), p in ok["pred_path"].items())
