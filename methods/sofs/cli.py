@@ -5,9 +5,7 @@ from pathlib import Path
 
 import click
 
-from methods.sofs.data import EpisodeConfig
-from methods.sofs.loss import CE_FORMS
-from methods.sofs.train import TrainConfig
+from methods.sofs.config import CE_FORMS, EpisodeConfig, TrainConfig
 
 DEFAULTS = TrainConfig()
 EPISODE = EpisodeConfig()
