@@ -188,8 +188,11 @@ def check_method_names(names: list[str]) -> None:
         raise click.BadParameter(f"'{repeated[0]}' is listed twice", param_hint="--methods")
 
 
-def method_specs(methods: str, weights: tuple[str, ...], sets: tuple[str, ...]):
-    from methods.base import MethodSpec, get_entry
+def check_methods(methods: str, weights: tuple[str, ...], sets: tuple[str, ...]):
+    """``--methods``, ``--weights`` and ``--set`` checked without torch: an unknown or repeated
+    method is a usage error (exit 2), an unknown option or a bad value a user error (exit 1).
+    Returns (names, {method: {key: path}}, {method: {option: value}})."""
+    from methods.base import MethodSpec
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     check_method_names(names)
@@ -197,6 +200,24 @@ def method_specs(methods: str, weights: tuple[str, ...], sets: tuple[str, ...]):
     option_map = parse_assignments(sets, "--set")
     for unknown in (set(weight_map) | set(option_map)) - set(names):
         raise click.BadParameter(f"'{unknown}' is not among --methods {methods}", param_hint="--weights/--set")
+    with user_errors():
+        for name in names:
+            MethodSpec.create(name, option_map.get(name, {})).check_options()
+    return names, weight_map, option_map
+
+
+def check_dataset_path(dataset: str, dataset_format: str = "auto") -> None:
+    """A missing dataset folder or an unknown layout, said before torch or Ray is imported."""
+    from datasets.base import locate_dataset
+
+    with user_errors():
+        locate_dataset(dataset, dataset_format)
+
+
+def method_specs(methods: str, weights: tuple[str, ...], sets: tuple[str, ...]):
+    from methods.base import MethodSpec, get_entry
+
+    names, weight_map, option_map = check_methods(methods, weights, sets)
     specs = []
     for name in names:
         cls = get_entry(name).load_class()
@@ -258,7 +279,7 @@ def cli():
 @cli.command()
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True, help="Comma-separated method names (see `bench.py methods`).")
 @manifest_options
-@click.option("--manifest", "manifest_path", default=None, help="Use this manifest (.parquet/.json) instead of building one.")
+@click.option("--manifest", "manifest_path", default=None, type=click.Path(exists=True, dir_okay=False), help="Use this manifest (.parquet/.json) instead of building one.")
 @click.option("--out", default=None, help="Run folder (default results/<dataset>-<manifest id>; the same command resumes there).")
 @click.option("--overwrite", type=click.Choice(["never", "missing", "always"]), default="missing", show_default=True, help="missing: resume, compute only what is not stored.")
 @click.option("--executor", type=click.Choice(["ray", "inline"]), default="ray", show_default=True, help="inline runs without Ray (debugging).")
@@ -282,11 +303,12 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
         weights, sets, save_predictions, min_area, make_report, follow_links, allow_replacement, episode_timeout, dry_run, fa_budget):
     """Run methods over the episodes of a dataset and store one Parquet row per episode."""
     # Usage errors first, before the heavy imports, so they answer in well under a second.
-    check_method_names([m.strip() for m in methods.split(",") if m.strip()])
+    check_methods(methods, weights, sets)
     parse_ints(shots, "--shots")
     budgets = parse_budgets(fa_budget)
     if seeds is not None and seeds < 1:
         raise click.BadParameter("must be at least 1", param_hint="--seeds")
+    check_dataset_path(dataset, dataset_format)
     from harness.run import RunConfig, execute
     from harness.runner import EvalSettings
 
@@ -422,7 +444,8 @@ def report(runs, out, per_class, size_edges, bootstrap, fa_budget):
 @cli.command("methods")
 @click.option("--weights", multiple=True, help="METHOD[.KEY]=PATH to check.")
 @click.option("--options", "show_options", is_flag=True,
-              help="Also list each method's options (--set METHOD.KEY=VALUE): type or allowed values, and default.")
+              help="List each method's options (--set METHOD.KEY=VALUE): type or allowed values, and default; "
+                   "weights are then checked only with --weights (checking them imports torch).")
 def list_methods(weights, show_options):
     """List methods and whether their weights are available."""
     from methods.base import MethodError, MethodSpec, REGISTRY, get_entry, option_lines
@@ -430,6 +453,17 @@ def list_methods(weights, show_options):
     with user_errors():
         get_entry("panet")  # fills the registry (and imports SOFS_BENCH_PLUGINS)
     given = parse_assignments(weights, "--weights")
+    if show_options and not given:
+        for name, entry in sorted(REGISTRY.items()):
+            click.echo(f"{name:<20} {entry.description}")
+            try:
+                lines = option_lines(entry.load_config(), entry.options)
+            except ImportError as exc:
+                lines = [f"unavailable: {exc}"]
+            for line in lines:
+                click.echo(f"{'':<22}{line}")
+        click.echo("\nweights: `bench.py methods` checks them (add --weights METHOD=PATH to check a file)")
+        return
     for name, entry in sorted(REGISTRY.items()):
         try:
             cls = entry.load_class()
