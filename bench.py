@@ -95,10 +95,14 @@ class BenchGroup(click.Group):
     "Aborted!" and exit 1, like a data error)."""
 
     def invoke(self, ctx):
+        _run_folder.clear()
+        _run_folder["started"] = time.time()
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
             click.echo("\n" + kept_text("interrupted"), err=True)
+            if _exit_at_once:  # the run has unwound (run.json written, Ray shut down): skip the teardown
+                _exit_now(EXIT_INTERRUPTED)  # of torch / Ray modules, seconds of silence after the line
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
         except SystemExit as exc:
             # Ray turns an exception raised by a signal handler inside ray.wait/get into SystemExit(1)
@@ -108,19 +112,20 @@ class BenchGroup(click.Group):
             _exit_now(EXIT_TERMINATED)
 
 
-_run_folder: dict = {}  # the folder `run` is computing into (set once planned), for kept_text
-_STARTED = time.time()
+_run_folder: dict = {}  # "path": the folder `run` is computing into (None until planned), for kept_text
 
 
 def kept_text(what: str) -> str:
     """The one line after Ctrl-C / SIGTERM: what is kept, read from the run.json the run wrote as it
     unwound (its stored-episode counts), else what stays as it was."""
-    run_dir = _run_folder.get("path")
-    if run_dir is None:
+    if "path" not in _run_folder:  # not `run`: e.g. `train sofs` keeps its last checkpoint
         return f"{what}: files already written are kept; run the same command to resume"
+    run_dir = _run_folder["path"]
+    if run_dir is None:
+        return f"{what} before any episode was computed (nothing stored); run the same command to start"
     record_path = Path(run_dir) / "run.json"
     try:
-        if record_path.stat().st_mtime < _STARTED:  # not written by this command
+        if record_path.stat().st_mtime < _run_folder["started"]:  # not written by this command
             raise FileNotFoundError
         record = json.loads(record_path.read_text())
         counts = record["counts"]
@@ -149,6 +154,7 @@ def _exit_now(code: int) -> None:
 
 
 _received: dict = {}  # the signal that is ending the run, for BenchGroup.invoke
+_exit_at_once = False  # a `python bench.py` process (not the CLI called in-process, as tests do)
 
 
 def _terminate(signum, frame):
@@ -340,6 +346,7 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
     from harness.runner import EvalSettings
 
     signal.signal(signal.SIGTERM, _terminate)
+    _run_folder["path"] = None  # known once planned
     if save_predictions is None:
         save_predictions = str(dataset).startswith("synthetic")
     with user_errors():
@@ -599,4 +606,5 @@ def benchmark(episodes, rows, method, cli_only):
 
 
 if __name__ == "__main__":
+    _exit_at_once = True
     cli()
