@@ -119,7 +119,7 @@ def kept_text(what: str) -> str:
     """The one line after Ctrl-C / SIGTERM: what is kept, read from the run.json the run wrote as it
     unwound (its stored-episode counts), else what stays as it was."""
     if "path" not in _run_folder:  # not `run`: e.g. `train sofs` keeps its last checkpoint
-        return f"{what}: files already written are kept; run the same command to resume"
+        return f"{what}: stored results are kept; run the same command to resume"
     run_dir = _run_folder["path"]
     if run_dir is None:
         return f"{what} before any episode was computed (nothing stored); run the same command to start"
