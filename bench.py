@@ -11,9 +11,11 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_LOGGER_LEVEL", "warning")  # no "INFO ... Started a local Ray instance." line
 
+import json
 import shlex
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -93,17 +95,47 @@ class BenchGroup(click.Group):
     "Aborted!" and exit 1, like a data error)."""
 
     def invoke(self, ctx):
+        _run_folder.clear()
+        _run_folder["started"] = time.time()
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            click.echo("\ninterrupted: stored results are kept; run the same command to resume", err=True)
+            click.echo("\n" + kept_text("interrupted"), err=True)
+            if _exit_at_once:  # the run has unwound (run.json written, Ray shut down): skip the teardown
+                _exit_now(EXIT_INTERRUPTED)  # of torch / Ray modules, seconds of silence after the line
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
         except SystemExit as exc:
             # Ray turns an exception raised by a signal handler inside ray.wait/get into SystemExit(1)
             if exc.code != EXIT_TERMINATED and _received.get("signal") != signal.SIGTERM:
                 raise
-            click.echo("\nterminated (SIGTERM): stored results are kept; run the same command to resume", err=True)
+            click.echo("\n" + kept_text("terminated (SIGTERM)"), err=True)
             _exit_now(EXIT_TERMINATED)
+
+
+_run_folder: dict = {}  # "path": the folder `run` is computing into (None until planned), for kept_text
+
+
+def kept_text(what: str) -> str:
+    """The one line after Ctrl-C / SIGTERM: what is kept, read from the run.json the run wrote as it
+    unwound (its stored-episode counts), else what stays as it was."""
+    if "path" not in _run_folder:  # not `run`: e.g. `train sofs` keeps its last checkpoint
+        return f"{what}: stored results are kept; run the same command to resume"
+    run_dir = _run_folder["path"]
+    if run_dir is None:
+        return f"{what} before any episode was computed (nothing stored); run the same command to start"
+    record_path = Path(run_dir) / "run.json"
+    try:
+        if record_path.stat().st_mtime < _run_folder["started"]:  # not written by this command
+            raise FileNotFoundError
+        record = json.loads(record_path.read_text())
+        counts = record["counts"]
+        if record.get("status") != "interrupted":
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{what} before any episode was computed: {run_dir} is as it was; run the same command to start"
+    failed = f" ({counts['failed']} with an error row)" if counts.get("failed") else ""
+    return (f"{what}: {counts['done']} of {counts['planned']} episode rows are stored in {run_dir}{failed} and kept; "
+            f"run the same command to compute the other {counts['planned'] - counts['done']}")
 
 
 def _exit_now(code: int) -> None:
@@ -122,6 +154,7 @@ def _exit_now(code: int) -> None:
 
 
 _received: dict = {}  # the signal that is ending the run, for BenchGroup.invoke
+_exit_at_once = False  # a `python bench.py` process (not the CLI called in-process, as tests do)
 
 
 def _terminate(signum, frame):
@@ -188,8 +221,11 @@ def check_method_names(names: list[str]) -> None:
         raise click.BadParameter(f"'{repeated[0]}' is listed twice", param_hint="--methods")
 
 
-def method_specs(methods: str, weights: tuple[str, ...], sets: tuple[str, ...]):
-    from methods.base import MethodSpec, get_entry
+def check_methods(methods: str, weights: tuple[str, ...], sets: tuple[str, ...]):
+    """``--methods``, ``--weights`` and ``--set`` checked without torch: an unknown or repeated
+    method is a usage error (exit 2), an unknown option or a bad value a user error (exit 1).
+    Returns (names, {method: {key: path}}, {method: {option: value}})."""
+    from methods.base import MethodSpec
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     check_method_names(names)
@@ -197,6 +233,24 @@ def method_specs(methods: str, weights: tuple[str, ...], sets: tuple[str, ...]):
     option_map = parse_assignments(sets, "--set")
     for unknown in (set(weight_map) | set(option_map)) - set(names):
         raise click.BadParameter(f"'{unknown}' is not among --methods {methods}", param_hint="--weights/--set")
+    with user_errors():
+        for name in names:
+            MethodSpec.create(name, option_map.get(name, {})).check_options()
+    return names, weight_map, option_map
+
+
+def check_dataset_path(dataset: str, dataset_format: str = "auto") -> None:
+    """A missing dataset folder or an unknown layout, said before torch or Ray is imported."""
+    from datasets.base import locate_dataset
+
+    with user_errors():
+        locate_dataset(dataset, dataset_format)
+
+
+def method_specs(methods: str, weights: tuple[str, ...], sets: tuple[str, ...]):
+    from methods.base import MethodSpec, get_entry
+
+    names, weight_map, option_map = check_methods(methods, weights, sets)
     specs = []
     for name in names:
         cls = get_entry(name).load_class()
@@ -243,7 +297,7 @@ def cli():
 @cli.command()
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True, help="Comma-separated method names (see `bench.py methods`).")
 @manifest_options
-@click.option("--manifest", "manifest_path", default=None, help="Use this manifest (.parquet/.json) instead of building one.")
+@click.option("--manifest", "manifest_path", default=None, type=click.Path(exists=True, dir_okay=False), help="Use this manifest (.parquet/.json) instead of building one.")
 @click.option("--out", default=None, help="Run folder (default results/<dataset>-<manifest id>; the same command resumes there).")
 @click.option("--overwrite", type=click.Choice(["never", "missing", "always"]), default="missing", show_default=True, help="missing: resume, compute only what is not stored.")
 @click.option("--executor", type=click.Choice(["ray", "inline"]), default="ray", show_default=True, help="inline runs without Ray (debugging).")
@@ -267,15 +321,17 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
         weights, sets, save_predictions, min_area, make_report, follow_links, allow_replacement, episode_timeout, dry_run, fa_budget):
     """Run methods over the episodes of a dataset and store one Parquet row per episode."""
     # Usage errors first, before the heavy imports, so they answer in well under a second.
-    check_method_names([m.strip() for m in methods.split(",") if m.strip()])
+    check_methods(methods, weights, sets)
     parse_ints(shots, "--shots")
     budgets = parse_budgets(fa_budget)
     if seeds is not None and seeds < 1:
         raise click.BadParameter("must be at least 1", param_hint="--seeds")
+    check_dataset_path(dataset, dataset_format)
     from harness.run import Run, RunConfig, is_quick_dataset
     from harness.runner import EvalSettings
 
     signal.signal(signal.SIGTERM, _terminate)
+    _run_folder["path"] = None  # known once planned
     if save_predictions is None:
         save_predictions = is_quick_dataset(dataset)
     with user_errors():
@@ -304,7 +360,9 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
         from harness.plan import format_plan
 
         opened = Run.open(config)  # methods checked, then the dataset and manifest loaded, once
-        click.echo(format_plan(opened.plan()), err=True)
+        plan = opened.plan()
+        _run_folder["path"] = plan.run_dir
+        click.echo(format_plan(plan), err=True)
         if dry_run:
             click.echo("dry run: nothing computed (drop --dry-run to start)", err=True)
             return
@@ -405,7 +463,8 @@ def report(runs, out, per_class, size_edges, bootstrap, fa_budget):
 @cli.command("methods")
 @click.option("--weights", multiple=True, help="METHOD[.KEY]=PATH to check.")
 @click.option("--options", "show_options", is_flag=True,
-              help="Also list each method's options (--set METHOD.KEY=VALUE): type or allowed values, and default.")
+              help="List each method's options (--set METHOD.KEY=VALUE): type or allowed values, and default; "
+                   "weights are then checked only with --weights (checking them imports torch).")
 def list_methods(weights, show_options):
     """List methods and whether their weights are available."""
     from methods.base import MethodError, MethodSpec, REGISTRY, get_entry, option_lines
@@ -413,6 +472,17 @@ def list_methods(weights, show_options):
     with user_errors():
         get_entry("panet")  # fills the registry (and imports SOFS_BENCH_PLUGINS)
     given = parse_assignments(weights, "--weights")
+    if show_options and not given:
+        for name, entry in sorted(REGISTRY.items()):
+            click.echo(f"{name:<20} {entry.description}")
+            try:
+                lines = option_lines(entry.load_config(), entry.options)
+            except ImportError as exc:
+                lines = [f"unavailable: {exc}"]
+            for line in lines:
+                click.echo(f"{'':<22}{line}")
+        click.echo("\nweights: `bench.py methods` checks them (add --weights METHOD=PATH to check a file)")
+        return
     for name, entry in sorted(REGISTRY.items()):
         try:
             cls = entry.load_class()
@@ -504,13 +574,14 @@ def ablate():
 @click.option("--episodes", default=24, show_default=True, help="Episodes per measurement.")
 @click.option("--rows", default=1_000_000, show_default=True, help="Synthetic rows for the `bench.py report` timing.")
 @click.option("--method", default="panet", show_default=True, help="Method whose episodes are timed.")
-@click.option("--cli-only", is_flag=True, help="Only the start-up (--help, usage error) and `report` timings.")
+@click.option("--cli-only", is_flag=True, help="Only the command-line (--help, user errors, Ctrl-C under Ray) and `report` timings.")
 def benchmark(episodes, rows, method, cli_only):
-    """CLI start-up and report speed, then backbone passes per view, harness overhead, 1 vs 2 workers,
-    RSS slope and cross-image batching (prints figures and ratios)."""
+    """Command-line response (every --help, user errors, Ctrl-C under Ray: PASS/FAIL against 1 s / 5 s)
+    and report speed, then backbone passes per view, harness overhead, 1 vs 2 workers, RSS slope and
+    cross-image batching (prints figures and ratios)."""
     from benchmarks import cli_bench
 
-    cli_bench.main(rows=rows)
+    cli_bench.main(rows=rows, method=method)
     if cli_only:
         return
     from benchmarks.harness_bench import main
@@ -519,4 +590,5 @@ def benchmark(episodes, rows, method, cli_only):
 
 
 if __name__ == "__main__":
+    _exit_at_once = True
     cli()

@@ -378,6 +378,24 @@ def detect_format(root: Path) -> str:
                        f"Defect Spectrum or SOFS open-domain folders")
 
 
+def locate_dataset(spec: str, fmt: str = "auto") -> tuple[Path, str] | None:
+    """A dataset folder and its format (detected for ``auto``), or a DatasetError: what the command
+    line checks before it imports torch or Ray. None for the embedded default (``synthetic[:seed]``)."""
+    spec = str(spec)
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        return None
+    root = Path(spec).expanduser()
+    if not root.exists():
+        raise DatasetError(f"{root}: dataset path does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset path is not a folder")
+    if fmt == "auto":
+        return root, detect_format(root)
+    if fmt not in ADAPTERS:
+        raise DatasetError(f"{root}: unknown format {fmt!r} (known: {', '.join(ADAPTERS)})")
+    return root, fmt
+
+
 def load_dataset(spec: str, fmt: str = "auto", follow_links: bool = False) -> Dataset:
     """Load a dataset from a path, or the embedded default with ``spec="synthetic"``.
 
@@ -387,18 +405,11 @@ def load_dataset(spec: str, fmt: str = "auto", follow_links: bool = False) -> Da
     reason, unless ``follow_links``.
     """
     spec = str(spec)
-    if spec == "synthetic" or spec.startswith("synthetic:"):
+    located = locate_dataset(spec, fmt)
+    if located is None:
         seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
         return formats.generator("synthetic")(seed=seed)
-    root = Path(spec).expanduser()
-    if not root.exists():
-        raise DatasetError(f"{root}: dataset path does not exist")
-    if not root.is_dir():
-        raise DatasetError(f"{root}: dataset path is not a folder")
-    if fmt == "auto":
-        fmt = detect_format(root)
-    elif fmt not in ADAPTERS:
-        raise DatasetError(f"{root}: unknown format {fmt!r} (known: {', '.join(ADAPTERS)})")
+    root, fmt = located
     dataset = distinct_image_ids(_adapter(fmt).load(root))
     return dataset if follow_links else inside_root(dataset)
 

@@ -19,10 +19,10 @@ import re
 import tempfile
 from pathlib import Path
 
+from importlib.metadata import version
+
 import numpy as np
-import skimage
 from PIL import Image
-from skimage.draw import polygon as draw_polygon
 
 from harness.io import atomic_write
 from harness.records import ImageRecord
@@ -31,7 +31,8 @@ from .base import Dataset, DatasetError, SkipLog, object_dirs
 
 COCO_FILE = "_annotations.coco.json"
 SPLITS = ("train", "val")
-RASTERIZER = (f"skimage.draw.polygon {skimage.__version__} "
+# skimage (and scipy under it) is imported only to rasterize: detecting the layout stays light
+RASTERIZER = (f"skimage.draw.polygon {version('scikit-image')} "
               "(vertices as given, pixel centres at integer coordinates)")
 CACHE_VERSION = 1
 
@@ -106,6 +107,8 @@ def _decode_rle(segmentation: dict, height: int, width: int) -> np.ndarray:
 
 def rasterize(segmentations: list, height: int, width: int) -> np.ndarray:
     """OR of all polygons / RLEs of one category in one image, bool ``[H, W]``."""
+    from skimage.draw import polygon as draw_polygon
+
     mask = np.zeros((height, width), dtype=bool)
     for seg in segmentations:
         if isinstance(seg, dict):

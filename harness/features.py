@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.constants import IMAGENET_MEAN, IMAGENET_STD, SOFS_LAYERS
-from harness.io import file_sha256
+from harness.io import did_you_mean, file_sha256
 
 TF_MEAN = TF_STD = (0.5, 0.5, 0.5)
 
@@ -96,14 +96,6 @@ def register_arch(name: str, arch: BackboneArch) -> None:
     if ARCHS.get(name, arch) != arch:
         raise BackboneError(f"backbone '{name}' is already registered as another architecture")
     ARCHS[name] = arch
-
-
-def did_you_mean(name: str, known) -> str:
-    """`` (did you mean 'x'?)`` for the closest known name, or ``""``."""
-    import difflib
-
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 class BackboneError(Exception):

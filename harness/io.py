@@ -77,6 +77,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def did_you_mean(name: str, known) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def short_error(exc: BaseException, limit: int | None = None) -> str:
     """The first line of ``str(exc)`` (at most ``limit`` characters), or the type's name if empty."""
     text = str(exc).strip()

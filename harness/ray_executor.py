@@ -354,8 +354,10 @@ class RayExecutor:
                         # the abandoned predict still runs in that process: restart it
                         ray.kill(actors[index], no_restart=False)
                         suspect.add(index)
-        finally:
+            # Not in ``finally``: after Ctrl-C or an error a busy actor answers only once its chunk
+            # is done (up to 30 s per actor), and the user would wait that long for statistics.
             self._collect(actors)
+        finally:
             for actor in actors:
                 ray.kill(actor)
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -36,11 +36,10 @@ import torch.nn.functional as F
 from harness.constants import IMAGENET_MEAN, IMAGENET_STD
 from harness.features import BackboneError, arch_of
 from harness.tiling import Tile, resize_image, resize_map, resize_mask_fraction, resized_shape, stitch, tile_grid
-from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec, require_at_least
+from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec
+from methods.configs import BackboneConfig
 from methods.sharing import FEATURE_CACHE, ViewStats, image_key, shared_extractor, weights_identity
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
-Precision = Literal["fp32", "bf16", "fp16"]  # frozen backbone forward (autocast)
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -81,28 +80,6 @@ def backbone_weight_spec(method: str) -> WeightSpec:
         ),
         default=BACKBONE_DEFAULT,
     )
-
-
-@dataclass
-class BackboneConfig:
-    """Options every ViT-feature baseline takes (they become CLI options)."""
-
-    backbone: str = DEFAULT_BACKBONE  # a harness.features.ARCHS entry
-    layers: tuple[int, ...] = ()  # feature levels (ViT blocks / EfficientNet stages); () = the backbone's default
-    resolution: Literal["native", "resize"] = "native"  # native: tiles at native pixels; resize: longest side -> input_size
-    input_size: int = 0  # tile side (native) or resized side; 0 = the backbone's tile size (ViT 518, CNN 512)
-    tile_overlap: int = 0  # native: minimum pixels shared by neighbouring tiles (maps averaged there)
-    batch_size: int = 4  # tiles per backbone forward
-    feature_cache_mb: int = 512  # process-wide LRU of backbone features, shared by methods (0 = off for this method)
-    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
-    precision: Precision = "fp32"  # frozen backbone forward (autocast); fp32 keeps numbers comparable
-    # on: a chunk's small images (fewer tiles than batch_size) share backbone batches (for a GPU;
-    # on CPU one image per forward measured faster: bench.py benchmark [batching]). Off by default:
-    # on a GPU, features can differ in the last bits with the batch an image lands in.
-    image_batching: Literal["on", "off"] = "off"
-
-    def __post_init__(self):
-        require_at_least(self, batch_size=1, tile_overlap=0, input_size=0, feature_cache_mb=0)
 
 
 @dataclass

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from harness.features import arch_of
-from methods._common import BackboneConfig, TiledFeatures, backbone_weight_spec, l2_normalise
+from methods._common import TiledFeatures, backbone_weight_spec, l2_normalise
 from methods.base import MethodError, Prediction
+from methods.configs import AnomalyDINOConfig
 from methods.patchcore import PatchCore, _nearest_distance
 
 
@@ -51,21 +51,7 @@ class AnomalyDINO(PatchCore):
 
     weight_specs = (backbone_weight_spec("anomalydino"),)
 
-    @dataclass
-    class Config(BackboneConfig):
-        rotations: int = 4  # bank copies of each support rotated by 0, 90, 180, 270 degrees (1 = none)
-        masking: bool = False  # query background (PCA of the patch tokens) scores 0
-        top_fraction: float = 0.01  # image score = mean of this top share of token scores
-        normal_supports: int = 0  # K good images of the object the runner adds as supports (harness.normal_supports)
-        threshold_quantile: float = 0.995
-        exclusion_radius: int = 1  # k = 1 threshold: tokens excluded around each scored token
-        blur_sigma: float = 4.0
-        score_scale: Literal["support", "fixed"] = "support"  # support: map / (map + fitted threshold)
-        # PatchCore options at AnomalyDINO's values: the whole bank (no coreset), no margin around defects
-        coreset_ratio: float = 1.0
-        bank_margin: int = 0
-        level_norm: bool = True
-        seed: int = 0
+    Config = AnomalyDINOConfig
 
     def __init__(self, config: Config, weights: dict[str, Path]):
         if config.rotations not in (1, 2, 4):

@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence, get_args
 
 import numpy as np
 
-from harness.io import REPO_ROOT
+from harness.io import REPO_ROOT, did_you_mean
 from methods.registry import REGISTRY, MethodEntry, load_plugins, register  # noqa: F401 (register: for plugins)
 
 
@@ -156,25 +156,26 @@ def require_at_least(config: Any, **minimums: float) -> None:
 def get_entry(name: str) -> MethodEntry:
     load_plugins()
     if name not in REGISTRY:
-        from harness.features import did_you_mean
-
         raise MethodError(f"unknown method '{name}'{did_you_mean(name, REGISTRY)}; known: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
 
 
-def coerce_options(config_cls: type, options: Mapping[str, Any]) -> Any:
-    """Build ``config_cls`` from options given as strings or values, read by each field's type."""
+def coerce_options(config_cls: type, options: Mapping[str, Any], method: str | None = None) -> Any:
+    """Build ``config_cls`` from options given as strings or values, read by each field's type;
+    errors name ``method`` (as in ``--set METHOD.KEY=VALUE``) when given."""
     fields = [f.name for f in dataclasses.fields(config_cls)]
     types_ = option_types(config_cls)
     kwargs = {}
     for key, value in options.items():
         if key not in fields:
-            from harness.features import did_you_mean
-
+            owner = f"method '{method}'" if method else config_cls.__qualname__
             raise MethodError(
-                f"{config_cls.__qualname__} has no option '{key}'{did_you_mean(key, fields)}; options: {', '.join(fields)}"
+                f"{owner} has no option '{key}'{did_you_mean(key, fields)}; options: {', '.join(fields)}"
             )
-        kwargs[key] = coerce_value(value, types_[key], key)
+        try:
+            kwargs[key] = coerce_value(value, types_[key], key)
+        except MethodError as exc:
+            raise MethodError(f"method '{method}' {exc}" if method else str(exc)) from None
     return config_cls(**kwargs)
 
 
@@ -238,8 +239,6 @@ def coerce_value(value: Any, type_: Any, key: str) -> Any:
         for choice in args:
             if value == choice or (isinstance(value, str) and value == str(choice)):
                 return choice
-        from harness.features import did_you_mean
-
         raise MethodError(f"option '{key}': '{value}' is not one of {option_type_text(type_)}"
                           f"{did_you_mean(str(value), [str(a) for a in args])}")
     if origin in (typing.Union, types.UnionType):
@@ -335,13 +334,18 @@ class MethodSpec:
     def build(self) -> Method:
         """Import the method class, check weights, construct it."""
         cls = self.method_class()
-        config = coerce_options(cls.Config, self.resolved_options())
+        config = coerce_options(cls.Config, self.resolved_options(), self.name)
         return cls(config, self._weights(cls, config))
+
+    def check_options(self) -> Any:
+        """The options read into the method's Config (a MethodError for a bad one), without importing
+        the method's class when the registry names its Config (no torch: answers in a blink)."""
+        return coerce_options(self.entry().load_config(), self.resolved_options(), self.name)
 
     def check(self) -> dict[str, Path]:
         """Validate options and weights without building the model (fails fast, before any work)."""
         cls = self.method_class()
-        return self._weights(cls, coerce_options(cls.Config, self.resolved_options()))
+        return self._weights(cls, coerce_options(cls.Config, self.resolved_options(), self.name))
 
     def _weights(self, cls: type, config: Any) -> dict[str, Path]:
         """Resolve weight files; a backbone default follows ``cls.backbone_name(config, resolved)``

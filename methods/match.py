@@ -8,7 +8,6 @@ patch scores ``max cos(q, support defect patches) - max cos(q, support backgroun
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -16,8 +15,9 @@ import numpy as np
 import torch
 
 from methods._common import (
-    Backbone, BackboneMethod, BackboneConfig, TiledFeatures, backbone_weight_spec, defect_free_tokens, l2_normalise,
+    Backbone, BackboneMethod, TiledFeatures, backbone_weight_spec, defect_free_tokens, l2_normalise,
 )
+from methods.configs import MatchConfig
 from methods.base import MethodError
 
 QUERY_CHUNK = 4096  # query patches per similarity matrix
@@ -47,11 +47,7 @@ class Match(BackboneMethod):
     threshold_protocol = "native"
     weight_specs = (backbone_weight_spec("match"),)
 
-    @dataclass
-    class Config(BackboneConfig):
-        fg_fraction: float = 0.5  # a support token is a defect patch when this much of it is defect
-        mutual_k: int = 0  # 0 = off; else keep a defect match only within its mutual_k nearest query patches
-        scaler: float = 20.0  # sigmoid slope on the similarity difference
+    Config = MatchConfig
 
     def __init__(self, config: Config, weights: dict[str, Path]):
         if not 0 < config.fg_fraction <= 1:

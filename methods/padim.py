@@ -12,7 +12,6 @@ Ledoit-Wolf closed form towards a scaled identity (:func:`ledoit_wolf`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -21,9 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from methods._common import (
-    Backbone, BackboneMethod, BackboneConfig, TiledFeatures, backbone_weight_spec, defect_free_tokens, l2_normalise,
+    Backbone, BackboneMethod, TiledFeatures, backbone_weight_spec, defect_free_tokens, l2_normalise,
     support_calibrated,
 )
+from methods.configs import PaDiMConfig
 from methods.base import MethodError, Prediction
 from methods.patchcore import gaussian_blur
 
@@ -54,14 +54,7 @@ class PaDiM(BackboneMethod):
     threshold_protocol = "deployable"
     weight_specs = (backbone_weight_spec("padim"),)
 
-    @dataclass
-    class Config(BackboneConfig):
-        cells: int = 1  # position pooling: one Gaussian per cells x cells image region (1 = whole image)
-        max_dims: int = 256  # random channel subset when the features are wider (PaDiM's reduction)
-        threshold_quantile: float = 0.995
-        blur_sigma: float = 4.0
-        seed: int = 0  # channel subset
-        normal_supports: int = 0  # K good images of the object the runner adds as supports (harness.normal_supports)
+    Config = PaDiMConfig
 
     def __init__(self, config: Config, weights: dict[str, Path]):
         if config.cells < 1:

@@ -1,14 +1,14 @@
 """Training-free PANet (Wang et al., ICCV 2019) on a frozen patch-14 ViT (baselines-spec §2.5)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from methods._common import Backbone, BackboneMethod, BackboneConfig, TiledFeatures, backbone_weight_spec, l2_normalise
+from methods._common import Backbone, BackboneMethod, TiledFeatures, backbone_weight_spec, l2_normalise
+from methods.configs import PANetConfig
 
 
 class PANet(BackboneMethod):
@@ -40,9 +40,7 @@ class PANet(BackboneMethod):
     weight_specs = (backbone_weight_spec("panet"),)
     scaler = 20.0
 
-    @dataclass
-    class Config(BackboneConfig):
-        layer_merge: Literal["concat", "mean"] = "concat"  # how the per-layer normalised features are combined
+    Config = PANetConfig
 
     def __init__(self, config: Config, weights: dict[str, Path]):
         self.config = config

@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from methods._common import (
-    Backbone, BackboneMethod, BackboneConfig, TiledFeatures, backbone_weight_spec, defect_free_tokens, l2_normalise,
+    Backbone, BackboneMethod, TiledFeatures, backbone_weight_spec, defect_free_tokens, l2_normalise,
     support_calibrated,
 )
 from harness.io import LRU
+from methods.configs import PatchCoreConfig
 from methods.base import MethodError, Prediction
 from methods.sharing import image_key
 
@@ -60,17 +60,7 @@ class PatchCore(BackboneMethod):
     threshold_protocol = "deployable"  # fitted per episode on the support's defect-free pixels
     weight_specs = (backbone_weight_spec("patchcore"),)
 
-    @dataclass
-    class Config(BackboneConfig):
-        coreset_ratio: float = 0.1  # per-support greedy coreset share (1.0 = every bank token); see BASELINES.md
-        threshold_quantile: float = 0.995
-        exclusion_radius: int = 1  # k = 1 threshold: tokens excluded around each scored token
-        blur_sigma: float = 4.0
-        seed: int = 0  # coreset start point and projection
-        score_scale: Literal["support", "fixed"] = "support"  # support: map / (map + fitted threshold)
-        bank_margin: int = 2  # support tokens within this many tokens of a defect pixel stay out of the bank
-        level_norm: bool = True  # per-level L2 normalisation (False: raw levels concatenated)
-        normal_supports: int = 0  # K good images of the object the runner adds as supports (harness.normal_supports)
+    Config = PatchCoreConfig
 
     def __init__(self, config: Config, weights: dict[str, Path]):
         if not 0 < config.coreset_ratio <= 1:

@@ -3,6 +3,10 @@
 Variants are entries with fixed options (ablations, resolution policies). Targets are imported
 lazily ("module:Class"), and this module imports nothing from ``methods``: ``methods.base`` reads
 the registry, the registry never reads ``methods.base`` (no import circle).
+
+A method class imports torch; its options do not: :data:`CONFIGS` names the torch-free dataclass
+each class uses as ``Config``, so that ``bench.py`` checks ``--set`` and lists options without
+importing torch (a plugin's class not named there is imported for its ``Config``).
 """
 from __future__ import annotations
 
@@ -22,8 +26,28 @@ class MethodEntry:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def load_class(self) -> type:
-        module_name, class_name = self.target.split(":")
-        return getattr(importlib.import_module(module_name), class_name)
+        return _load(self.target)
+
+    def load_config(self) -> type:
+        """The class's ``Config`` dataclass, without importing the class when :data:`CONFIGS` names it."""
+        return _load(CONFIGS[self.target]) if self.target in CONFIGS else self.load_class().Config
+
+
+def _load(target: str) -> Any:
+    module_name, name = target.split(":")
+    return getattr(importlib.import_module(module_name), name)
+
+
+# method class -> its Config dataclass (torch-free modules; tests check each is the class's Config)
+CONFIGS: dict[str, str] = {
+    "methods.panet:PANet": "methods.configs:PANetConfig",
+    "methods.patchcore:PatchCore": "methods.configs:PatchCoreConfig",
+    "methods.padim:PaDiM": "methods.configs:PaDiMConfig",
+    "methods.anomalydino:AnomalyDINO": "methods.configs:AnomalyDINOConfig",
+    "methods.match:Match": "methods.configs:MatchConfig",
+    "methods.seggpt:SegGPT": "methods.configs:SegGPTConfig",
+    "methods.sofs.inference:SOFS": "methods.sofs.config:SOFSConfig",
+}
 
 
 REGISTRY: dict[str, MethodEntry] = {}

@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,7 +39,8 @@ import torch.nn.functional as F
 from harness.constants import IMAGENET_MEAN, IMAGENET_STD
 from harness.io import LRU, short_error
 from harness.tiling import pad_bottom_right, resize_map, resize_mask_fraction, stitch, tile_grid
-from methods.base import MethodError, WeightSpec, require_at_least
+from methods.base import MethodError, WeightSpec
+from methods.configs import SegGPTConfig
 
 WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -231,23 +231,6 @@ def _average_query_half(attention: torch.Tensor, groups: int, shots: int, across
 
 # ---------------------------------------------------------------------------------------------
 # The method
-
-
-@dataclass(frozen=True)
-class SegGPTConfig:
-    resolution: Literal["resize", "native"] = "resize"  # resize: squash the query to S x S; native: S x S tiles at native resolution
-    native_support: Literal["crop", "resize"] = "crop"  # native policy only: crop around the defect, or resize the whole support
-    reduction: Literal["max", "mean"] = "max"  # RGB -> score: max (SOFS) or mean (HF post-processing)
-    threshold: float | None = None  # None: 0.6 for "max" (SOFS), 0.5 for "mean"
-    embedding_type: Literal["instance", "semantic"] = "instance"  # Painter's and SOFS's default
-    merge_rule: Literal["hf", "painter"] = "hf"  # k-shot ensemble at the merge block: transformers' or Painter's
-    batch_size: int = 8  # canvases (query views x prompts) per forward; rounded to a multiple of k
-    device: str = "auto"  # "auto": cuda if available
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # float16 / bfloat16 on GPU
-    prompt_cache_size: int = 256  # preprocessed prompts kept across episodes
-
-    def __post_init__(self):
-        require_at_least(self, batch_size=1, prompt_cache_size=0)
 
 
 class SegGPT:

@@ -132,6 +132,10 @@ def test_interrupt_exits_with_the_signal_code_and_keeps_results(tmp_path, signum
     assert "Traceback" not in stderr
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "interrupted" and record["counts"]["done"] >= 2
+    what = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+    done, planned = record["counts"]["done"], record["counts"]["planned"]
+    assert stderr.strip().splitlines()[-1] == (f"{what}: {done} of {planned} episode rows are stored in {out} and kept; "
+                                               f"run the same command to compute the other {planned - done}")
     assert not (out / ".lock").exists()
 
 

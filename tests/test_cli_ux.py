@@ -38,6 +38,70 @@ def test_importing_bench_and_help_import_no_heavy_module():
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
 
 
+def _exit_codes_and_modules(cases: list[list[str]]) -> tuple[list, set[str]]:
+    """Run ``bench.cli`` on each argument list in one fresh process: (exit codes, top-level modules loaded)."""
+    code = ("import json, sys, bench\n"
+            "codes = []\n"
+            f"for args in {cases!r}:\n"
+            "    try:\n"
+            "        bench.cli(args, standalone_mode=True)\n"
+            "    except SystemExit as exc:\n"
+            "        codes.append(exc.code)\n"
+            "print(json.dumps(codes))")
+    out = subprocess.run([sys.executable, "-c", code + "\nprint(json.dumps(sorted(m for m in sys.modules if '.' not in m)))"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = out.stdout.strip().splitlines()
+    return json.loads(lines[-2]), set(json.loads(lines[-1]))
+
+
+def test_every_help_and_methods_options_import_no_heavy_module():
+    """Issue 23: each --help (the lazy `train sofs` / `ablate sofs` too) and `methods --options`
+    answer without torch, Ray, pandas, pyarrow, scipy or matplotlib."""
+    from benchmarks.cli_bench import help_cases
+
+    cases = help_cases()
+    assert ["train", "sofs", "--help"] in cases and ["ablate", "sofs", "--help"] in cases
+    codes, loaded = _exit_codes_and_modules(cases + [["methods", "--options"]])
+    assert codes == [0] * len(cases) + [0]
+    assert not loaded & {*HEAVY, "scipy"}, loaded & {*HEAVY, "scipy"}
+
+
+def test_user_errors_are_found_before_any_heavy_import(tmp_path):
+    """Issue 23: unknown option / method, a bad --set option or value, a missing dataset or manifest
+    path: each answers (exit 2 usage, 1 user error) with no heavy module imported."""
+    missing = str(tmp_path / "missing")
+    cases = [["run", "--no-such-option"], ["run", "--methods", "pannet"],
+             ["run", "--methods", "panet", "--set", "panet.no_such=1"],
+             ["run", "--methods", "panet,sofs", "--set", "sofs.map_back=labels"],
+             ["run", "--methods", "panet", "--dataset", missing],
+             ["run", "--methods", "panet", "--dataset", str(tmp_path)],  # a folder of no known layout
+             ["run", "--manifest", missing + ".parquet"],
+             ["train", "sofs", "--dataset", missing], ["train", "sofs", "--no-such-option"],
+             ["ablate", "sofs", "--no-such-option"]]
+    codes, loaded = _exit_codes_and_modules(cases)
+    assert codes == [2, 2, 1, 1, 1, 1, 2, 1, 2, 2]
+    assert not loaded & {*HEAVY, "scipy"}, loaded & {*HEAVY, "scipy"}
+
+
+def test_bad_set_names_the_method_and_missing_dataset_is_one_line(runner, tmp_path):
+    unknown = runner.invoke(cli, ["run", "--methods", "panet", "--set", "panet.resolutoin=resize"])
+    assert unknown.exit_code == 1
+    assert "method 'panet' has no option 'resolutoin' (did you mean 'resolution'?)" in unknown.output
+    value = runner.invoke(cli, ["run", "--methods", "panet", "--set", "panet.resolution=bogus"])
+    assert value.exit_code == 1 and "method 'panet' option 'resolution': 'bogus' is not one of native | resize" in value.output
+    missing = runner.invoke(cli, ["run", "--methods", "panet", "--dataset", str(tmp_path / "nope")])
+    assert missing.exit_code == 1 and missing.output.strip() == f"Error: {tmp_path / 'nope'}: dataset path does not exist"
+    train = runner.invoke(cli, ["train", "sofs", "--dataset", str(tmp_path / "nope")])
+    assert train.exit_code == 1 and "dataset path does not exist" in train.output and "Traceback" not in train.output
+
+
+def test_methods_options_lists_options_without_checking_weights(runner):
+    result = runner.invoke(cli, ["methods", "--options"])
+    assert result.exit_code == 0, result.output
+    assert "needs weights" not in result.output and "ready" not in result.output
+    assert "`bench.py methods` checks them" in result.output
+
+
 @pytest.fixture()
 def runner():
     return CliRunner()

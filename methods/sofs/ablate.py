@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from methods.sofs.train import TrainConfig
+from methods.sofs.config import TrainConfig
 
 # registry variant -> the `bench.py train sofs` switch that trains its head
 ABLATIONS = {

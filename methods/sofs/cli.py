@@ -5,9 +5,7 @@ from pathlib import Path
 
 import click
 
-from methods.sofs.data import EpisodeConfig
-from methods.sofs.loss import CE_FORMS
-from methods.sofs.train import TrainConfig
+from methods.sofs.config import CE_FORMS, EpisodeConfig, TrainConfig
 
 DEFAULTS = TrainConfig()
 EPISODE = EpisodeConfig()
@@ -72,9 +70,14 @@ def train_sofs(dataset, fold, backbone, backbone_weights, layers, image_size, re
                checkpoint_every, variants, cache_mb, augment, abnormal_prior, intensity_downsampling,
                stop_after, quiet, holdout_objects="", non_resizing=True, mixed_normal_dice=True):
     """Meta-train the SOFS head on the base classes of DATASET (episodic, spec §3)."""
+    from datasets.base import DatasetError, load_dataset, locate_dataset
+
+    try:
+        locate_dataset(dataset)  # a wrong path answers before torch is imported
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from None
     import torch
 
-    from datasets.base import DatasetError, load_dataset
     from methods.base import MethodError
     from methods.sofs.train import train
 

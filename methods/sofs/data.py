@@ -21,6 +21,7 @@ from torchvision.transforms import InterpolationMode
 from harness.features import IMAGENET_MEAN, images_to_tensor
 from harness.tiling import Tile, pad_bottom_right, pil_resize_image, pil_resize_mask, resized_shape
 from methods.base import MethodError
+from methods.sofs.config import EpisodeConfig
 
 MASK_BINARY_THRESHOLD = 0.1  # resized masks are divided by their max, then > 0.1 (spec §1.2)
 ROTATION_FILL = [round(255 * m) for m in IMAGENET_MEAN]  # rotated corners normalise to ~0
@@ -157,20 +158,6 @@ def augment(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> tu
 
 # ------------------------------------------------------------------------------------------
 # Training episodes
-
-
-@dataclass(frozen=True)
-class EpisodeConfig:
-    shot: int = 1  # K support images
-    s_in_shot: int = 4  # S views per support image
-    crop_size: int = 518
-    crop_ratio: tuple[float, float] = (1.0, 1.0)  # train crop = int(crop_size * U(crop_ratio))
-    image_size: int = 518
-    area_resize_ratio: float = 0.01
-    alpha: float = 0.3  # probability of a non-defect-anchored query crop
-    augment: bool = True
-    variants: int = 0  # > 0: each (image, role) has this many fixed views (features cacheable)
-    non_resizing: bool = True  # off (--no-non-resizing): every query and support resized whole, supports x S
 
 
 @dataclass(frozen=True)

