@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness import provenance
+from harness.class_split import check_trained_classes, mark_rows
 from harness.normal_supports import normal_support_pool
 from harness.runner import (DEFAULT_EPISODE_TIMEOUT_S, EvalSettings, Executor, InlineExecutor, MethodJob, RowContext,
                             WorkUnit, make_unit)
@@ -42,6 +43,7 @@ class ManifestSettings:
     base_seed: int = 0
     calibration_normals: int = 0  # good images held out per object to set a threshold on (issue 19)
     normal_queries_per_object: int | None = None  # instead of normal_fraction
+    classes: tuple[str, ...] = ()  # evaluate only these classes (harness.episodes.resolve_class_names)
 
 
 @dataclass
@@ -63,6 +65,7 @@ class RunConfig:
     save_predictions: bool = False
     follow_links: bool = False  # read images/masks that resolve outside the dataset root
     allow_replacement: bool = False  # let supports repeat when a class has fewer images than shots
+    allow_trained_classes: bool = False  # score classes a method trained on, rows marked (harness.class_split)
     settings: EvalSettings = field(default_factory=EvalSettings)
     command: str = ""
     episode_timeout_s: float | None = DEFAULT_EPISODE_TIMEOUT_S  # a longer predict becomes an error row; 0/None: none
@@ -133,7 +136,7 @@ def load_or_build_manifest(config: RunConfig, dataset):
         check_data_unchanged(manifest, dataset)
         return manifest
     settings = config.manifest
-    fold = settings.fold if settings.fold is not None else default_fold(dataset)
+    fold = settings.fold if settings.fold is not None or settings.classes else default_fold(dataset)
     if fold == "all":
         fold = None
     manifest = build_manifest(
@@ -148,6 +151,7 @@ def load_or_build_manifest(config: RunConfig, dataset):
         hash_content=True,
         calibration_normals=settings.calibration_normals,
         normal_queries_per_object=settings.normal_queries_per_object,
+        classes=settings.classes,
     )
     check_supports(manifest, config.allow_replacement)
     for obj, why in sorted((manifest.params.get("calibration_skipped") or {}).items()):
@@ -243,6 +247,7 @@ def execute(config: RunConfig, progress_out=sys.stderr, inputs: tuple | None = N
     missing = {i for e in manifest.episodes for i in (*e.support_ids, e.query_id)} - set(by_id)
     if missing:
         raise RunError(f"manifest {manifest.manifest_id} names {len(missing)} images not in {config.dataset} (e.g. {sorted(missing)[0]})")
+    check_trained_classes(config.methods, identities, dataset, manifest, config.allow_trained_classes, warn)
 
     run_dir = Path(config.out) if config.out else Path(config.results_root) / f"{dataset.name}-{manifest.manifest_id[:8]}"
     store = RunStore(run_dir)
@@ -365,7 +370,8 @@ def build_jobs(config: RunConfig, store: RunStore, dataset, manifest, identities
                  if i not in done or i in retry]
         context = RowContext(record["run_id"], manifest.manifest_id, dataset.name, config_hash, options_json)
         predictions = str(store.method_predictions_dir(spec.name)) if config.save_predictions else None
-        jobs.append(MethodJob(spec, context, units, predictions, make_writer(store, summary)))
+        writer = make_writer(store, summary, identity.get("trained_classes_scored", []))
+        jobs.append(MethodJob(spec, context, units, predictions, writer))
         summaries.append(summary)
     record["methods"] = stored_methods
     record["counts"] = {"planned": len(manifest.episodes) * len(config.methods)}
@@ -480,7 +486,9 @@ def finish_record(store: RunStore, record: dict, methods: Sequence[str], planned
         warn(f"{exc} (run.json not updated; the stored parts are kept)")
 
 
-def make_writer(store: RunStore, summary: MethodSummary):
+def make_writer(store: RunStore, summary: MethodSummary, trained_classes=()):
+    """Store a unit's rows; ``trained_classes``: the classes the method trained on
+    (``harness.class_split``; None = unknown), which set each row's ``trained_class``."""
     def write(unit: WorkUnit, rows: list[dict]) -> None:
         errors_log = store.run_dir / "errors.log"
         lines = []
@@ -499,7 +507,7 @@ def make_writer(store: RunStore, summary: MethodSummary):
             for position, row in zip(unit.positions, rows):
                 merged[position] = row
             rows = merged
-        store.write_part(unit.method, unit.chunk_index, rows)
+        store.write_part(unit.method, unit.chunk_index, mark_rows(rows, trained_classes))
         if lines:
             try:
                 store.append_text(errors_log, "".join(lines))
