@@ -64,10 +64,11 @@ class DeclaresTraining(Protocol):
     def trained_on(config: Any, weights: dict[str, Path]) -> TrainedOn | None: ...
 
 
-def class_fingerprints(records: Sequence) -> dict[str, str]:
+def class_fingerprints(records: Sequence, read_image=None, read_mask=None) -> dict[str, str]:
     """``{class_id: sha256}`` over the bytes of the defective images and masks of each class
-    (image and mask content hashes and the mask value, sorted: ids and paths do not enter), so the
-    same class under another folder or object name has the same fingerprint."""
+    (content hashes of the files and the mask value, sorted: ids and paths do not enter), so the
+    same class under another folder or object name has the same fingerprint. With ``read_image``
+    and ``read_mask`` (records held in memory, no files) the decoded arrays are hashed instead."""
     from datasets.base import resolve_link_stub
     from harness.provenance import ContentHashes
 
@@ -77,12 +78,22 @@ def class_fingerprints(records: Sequence) -> dict[str, str]:
         if record.mask_path is None:
             continue  # defect-free or unlabelled: not what a class is learnt from
         try:
-            entries[record.class_id].append([hashes.digest(resolve_link_stub(Path(record.path))),
-                                             hashes.digest(Path(record.mask_path)), record.mask_value])
+            if read_image is not None and read_mask is not None:
+                digests = [_array_sha256(read_image(record)), _array_sha256(read_mask(record))]
+            else:
+                digests = [hashes.digest(resolve_link_stub(Path(record.path))), hashes.digest(Path(record.mask_path))]
         except OSError as exc:
             raise MethodError(f"{record.path}: cannot read to fingerprint its class ({exc.strerror or exc})") from None
+        entries[record.class_id].append([*digests, record.mask_value])
     hashes.save()
     return {class_id: _sha256(sorted(items)) for class_id, items in sorted(entries.items())}
+
+
+def _array_sha256(array) -> str:
+    import numpy as np
+
+    array = np.ascontiguousarray(array)
+    return hashlib.sha256(str((array.shape, array.dtype.str)).encode() + array.tobytes()).hexdigest()
 
 
 def data_sha256(class_sha256: dict[str, str]) -> str:

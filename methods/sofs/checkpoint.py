@@ -158,11 +158,11 @@ def _hparams(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
     return read_checkpoint(Path(path))[1]
 
 
-def training_record(dataset, records) -> dict[str, Any]:
+def training_record(dataset, records, read_image=None, read_mask=None) -> dict[str, Any]:
     """The hparams that say what a head is trained on: ``dataset``'s name and the fingerprints of
-    the classes of ``records`` (its defective training records)."""
-    fingerprints = class_fingerprints(records)
-    return {"train_dataset": dataset.name, "train_class_sha256": fingerprints,
+    the classes of ``records`` (its defective training records; the readers: records in memory)."""
+    fingerprints = class_fingerprints(records, read_image, read_mask)
+    return {"train_dataset": str(getattr(dataset, "name", "")), "train_class_sha256": fingerprints,
             "train_data_sha256": data_sha256(fingerprints)}
 
 

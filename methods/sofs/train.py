@@ -252,7 +252,7 @@ def train(
     model, hparams = build_training_model(config)
     hparams["train_classes"] = sorted(sampler.by_class)
     hparams["held_out"] = list(sampler.selection.held_out)
-    hparams.update(training_record(dataset, sampler.records))  # classes + fingerprints (harness.class_split)
+    hparams.update(training_record(dataset, sampler.records, read_image, read_mask))  # harness.class_split
     hparams["inert_switches"] = inert_switches(sampler, config, model.patch)
     for note in hparams["inert_switches"].values() if log is not None else ():
         log(f"note: {note}")
