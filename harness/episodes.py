@@ -204,7 +204,8 @@ def resolve_class_names(dataset, names: Sequence[str], what: str) -> tuple[str, 
             raise ManifestError(f"{what}: '{name}' holds the defect-free images, not a defect class; the good "
                                 "images of every evaluated object are always in (normal queries, calibration)")
         else:
-            raise ManifestError(f"{what}: '{name}' is not a class of {dataset.name}{_did_you_mean(name, classes, by_category)}; "
+            where = getattr(dataset, "name", "the dataset")
+            raise ManifestError(f"{what}: '{name}' is not a class of {where}{_did_you_mean(name, classes, by_category)}; "
                                 f"classes: {', '.join(_class_names(classes, by_category)) or '(none)'}")
     return tuple(sorted(chosen))
 

@@ -120,19 +120,24 @@ def train_sofs(dataset, fold, backbone, backbone_weights, layers, image_size, re
 
 
 def _class_selection(config: TrainConfig, data, train_classes: str, holdout_classes: str) -> TrainConfig:
-    """``--train-classes`` as every other class held out (fold 'all'); ``--holdout-classes`` added
-    to the held-out names; names resolved as ``run --classes`` (``harness.episodes``)."""
+    """``--train-classes`` (or a ``--fold`` that lists classes, folds.json) as every other class held
+    out (fold 'all'); ``--holdout-classes`` added to the held-out names; names resolved as
+    ``run --classes`` (``harness.episodes``)."""
     from dataclasses import replace
 
     from harness.episodes import ManifestError, resolve_class_names
 
-    names = lambda text: [x for x in text.split(",") if x.strip()]  # noqa: E731
+    names = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
+    members = (data.folds or {}).get(config.fold, ())
+    class_fold = bool(set(members) - {r.object for r in data.records})  # a fold listing classes (folds.json)
     try:
         held = list(resolve_class_names(data, names(holdout_classes), "--holdout-classes"))
-        if train_classes.strip():
-            if config.fold not in (DEFAULTS.fold, "all"):
-                raise click.BadParameter("give --train-classes or --fold, not both", param_hint="--train-classes")
-            chosen = set(resolve_class_names(data, names(train_classes), "--train-classes"))
+        if train_classes.strip() and config.fold not in (DEFAULTS.fold, "all"):
+            raise click.BadParameter("give --train-classes or --fold, not both", param_hint="--train-classes")
+        if train_classes.strip() or class_fold:
+            where = getattr(data, "name", "the dataset")
+            what = "--train-classes" if train_classes.strip() else f"fold '{config.fold}' of {where}"
+            chosen = set(resolve_class_names(data, names(train_classes) or members, what))
             held += sorted({r.class_id for r in data.records if not r.is_normal} - chosen)
             config = replace(config, fold="all")
     except ManifestError as exc:

@@ -70,6 +70,17 @@ def test_train_on_some_classes_evaluate_on_the_others(tmp_path):
     assert "1 class(es) its weights were trained on" in (tmp_path / "allowed" / "summary.md").read_text()
 
 
+def test_a_folds_file_listing_classes_is_a_class_split_for_train_and_run(tmp_path):
+    root = make_folder_dataset(tmp_path / "data")
+    (root / "folds.json").write_text(json.dumps({"base": ["spot"], "novel": ["line"]}))
+    head, output = _train(tmp_path, root)  # --fold base (the default)
+    assert torch.load(head, weights_only=True)["hparams"]["train_classes"] == ["widget/spot"]
+    result = _run(tmp_path, root, head, "run")  # run's default fold: novel
+    assert result.exit_code == 0, result.output
+    rows = ds.dataset(tmp_path / "run" / "episodes", partitioning="hive").to_table().to_pandas()
+    assert set(rows["class_id"]) == {"widget/line"} and rows["query_is_normal"].sum() == 2
+
+
 def test_heads_without_a_record_of_their_own():
     from datasets.synthetic_surfaces import FOLDS, SURFACES  # the classes, without generating the images
 
