@@ -27,6 +27,10 @@ A class is ``(object, category)``; one defective record = one (image, category) 
   not among defective or normal episodes: its rows are stored with status ``UNSCORED_STATUS``
   (``harness.records``) and never enter a metric.
 
+* Selection: ``fold`` (members of ``dataset.folds[fold]``) and ``classes`` keep objects or classes
+  (named as :func:`resolve_class_names`); the defect-free images of every kept class's object stay
+  in, so a class split keeps its normal queries and calibration images.
+
 ``support_ids`` and ``query_id`` are ``image_id`` values; the record they denote is the one of the
 episode's class (``object/category``), or a normal record of the object when the image is normal.
 

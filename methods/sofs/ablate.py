@@ -31,6 +31,10 @@ CPU_STEPS = 20  # a smoke-sized default on CPU; the paper-scale recipe needs a G
 @click.option("--eval-fold", default=None,
               help="Evaluation fold (as `run --fold`; default 'novel' when the dataset has one, else every object).")
 @click.option("--holdout-objects", default="", help="As `train sofs --holdout-objects`.")
+@click.option("--train-classes", default="", help="As `train sofs --train-classes` (evaluate the others with --classes).")
+@click.option("--holdout-classes", default="", help="As `train sofs --holdout-classes`.")
+@click.option("--classes", default=None, help="Evaluated classes (as `run --classes`).")
+@click.option("--allow-trained-classes", is_flag=True, help="As `run --allow-trained-classes` (rows marked, flagged).")
 @click.option("--steps", type=int, default=None,
               help=f"Optimizer steps per head. Default: {CPU_STEPS} on CPU (a smoke test, not the paper's "
                    f"numbers), {TrainConfig.steps} on a GPU.")
@@ -55,7 +59,8 @@ CPU_STEPS = 20  # a smoke-sized default on CPU; the paper-scale recipe needs a G
 @click.pass_context
 def ablate_sofs(ctx, dataset, fold, eval_fold, holdout_objects, steps, backbone, backbone_weights, layers,
                 image_size, reduce_dim, batch_size, accumulate, seed, device, only, out, shots, seeds,
-                max_queries_per_class, executor, workers, quiet):
+                max_queries_per_class, executor, workers, quiet, train_classes="", holdout_classes="", classes=None,
+                allow_trained_classes=False):
     """Train the full SOFS head and its four ablation heads, then evaluate all five in one run folder."""
     import torch
 
@@ -77,7 +82,8 @@ def ablate_sofs(ctx, dataset, fold, eval_fold, holdout_objects, steps, backbone,
                   "--layers", layers, "--reduce-dim", str(reduce_dim), "--batch-size", str(batch_size),
                   "--accumulate", str(accumulate), "--seed", str(seed), "--device", device]
     for flag, value in (("--holdout-objects", holdout_objects), ("--backbone-weights", backbone_weights),
-                        ("--image-size", image_size)):
+                        ("--image-size", image_size), ("--train-classes", train_classes),
+                        ("--holdout-classes", holdout_classes)):
         if value:
             train_args += [flag, str(value)]
     if quiet:
@@ -98,5 +104,6 @@ def ablate_sofs(ctx, dataset, fold, eval_fold, holdout_objects, steps, backbone,
     click.echo(f"== evaluating {', '.join(variants)} -> {out / 'run'}", err=True)
     ctx.invoke(run_command, methods=",".join(variants), dataset=dataset, shots=shots, seeds=seeds,
                fold=eval_fold, max_queries_per_class=max_queries_per_class, out=str(out / "run"),
-               executor=executor, workers=workers, weights=tuple(weights))
+               executor=executor, workers=workers, weights=tuple(weights), classes=classes,
+               allow_trained_classes=allow_trained_classes)
 
