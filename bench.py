@@ -269,6 +269,7 @@ def manifest_options(func):
         click.option("--normal-fraction", default=0.2, show_default=True, help="Fraction of episodes with a defect-free query."),
         click.option("--fad", is_flag=True, help="Few-shot anomaly detection: supports are defect-free images."),
         click.option("--fold", default=None, help="Objects to evaluate: a fold of the dataset ('novel' by default when it has one; 'all' for every object)."),
+        click.option("--classes", default=None, help="Defect classes to evaluate, comma-separated: object/category, or the category when one object has it, or an object (inside --fold when both are given); the good images of their objects stay in. The class-split protocol: classes the weights never trained on (README)."),
         click.option("--max-queries-per-class", type=int, default=None, help="Cap queries per class (quick runs). Default: all; 4 on the embedded synthetic default."),
         click.option("--episode-seed", default=0, show_default=True, help="Base seed of support sampling."),
         click.option("--normal-queries-per-object", type=click.IntRange(min=0), default=None, help="Defect-free test queries per object (replaces --normal-fraction). Default: 40 on the embedded synthetic default."),
@@ -280,13 +281,14 @@ def manifest_options(func):
 
 
 def manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed,
-                      normal_queries_per_object=None, calibration_normals=None):
+                      normal_queries_per_object=None, calibration_normals=None, classes=None):
     from harness.run import manifest_defaults
 
     if seeds is not None and seeds < 1:
         raise click.BadParameter("must be at least 1", param_hint="--seeds")
     return manifest_defaults(dataset, parse_ints(shots, "--shots"), seeds, normal_fraction, fad, fold,
-                             max_queries_per_class, episode_seed, normal_queries_per_object, calibration_normals)
+                             max_queries_per_class, episode_seed, normal_queries_per_object, calibration_normals,
+                             tuple(c.strip() for c in (classes or "").split(",") if c.strip()))
 
 
 @click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -313,12 +315,14 @@ def cli():
 @click.option("--report/--no-report", "make_report", default=True, show_default=True, help="Write the comparison table when done.")
 @click.option("--follow-links", is_flag=True, help="Read images/masks that resolve outside the dataset folder (symlinks, link stubs, '..' paths in manifest.csv); refused by default.")
 @click.option("--allow-replacement", is_flag=True, help="Let supports repeat when a class has fewer other images than --shots (default: refuse).")
+@click.option("--allow-trained-classes", is_flag=True, help="Score classes a method's weights were trained on (refused by default: not novel); their rows are marked trained_class and flagged in the tables.")
 @click.option("--episode-timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True, help="Seconds one predict() may take before it becomes an error row (retried on resume) and the run goes on; 0: no limit. The default is ~4x the slowest episode measured (README, Reliability).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (episodes per method, estimated time) and stop before any computation.")
 @FA_BUDGET_OPTION
 def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed,
         normal_queries_per_object, calibration_normals, manifest_path, out, overwrite, executor, address, workers, cpus_per_worker, gpus_per_worker, chunk_size,
-        weights, sets, save_predictions, min_area, make_report, follow_links, allow_replacement, episode_timeout, dry_run, fa_budget):
+        weights, sets, save_predictions, min_area, make_report, follow_links, allow_replacement, episode_timeout, dry_run, fa_budget,
+        classes=None, allow_trained_classes=False):
     """Run methods over the episodes of a dataset and store one Parquet row per episode."""
     # Usage errors first, before the heavy imports, so they answer in well under a second.
     check_methods(methods, weights, sets)
@@ -340,7 +344,7 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
             dataset=dataset,
             dataset_format=dataset_format,
             manifest=manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_queries_per_class,
-                                       episode_seed, normal_queries_per_object, calibration_normals),
+                                       episode_seed, normal_queries_per_object, calibration_normals, classes),
             manifest_path=manifest_path,
             out=out,
             overwrite=overwrite,
@@ -353,6 +357,7 @@ def run(methods, dataset, dataset_format, shots, seeds, normal_fraction, fad, fo
             save_predictions=save_predictions,
             follow_links=follow_links,
             allow_replacement=allow_replacement,
+            allow_trained_classes=allow_trained_classes,
             settings=EvalSettings(min_area=min_area),
             command=shlex.join(["python", "bench.py", *sys.argv[1:]]),
             episode_timeout_s=episode_timeout,
@@ -403,7 +408,7 @@ def episodes():
 @click.option("--allow-replacement", is_flag=True, help="Let supports repeat when a class has fewer other images than --shots.")
 def episodes_build(dataset, dataset_format, shots, seeds, normal_fraction, fad, fold, max_queries_per_class, episode_seed,
                    normal_queries_per_object, calibration_normals, out,
-                   follow_links, allow_replacement):
+                   follow_links, allow_replacement, classes=None):
     """Build a content-hashed episode manifest (same inputs -> byte-identical files)."""
     from datasets.base import load_dataset
     from harness.episodes import write_manifest
@@ -413,7 +418,7 @@ def episodes_build(dataset, dataset_format, shots, seeds, normal_fraction, fad, 
         data = load_dataset(dataset, dataset_format, follow_links=follow_links)
         config = RunConfig(methods=[], dataset=dataset, dataset_format=dataset_format, allow_replacement=allow_replacement,
                            manifest=manifest_settings(dataset, shots, seeds, normal_fraction, fad, fold, max_queries_per_class,
-                                                      episode_seed, normal_queries_per_object, calibration_normals))
+                                                      episode_seed, normal_queries_per_object, calibration_normals, classes))
         manifest = load_or_build_manifest(config, data)
         path = write_manifest(manifest, Path(out))
     normal = sum(e.query_is_normal and e.role == "test" for e in manifest.episodes)

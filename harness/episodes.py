@@ -27,6 +27,10 @@ A class is ``(object, category)``; one defective record = one (image, category) 
   not among defective or normal episodes: its rows are stored with status ``UNSCORED_STATUS``
   (``harness.records``) and never enter a metric.
 
+* Selection: ``fold`` (members of ``dataset.folds[fold]``) and ``classes`` keep objects or classes
+  (named as :func:`resolve_class_names`); the defect-free images of every kept class's object stay
+  in, so a class split keeps its normal queries and calibration images.
+
 ``support_ids`` and ``query_id`` are ``image_id`` values; the record they denote is the one of the
 episode's class (``object/category``), or a normal record of the object when the image is normal.
 
@@ -151,16 +155,76 @@ def _other_images(records: list[ImageRecord], query: ImageRecord) -> list[ImageR
     return [r for r in records if r.image_id != query.image_id and r.path != query.path]
 
 
-def _select_records(dataset, fold: str | None) -> list[ImageRecord]:
-    """Records of the fold's objects (a fold may also list ``object/category`` ids), sorted, deduplicated."""
+def _select_records(dataset, fold: str | None, classes: Sequence[str] = ()) -> list[ImageRecord]:
+    """Records of the fold's members and of ``classes`` (both: the classes inside the fold), sorted,
+    deduplicated. A member is an object (all its classes), a class ``object/category`` or a bare
+    category (:func:`resolve_class_names`); the defect-free images of every object one of its
+    classes comes from stay in (normal queries, calibration)."""
     records = sorted(set(dataset.records), key=lambda r: (r.image_id, r.object, r.category, r.path))
-    if fold is None:
-        return records
-    folds = dataset.folds or {}
-    if fold not in folds:
-        raise ManifestError(f"dataset {dataset.name!r} has no fold {fold!r}; folds: {', '.join(sorted(folds)) or '(none)'}")
-    members = set(folds[fold])
-    return [r for r in records if r.object in members or r.class_id in members]
+    if fold is not None:
+        folds = dataset.folds or {}
+        if fold not in folds:
+            raise ManifestError(f"dataset {dataset.name!r} has no fold {fold!r}; folds: {', '.join(sorted(folds)) or '(none)'}")
+        records = _members(records, resolve_class_names(dataset, folds[fold], f"fold {fold!r} of {dataset.name}"))
+    if classes:
+        records = _members(records, resolve_class_names(dataset, classes, "--classes"))
+    return records
+
+
+def _members(records: list[ImageRecord], class_ids: Sequence[str]) -> list[ImageRecord]:
+    wanted = set(class_ids)
+    objects = {r.object for r in records if r.class_id in wanted}
+    return [r for r in records if r.class_id in wanted or (r.is_normal and r.is_labelled and r.object in objects)]
+
+
+def resolve_class_names(dataset, names: Sequence[str], what: str) -> tuple[str, ...]:
+    """Class ids (``object/category``, sorted) named by ``names``, each an ``object/category`` id,
+    a bare category when one object of the dataset has it, or an object (all its classes; none
+    when it has only defect-free images). ``what`` names the option or file in the one-line
+    error for an unknown or ambiguous name, which lists the valid ones."""
+    classes: dict[str, tuple[str, str]] = {}
+    objects, normal_categories = set(), set()
+    for r in dataset.records:
+        objects.add(r.object)
+        if r.is_normal and r.is_labelled:
+            normal_categories.add(r.category)
+        else:
+            classes[r.class_id] = (r.object, r.category)
+    by_category: dict[str, list[str]] = defaultdict(list)
+    for class_id, (_, category) in sorted(classes.items()):
+        by_category[category].append(class_id)
+    chosen: set[str] = set()
+    for name in (str(n).strip() for n in names):
+        if name in classes:
+            chosen.add(name)
+        elif name in objects:
+            chosen.update(c for c, (obj, _) in classes.items() if obj == name)
+        elif len(by_category.get(name, ())) == 1:
+            chosen.add(by_category[name][0])
+        elif name in by_category:
+            raise ManifestError(f"{what}: '{name}' is a category of several objects "
+                                f"({', '.join(by_category[name])}); name one as object/category")
+        elif name in normal_categories:
+            raise ManifestError(f"{what}: '{name}' holds the defect-free images, not a defect class; the good "
+                                "images of every evaluated object are always in (normal queries, calibration)")
+        else:
+            where = getattr(dataset, "name", "the dataset")
+            raise ManifestError(f"{what}: '{name}' is not a class of {where}{_did_you_mean(name, classes, by_category)}; "
+                                f"classes: {', '.join(_class_names(classes, by_category)) or '(none)'}")
+    return tuple(sorted(chosen))
+
+
+def _class_names(classes: dict[str, tuple[str, str]], by_category: dict[str, list[str]]) -> list[str]:
+    """How to name each class: its bare category when the dataset has one object, else ``object/category``."""
+    single = len({obj for obj, _ in classes.values()}) == 1
+    return sorted(category for category in by_category) if single else sorted(classes)
+
+
+def _did_you_mean(name: str, classes, by_category) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, [*classes, *by_category], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _cap_queries(records: list[ImageRecord], cap: int | None, base_seed: int, class_id: str) -> list[ImageRecord]:
@@ -351,10 +415,13 @@ def build_manifest(
     hash_content: bool = False,
     calibration_normals: int = 0,
     normal_queries_per_object: int | None = None,
+    classes: Sequence[str] = (),
 ) -> Manifest:
     """Episodes of ``dataset`` (fields ``name, root, format, records, folds, meta``) under the SOFS protocol.
 
-    ``fold`` keeps the objects of ``dataset.folds[fold]``; ``None`` keeps all objects.
+    ``fold`` keeps the members of ``dataset.folds[fold]`` (objects or classes); ``None`` keeps all.
+    ``classes`` keeps those classes (names as :func:`resolve_class_names`; inside ``fold`` when both
+    are given); the defect-free images of their objects stay in.
     ``max_queries_per_class`` keeps a fixed hash-drawn subset of each class's queries.
     Normal queries: ``round(f / (1 − f) · D)`` for ``D`` defective episodes per (k, r), so that
     ≈ f of all episodes are normal, spread over classes by their query counts (see
@@ -380,7 +447,7 @@ def build_manifest(
         raise ManifestError(f"normal_queries_per_object must be >= 0, got {normal_queries_per_object}")
 
     records, calibration, calibration_skipped = _hold_out_calibration(
-        _select_records(dataset, fold), calibration_normals, base_seed)
+        _select_records(dataset, fold, classes), calibration_normals, base_seed)
     plans, skip_reasons = _plan_classes(records, fad, max_queries_per_class, base_seed)
     for plan in plans:
         plan.calibration = calibration.get(plan.object, [])
@@ -419,6 +486,8 @@ def build_manifest(
         "n_normal_episodes": sum(e.query_is_normal and e.role == "test" for e in episodes),
     }
     # Only when used, so manifests built without them keep their ids.
+    if classes:
+        params["class_selection"] = list(resolve_class_names(dataset, classes, "--classes"))
     if normal_queries_per_object is not None:
         params["normal_queries_per_object"] = int(normal_queries_per_object)
     if calibration_normals:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from harness import provenance
+from harness.class_split import check_trained_classes, mark_rows
 from harness.io import REPO_ROOT, file_sha256
 from harness.normal_supports import normal_support_pool
 from harness.plan import RunPlan, auto_workers
@@ -47,6 +48,7 @@ class ManifestSettings:
     base_seed: int = 0
     calibration_normals: int = 0  # good images held out per object to set a threshold on (issue 19)
     normal_queries_per_object: int | None = None  # instead of normal_fraction
+    classes: tuple[str, ...] = ()  # evaluate only these classes (harness.episodes.resolve_class_names)
 
 
 # The no-argument run on the embedded default is a smoke benchmark that must finish in minutes on
@@ -64,7 +66,7 @@ def manifest_defaults(dataset: str, shots: tuple[int, ...] = (1,), seeds: int | 
                       normal_fraction: float = 0.2, fad: bool = False, fold: str | None = None,
                       max_queries_per_class: int | None = None, base_seed: int = 0,
                       normal_queries_per_object: int | None = None,
-                      calibration_normals: int | None = None) -> ManifestSettings:
+                      calibration_normals: int | None = None, classes: tuple[str, ...] = ()) -> ManifestSettings:
     """The manifest settings of ``bench.py run`` (and ``ablate``): an option left None takes its
     default, the quick protocol's on the embedded synthetic default."""
     quick = is_quick_dataset(dataset)
@@ -77,7 +79,7 @@ def manifest_defaults(dataset: str, shots: tuple[int, ...] = (1,), seeds: int | 
     if calibration_normals is None:
         calibration_normals = CALIBRATION_NORMALS
     return ManifestSettings(tuple(shots), seeds, normal_fraction, fad, fold, max_queries_per_class, base_seed,
-                            calibration_normals, normal_queries_per_object)
+                            calibration_normals, normal_queries_per_object, tuple(classes))
 
 
 @dataclass
@@ -99,6 +101,7 @@ class RunConfig:
     save_predictions: bool = False
     follow_links: bool = False  # read images/masks that resolve outside the dataset root
     allow_replacement: bool = False  # let supports repeat when a class has fewer images than shots
+    allow_trained_classes: bool = False  # score classes a method trained on, rows marked (harness.class_split)
     settings: EvalSettings = field(default_factory=EvalSettings)
     command: str = ""
     episode_timeout_s: float | None = DEFAULT_EPISODE_TIMEOUT_S  # a longer predict becomes an error row; 0/None: none
@@ -174,7 +177,7 @@ def load_or_build_manifest(config: RunConfig, dataset):
         check_data_unchanged(manifest, dataset)
         return manifest
     settings = config.manifest
-    fold = settings.fold if settings.fold is not None else default_fold(dataset)
+    fold = settings.fold if settings.fold is not None or settings.classes else default_fold(dataset)
     if fold == "all":
         fold = None
     manifest = build_manifest(
@@ -189,6 +192,7 @@ def load_or_build_manifest(config: RunConfig, dataset):
         hash_content=True,
         calibration_normals=settings.calibration_normals,
         normal_queries_per_object=settings.normal_queries_per_object,
+        classes=settings.classes,
     )
     check_supports(manifest, config.allow_replacement)
     for obj, why in sorted((manifest.params.get("calibration_skipped") or {}).items()):
@@ -324,6 +328,7 @@ class Run:
         if missing:
             raise RunError(f"manifest {manifest.manifest_id} names {len(missing)} images not in {config.dataset} "
                            f"(e.g. {sorted(missing)[0]})")
+        check_trained_classes(config.methods, identities, dataset, manifest, config.allow_trained_classes, warn)
         return run
 
     @property
@@ -421,7 +426,8 @@ class Run:
             record.methods[name] = {**identity, "config_hash": config_hash}
             summary = MethodSummary(name, planned=len(manifest.episodes), skipped=work.stored)
             context = RowContext(record.run_id, manifest.manifest_id, self.dataset.name, config_hash, options_json)
-            jobs.append(MethodJob(work.spec, context, work.units, config.save_predictions, make_writer(store, summary)))
+            writer = make_writer(store, summary, identity.get("trained_classes_scored", []))
+            jobs.append(MethodJob(work.spec, context, work.units, config.save_predictions, writer))
             summaries.append(summary)
         record.counts = {"planned": len(manifest.episodes) * len(config.methods)}
         attach_file_hashes(jobs, manifest)
@@ -602,9 +608,11 @@ def store_maps(store: RunStore, method: str, rows: list[dict]) -> list[dict]:
     return out
 
 
-def make_writer(store: RunStore, summary: MethodSummary):
+def make_writer(store: RunStore, summary: MethodSummary, trained_classes=()):
     """``MethodJob.done_rows``: a unit's rows into its part (merged into the stored part when only
-    some of its episodes ran again), their maps into PNGs, the failures into errors.log."""
+    some of its episodes ran again), their maps into PNGs, the failures into errors.log;
+    ``trained_classes``: the classes the method trained on (``harness.class_split``; None =
+    unknown), which set each row's ``trained_class``."""
 
     def write(unit: WorkUnit, rows: list[dict]) -> None:
         rows = store_maps(store, unit.method, rows)
@@ -624,7 +632,7 @@ def make_writer(store: RunStore, summary: MethodSummary):
             for position, row in zip(unit.positions, rows):
                 merged[position] = row
             rows = merged
-        store.write_part(unit.method, unit.chunk_index, rows)
+        store.write_part(unit.method, unit.chunk_index, mark_rows(rows, trained_classes))
         if lines:
             try:
                 store.append_errors("".join(lines))

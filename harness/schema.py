@@ -6,7 +6,7 @@ harness.metrics.episode_metrics, so every pooled number of the report is a group
 """
 import pyarrow as pa
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Version history (older parts stay readable: read_run fills columns they lack with nulls):
 #   1: initial schema.
 #   2: + gt_comp_pred_px (predicted pixels inside each GT component: the ">= 50 %" hit rule) and
@@ -15,6 +15,9 @@ SCHEMA_VERSION = 4
 #   4: + gt_comp_max_score (the highest score inside each GT component: component recall at ANY
 #      threshold t is ``gt_comp_max_score > t``) and role ("test", or "calibration" for a held-out
 #      good image scored only to set a deployable threshold). Null in older rows (read as "test").
+#   5: + trained_class (the row's class is one the method's weights were trained on, scored with
+#      --allow-trained-classes: not a novel class; harness.class_split). Null in older rows and when
+#      the method's weights do not record their classes.
 HIST_BINS = 64  # fixed bins of the score map over [0, 1] (bin i = [i/64, (i+1)/64), last closed)
 
 EPISODE_FIELDS = [
@@ -36,6 +39,7 @@ EPISODE_FIELDS = [
     pa.field("query_is_normal", pa.bool_()),
     pa.field("support_is_normal", pa.bool_()),
     pa.field("role", pa.string()),  # v4: "test", "calibration" or "unlabelled" (harness.episodes); null = "test"
+    pa.field("trained_class", pa.bool_()),  # v5: a class the method trained on (harness.class_split); null = unknown
     # geometry (native resolution)
     pa.field("height", pa.int32()),
     pa.field("width", pa.int32()),

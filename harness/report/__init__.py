@@ -24,7 +24,7 @@ from harness.report.load import MethodSource, coverage_notes, load_runs
 from harness.report.operating import DEFAULT_FA_BUDGETS, operating_points, split_calibration
 from harness.report.overlays import (PixelSource, episode_figure, largest_disagreements,
                                      pick_examples, prediction_sweeps)
-from harness.report.tables import (Table, component_table, false_alarm_table, operating_size_table,
+from harness.report.tables import (NOTE_SEPARATOR, Table, component_table, false_alarm_table, operating_size_table,
                                    operating_table, paired_table, per_class_table, size_table,
                                    summary_table, verdict, write_table)
 
@@ -54,6 +54,31 @@ def _declared_protocols(sources: dict[str, MethodSource]) -> dict[str, str]:
     return declared
 
 
+def _method_notes(sources: dict[str, MethodSource]) -> dict[str, tuple[str, ...]]:
+    """Per method label, the notes of what its weights were trained on (run.json
+    ``methods.<m>.trained_on.notes``, ``harness.class_split``): a training switch that could not act."""
+    notes = {}
+    for label, source in sources.items():
+        spec = source.run.record.methods.get(source.method) if source.run.record else None
+        record = spec.get("trained_on") if isinstance(spec, dict) else None
+        if isinstance(record, dict) and isinstance(record.get("notes"), list):
+            notes[label] = tuple(str(n) for n in record["notes"])
+    return notes
+
+
+def training_notes(agg: Aggregates, sources: dict[str, MethodSource]) -> list[str]:
+    """One line per method scored on classes its weights were trained on, and per training note."""
+    lines = []
+    for label, notes in sorted(_method_notes(sources).items()):
+        lines += [f"{label}: {note}" for note in notes]
+    trained = agg.per_class[agg.per_class["trained_class"]] if "trained_class" in agg.per_class else agg.per_class[:0]
+    for method, block in trained.groupby("method", sort=True):
+        lines.append(f"{method}: scored on {block['class_id'].nunique()} class(es) its weights were trained on "
+                     f"({', '.join(sorted(block['class_id'].unique()))}; --allow-trained-classes): not novel, "
+                     "marked in the per-class table")
+    return lines
+
+
 def _run_rates(sources: dict[str, MethodSource]) -> dict[str, float]:
     """Episodes/s of each method's whole run (all methods) from run.json ``elapsed_s``."""
     rates = {}
@@ -76,6 +101,8 @@ def summarise(rows: pd.DataFrame, sources: dict[str, MethodSource], *, size_edge
     rows, calibration = split_calibration(rows)
     agg = aggregate(rows, size_edges=tuple(size_edges), component_edges_px=tuple(component_edges_px),
                     declared_protocols=_declared_protocols(sources), run_rates=_run_rates(sources))
+    notes = _method_notes(sources)
+    agg.summary["method_notes"] = [NOTE_SEPARATOR.join(notes.get(m, ())) for m in agg.summary["method"]]
     agg.operating = operating_points(rows, calibration, agg.keys, budgets=fa_budgets, size_edges=tuple(size_edges))
     agg.summary = agg.summary.merge(agg.operating.summary, on=agg.keys, how="left")
     # Scalar columns only: copying the list columns (histograms) of a million rows is slow.
@@ -141,7 +168,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, formats=("md", "csv", "
                                                   component_edges_px=component_edges_px,
                                                   bootstrap=bootstrap, seed=seed, fa_budgets=fa_budgets)
 
-    section_notes: dict[str, list[str]] = {"summary": coverage_notes(rows, sources)}
+    section_notes: dict[str, list[str]] = {"summary": coverage_notes(rows, sources) + training_notes(agg, sources)}
     tables = {"summary": summary_table(agg, intervals, paired, bootstrap),
               "operating": operating_table(agg), "operating_size": operating_size_table(agg),
               "size": size_table(agg), "components": component_table(agg),

@@ -17,6 +17,9 @@ Pooling rules (also written in the report's captions):
   have them (nan when none does).
 - Only rows with ``status == "ok"`` enter a metric; the others are counted as failed, except
   ``"unscored"`` rows (queries without a label, ``harness.records.UNSCORED_STATUS``): ``n_unscored``.
+- Classes the method trained on (rows with ``trained_class``, scored with --allow-trained-classes,
+  ``harness.class_split``) are pooled like the others and counted: ``n_trained_classes`` per group,
+  ``trained_class`` per class (the tables flag them).
 """
 from __future__ import annotations
 
@@ -214,6 +217,12 @@ def aggregate(rows: pd.DataFrame, *, size_edges=DEFAULT_SIZE_EDGES,
     summary["n_unscored"] = np.bincount(codes_all[unscored_mask], minlength=n_groups)
     summary["n_defective"] = np.bincount(defective_codes, minlength=n_groups)
     summary["n_normal"] = np.bincount(ok_codes[normal_mask], minlength=n_groups)
+    trained = _trained_classes(rows, keys)
+    summary["n_trained_classes"] = 0
+    if len(trained):
+        counts = trained.groupby(keys, observed=True).size()
+        summary["n_trained_classes"] = [int(counts.get(tuple(g) if len(keys) > 1 else g[0], 0))
+                                        for g in summary[keys].itertuples(index=False)]
 
     miou_by_repeat = _miou_by_repeat(defective, keys)
     stats = miou_by_repeat.groupby(keys, observed=True)["miou"].agg(
@@ -236,6 +245,9 @@ def aggregate(rows: pd.DataFrame, *, size_edges=DEFAULT_SIZE_EDGES,
     summary = summary.merge(_image_and_region(rows, ok_mask, keys, groups, hist_cells), on=keys, how="left")
     per_class = per_class.merge(_per_class_image_region(rows, ok_mask, keys, hist_cells),
                                 on=keys + ["class_id"], how="left")
+    marked = set(trained[keys + ["class_id"]].astype(str).itertuples(index=False, name=None))
+    per_class["trained_class"] = [tuple(map(str, g)) in marked
+                                  for g in per_class[keys + ["class_id"]].itertuples(index=False, name=None)]
     class_means = per_class.groupby(keys, observed=True)[["iou", "pixel_auroc", "image_auroc", "aupro"]].mean()
     class_means.columns = ["class_mean_iou", "class_mean_pixel_auroc", "class_mean_image_auroc", "class_mean_aupro"]
     summary = summary.merge(class_means.drop(columns="class_mean_iou").reset_index(), on=keys, how="left")
@@ -249,6 +261,15 @@ def aggregate(rows: pd.DataFrame, *, size_edges=DEFAULT_SIZE_EDGES,
                                            rows["gt_comp_pred_px"][ok_mask][~normal_mask]
                                            if "gt_comp_pred_px" in rows else None),
         per_class=per_class, pooled_hist=pooled_hist)
+
+
+def _trained_classes(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``keys + class_id`` of the classes whose rows are marked ``trained_class`` (schema 5; older
+    rows and rows without the column: none)."""
+    if "trained_class" not in rows:
+        return pd.DataFrame(columns=keys + ["class_id"])
+    marked = rows["trained_class"].astype("boolean").fillna(False).to_numpy(bool)
+    return rows.loc[marked, keys + ["class_id"]].astype({"class_id": str}).drop_duplicates().reset_index(drop=True)
 
 
 def _histogram_metrics(hist_cells: HistCells, ok: pd.DataFrame, defective: pd.DataFrame,

@@ -22,6 +22,7 @@ REPORT_COLUMNS = [
     "height", "width", "gt_area_frac", "gt_comp_areas", "gt_comp_hit", "fp_components", "threshold",
     "tp", "fp", "fn", "tn", "iou_fg", "image_positive", "score_hist_pos", "score_hist_neg", "status",
     "latency_s", "pred_path", "max_score", "gt_comp_pred_px", "pro_overlap_sum", "role", "gt_comp_max_score",
+    "trained_class",
 ]
 
 

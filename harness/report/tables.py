@@ -106,7 +106,12 @@ def short_flags(row) -> list[str]:
 
 SHORT_FLAG_LEGEND = ("flags: 1draw = one support draw (no spread); few-ep = a 95% CI from < 5 episodes in "
                      "a class; px~50 = pixel AUROC < 60 %; img<50 = image AUROC < 50 % (worse than chance); "
-                     "good<20 = a false-alarm figure from fewer than 20 good images")
+                     "good<20 = a false-alarm figure from fewer than 20 good images; trained = scored on classes its "
+                     "weights were trained on (--allow-trained-classes: not novel); inert = a training switch "
+                     "that could not act on its training data (the ablation changes nothing)")
+
+
+NOTE_SEPARATOR = " | "  # between a method's training notes in the summary's ``method_notes`` column
 
 
 def _flag_items(row) -> list[tuple[str, str]]:
@@ -130,6 +135,13 @@ def _flag_items(row) -> list[tuple[str, str]]:
     if good:
         out.append(("false alarms from " + " and ".join(f"{int(n)} {what}" for n, what in good)
                     + f" (< {MIN_GOOD_IMAGES})", "good<20"))
+    trained = row.get("n_trained_classes", 0)
+    if isinstance(trained, (int, np.integer)) and trained > 0:
+        out.append((f"{int(trained)} class(es) its weights were trained on (--allow-trained-classes): not novel",
+                    "trained"))
+    notes = row.get("method_notes")
+    for note in notes.split(NOTE_SEPARATOR) if isinstance(notes, str) and notes else ():
+        out.append((note.split(":")[0] + " (run.json: methods.<method>.trained_on.notes)", "inert"))
     return out
 
 
@@ -199,7 +211,9 @@ def summary_table(agg: Aggregates, intervals: pd.DataFrame, paired: pd.DataFrame
         "per episode). All rates in %. Bold: best mIoU per shot; † = not significantly better than the "
         "runner-up (paired bootstrap, 95% CI of the difference contains 0). " + OPERATING_CAPTION +
         f" flags: 1 draw, CI from few episodes, near chance (pixel AUROC < {100 * AUROC_CHANCE_BELOW:g} %; "
-        f"chance = 50 %), image AUROC < 50 %, false alarms from fewer than {MIN_GOOD_IMAGES} good images.")
+        f"chance = 50 %), image AUROC < 50 %, false alarms from fewer than {MIN_GOOD_IMAGES} good images, "
+        "classes the method's weights were trained on (scored with --allow-trained-classes: not novel), a "
+        "training switch that could not act on the training data (an ablation identical to the full recipe).")
     return Table("summary", "Summary per method and shots", caption, display, data, bold)
 
 
@@ -496,11 +510,17 @@ def per_class_table(agg: Aggregates) -> Table:
     display["pixel AUROC % (thr-free)"] = data["pixel_auroc"].map(_pct)
     display["image AUROC % (thr-free)"] = data["image_auroc"].map(_pct) if "image_auroc" in data else "–"
     display["AUPRO % ≤30% FPR (thr-free)"] = data["aupro"].map(_pct) if "aupro" in data else "–"
+    trained = data["trained_class"].to_numpy(bool) if "trained_class" in data else np.zeros(len(data), bool)
+    if trained.any():
+        display["training class"] = np.where(trained, "yes (not novel)", "–")
     caption = ("Per class, all repeats pooled: foreground IoU at the stored threshold and at the class's "
                "IoU-max threshold (oracle: chosen on test labels); pixel AUROC over the class's defective "
                "queries; image AUROC of its defective vs its normal queries (max score); AUPRO of its GT "
                "components against the negatives of all its queries (FPR ≤ 30 %). The summary's "
-               "class-mean columns are the unweighted means of these over classes; mIoU is the mean of IoU.")
+               "class-mean columns are the unweighted means of these over classes; mIoU is the mean of IoU."
+               + (" 'training class': the method's weights were trained on it (scored with "
+                  "--allow-trained-classes), so its figures are not few-shot figures on a novel class."
+                  if trained.any() else ""))
     return Table("per_class", "Per-class figures", caption, display, data)
 
 

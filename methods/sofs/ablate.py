@@ -34,6 +34,10 @@ CPU_STEPS = 20  # a smoke-sized default on CPU; the paper-scale recipe needs a G
 @click.option("--eval-fold", default=None,
               help="Evaluation fold (as `run --fold`; default 'novel' when the dataset has one, else every object).")
 @click.option("--holdout-objects", default="", help="As `train sofs --holdout-objects`.")
+@click.option("--train-classes", default="", help="As `train sofs --train-classes` (evaluate the others with --classes).")
+@click.option("--holdout-classes", default="", help="As `train sofs --holdout-classes`.")
+@click.option("--classes", default=None, help="Evaluated classes (as `run --classes`).")
+@click.option("--allow-trained-classes", is_flag=True, help="As `run --allow-trained-classes` (rows marked, flagged).")
 @click.option("--steps", type=int, default=None,
               help=f"Optimizer steps per head. Default: {CPU_STEPS} on CPU (a smoke test, not the paper's "
                    f"numbers), {TrainConfig.steps} on a GPU.")
@@ -57,7 +61,8 @@ CPU_STEPS = 20  # a smoke-sized default on CPU; the paper-scale recipe needs a G
 @click.option("--quiet", is_flag=True, help="No training progress bars.")
 def ablate_sofs(dataset, fold, eval_fold, holdout_objects, steps, backbone, backbone_weights, layers,
                 image_size, reduce_dim, batch_size, accumulate, seed, device, only, out, shots, seeds,
-                max_queries_per_class, executor, workers, quiet):
+                max_queries_per_class, executor, workers, quiet, train_classes="", holdout_classes="", classes=None,
+                allow_trained_classes=False):
     """Train the full SOFS head and its four ablation heads, then evaluate all five in one run folder."""
     import torch
 
@@ -83,7 +88,8 @@ def ablate_sofs(dataset, fold, eval_fold, holdout_objects, steps, backbone, back
                   "--layers", layers, "--reduce-dim", str(reduce_dim), "--batch-size", str(batch_size),
                   "--accumulate", str(accumulate), "--seed", str(seed), "--device", device]
     for flag, value in (("--holdout-objects", holdout_objects), ("--backbone-weights", backbone_weights),
-                        ("--image-size", image_size)):
+                        ("--image-size", image_size), ("--train-classes", train_classes),
+                        ("--holdout-classes", holdout_classes)):
         if value:
             train_args += [flag, str(value)]
     if quiet:
@@ -97,12 +103,12 @@ def ablate_sofs(dataset, fold, eval_fold, holdout_objects, steps, backbone, back
         heads[variant] = head_dir / "sofs_head.pt"
     click.echo(f"== evaluating {', '.join(variants)} -> {out / 'run'}", err=True)
     evaluate(variants, heads, backbone_weights, dataset, shot_counts, seeds, eval_fold, max_queries_per_class,
-             out / "run", executor, workers)
+             out / "run", executor, workers, classes, allow_trained_classes)
 
 
 def evaluate(variants, heads: dict[str, Path], backbone_weights: Path | None, dataset: str, shots: tuple[int, ...],
              seeds: int | None, fold: str | None, max_queries_per_class: int | None, out: Path, executor: str,
-             workers: int | None) -> None:
+             workers: int | None, classes: str | None = None, allow_trained_classes: bool = False) -> None:
     """One run of the variants (each with its head) through ``harness.run.Run``, then its summary table."""
     from datasets.base import DatasetError
     from harness.plan import format_plan
@@ -116,9 +122,10 @@ def evaluate(variants, heads: dict[str, Path], backbone_weights: Path | None, da
     try:
         config = RunConfig(
             methods=[MethodSpec.create(v, {}, weights[v]) for v in variants], dataset=dataset,
-            manifest=manifest_defaults(dataset, shots, seeds, fold=fold, max_queries_per_class=max_queries_per_class),
+            manifest=manifest_defaults(dataset, shots, seeds, fold=fold, max_queries_per_class=max_queries_per_class,
+                                      classes=tuple(c.strip() for c in (classes or "").split(",") if c.strip())),
             out=str(out), executor=executor, workers=workers, save_predictions=is_quick_dataset(dataset),
-            command=shlex.join(["python", "bench.py", *sys.argv[1:]]))
+            allow_trained_classes=allow_trained_classes, command=shlex.join(["python", "bench.py", *sys.argv[1:]]))
         run = Run.open(config)
         click.echo(format_plan(run.plan()), err=True)
         summary = run.execute()

@@ -10,6 +10,13 @@ input side, a multiple of the backbone's coarsest stride; 518 when absent), ``re
 ``transformer_dim``, ``num_heads``, ``num_stages``, ``mlp_ratio``, ``temperature``,
 ``abnormal_prior`` (plus provenance such as training options).
 
+What a head was trained on (``harness.class_split``; :func:`head_trained_on`): ``train_classes`` (class
+ids), ``train_dataset`` (the dataset's name), ``train_class_sha256`` (class id -> fingerprint of its
+images and masks), ``train_data_sha256``, and ``inert_switches`` (paper switch -> why it could not act
+on the training data, ``methods.sofs.switches``). The released ``SOFS_model.pth`` records none of
+them (trained by the SOFS authors on VISION V1); the shipped head predates them and has its record
+in :data:`SHIPPED_RECORDS`.
+
 Reference layout (the released checkpoint, a state dict of the whole ``SOFS`` module, possibly
 ``module.``-prefixed by DDP): ``backbone.*`` (DINOv2, skipped here; see :func:`load_backbone`)
 and ``feature_recorrect.*``. The mapping to this package's names is::
@@ -25,6 +32,7 @@ tensors, so the released file needs no hparams (spec defaults: DINOv2 ViT-B/14, 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,9 +40,10 @@ import torch
 from torch import nn
 
 from methods.base import MethodError
+from harness.class_split import TrainedOn, class_fingerprints, data_sha256
 from harness.constants import SOFS_LAYERS
 from harness.features import FeatureExtractor, torch_load_problem
-from harness.io import atomic_write, short_error
+from harness.io import atomic_write, file_sha256, short_error
 from methods.sofs.model import HeadConfig, SOFSHead
 
 FORMAT = "sofs-bench/sofs-head/1"
@@ -45,6 +54,17 @@ REFERENCE_HPARAMS = {
     "num_heads": 4,
     "temperature": 0.1,
     "source": "reference SOFS_model.pth layout",
+}
+
+RELEASED_TRAINING = "VISION V1 (trained by the SOFS authors; classes not published with the file)"
+# Heads shipped before heads recorded what they were trained on, by the file's sha256.
+SHIPPED_RECORDS = {
+    # methods/weights/sofs_synthetic.pt: the synthetic default's fold 'base' (--fold base, 240 steps)
+    "c4ccc0b52e7bc7b3ed0548662d99bd84f08fd2554834f1410195782b8149600d": {
+        "train_dataset": "synthetic",
+        "train_classes": ["brushed_metal/pit", "brushed_metal/scratch", "brushed_metal/stain", "wood/crack",
+                          "wood/wormhole", "woven_fabric/broken_yarn", "woven_fabric/hole", "woven_fabric/stain"],
+    },
 }
 
 
@@ -121,6 +141,49 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     if not isinstance(raw, dict) or not is_reference_layout(raw):
         raise CheckpointError(f"{path}: neither a sofs-bench SOFS head nor a reference SOFS state dict")
     return from_reference(raw), dict(REFERENCE_HPARAMS)
+
+
+def read_hparams(path: Path) -> dict[str, Any]:
+    """A head checkpoint's hparams (:func:`read_checkpoint`), read once per file version."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return dict(_hparams(str(path), info.st_mtime_ns, info.st_size))
+
+
+@lru_cache(maxsize=8)
+def _hparams(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    return read_checkpoint(Path(path))[1]
+
+
+def training_record(dataset, records, read_image=None, read_mask=None) -> dict[str, Any]:
+    """The hparams that say what a head is trained on: ``dataset``'s name and the fingerprints of
+    the classes of ``records`` (its defective training records; the readers: records in memory)."""
+    fingerprints = class_fingerprints(records, read_image, read_mask)
+    return {"train_dataset": str(getattr(dataset, "name", "")), "train_class_sha256": fingerprints,
+            "train_data_sha256": data_sha256(fingerprints)}
+
+
+def head_trained_on(path: Path) -> TrainedOn:
+    """What the head in ``path`` was trained on (``harness.class_split.TrainedOn``); its notes are
+    the recorded reasons why a switch this head was trained with off could not act."""
+    path = Path(path)
+    hparams = read_hparams(path)
+    if hparams.get("source") == REFERENCE_HPARAMS["source"]:
+        return TrainedOn(source=f"the released SOFS head {path}", dataset=RELEASED_TRAINING)
+    if "train_classes" not in hparams:
+        hparams = {**SHIPPED_RECORDS.get(file_sha256(path), {}), **hparams}
+    classes = hparams.get("train_classes")
+    inert = hparams.get("inert_switches") or {}
+    return TrainedOn(
+        source=f"head {path}", dataset=str(hparams.get("train_dataset", "")),
+        classes=None if classes is None else tuple(str(c) for c in classes),
+        class_sha256={str(k): str(v) for k, v in (hparams.get("train_class_sha256") or {}).items()},
+        data_sha256=str(hparams.get("train_data_sha256", "")),
+        notes=tuple(str(inert[key]) for key in sorted(inert) if hparams.get(key) is False),
+    )
 
 
 def build_head(state: Mapping[str, torch.Tensor], hparams: Mapping[str, Any], path: Path) -> SOFSHead:

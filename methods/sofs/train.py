@@ -28,11 +28,12 @@ import torch
 from harness.features import BackboneError, default_weights
 from methods.base import MethodError
 from harness.io import LRU, REPO_ROOT, atomic_write, file_sha256
-from methods.sofs.checkpoint import atomic_save, hparams_of, load_backbone, save_head
+from methods.sofs.checkpoint import atomic_save, hparams_of, load_backbone, save_head, training_record
 from methods.sofs.config import CE_FORMS, TrainConfig
 from methods.sofs.data import EpisodeSampler, ViewSpec
 from methods.sofs.loss import patch_target, sofs_loss
 from methods.sofs.model import HeadConfig, SOFSHead, SOFSModel
+from methods.sofs.switches import inert_switches
 
 TRAIN_FORMAT = "sofs-bench/sofs-train/1"
 # Options that may change between a run and its resumption (they do not change the result).
@@ -218,6 +219,10 @@ def train(
     model, hparams = build_training_model(config)
     hparams["train_classes"] = sorted(sampler.by_class)
     hparams["held_out"] = list(sampler.selection.held_out)
+    hparams.update(training_record(dataset, sampler.records, read_image, read_mask))  # harness.class_split
+    hparams["inert_switches"] = inert_switches(sampler, config, model.patch)
+    for note in hparams["inert_switches"].values() if log is not None else ():
+        log(f"note: {note}")
     optimizer = make_optimizer(model, config)
     step, losses = 0, []
     checkpoint_path = out / "checkpoint.pt"

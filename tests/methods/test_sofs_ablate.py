@@ -22,7 +22,8 @@ def test_ablate_trains_five_heads_and_evaluates_them_in_one_run(tmp_path):
         "ablate", "sofs", "--dataset", str(root), "--backbone", "vit_micro14",
         "--backbone-weights", str(micro_backbone_file()), "--layers", "5,6,7,8,9,10", "--image-size", "112",
         "--reduce-dim", "16", "--batch-size", "1", "--accumulate", "1", "--steps", "2", "--device", "cpu",
-        "--quiet", "--executor", "inline", "--seeds", "1", "--out", str(out)])
+        "--quiet", "--executor", "inline", "--seeds", "1", "--train-classes", "crack", "--classes", "fray",
+        "--out", str(out)])
     assert result.exit_code == 0, result.output
     for variant in ABLATIONS:
         hparams = torch.load(out / "heads" / variant / "sofs_head.pt", weights_only=True)["hparams"]
@@ -31,6 +32,12 @@ def test_ablate_trains_five_heads_and_evaluates_them_in_one_run(tmp_path):
             assert hparams[key] is (SWITCH_OF.get(variant) != key), (variant, key)
     summary = (out / "run" / "summary.md").read_text()
     assert all(f"| {variant} " in summary for variant in ABLATIONS)
+    # 120 x 160 images with defects over 1 %: resized whole, so non-resizing has nothing to act on
+    assert "note: non-resizing cannot act on these training images" in result.output
+    row = next(line for line in summary.splitlines() if line.startswith("| sofs-no-nonresize "))
+    assert "non-resizing cannot act on these training images" in row
+    full = next(line for line in summary.splitlines() if line.startswith("| sofs "))
+    assert "cannot act" not in full  # the full head has every switch on: nothing to flag
 
 
 def test_ablate_rejects_unknown_variants(tmp_path):
