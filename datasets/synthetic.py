@@ -1,7 +1,11 @@
 """Embedded default dataset: procedural industrial surfaces with small, subtle defects.
 
-Six surfaces (three "base" objects for training, three "novel" for testing), each with two or
-three defect categories suited to it. Images are 1024 x 768 RGB PNG (lossless: JPEG would blur
+Eighteen surfaces: fifteen "base" objects for meta-training and three "novel" ones for testing,
+each with two to four defect categories suited to it. The novel fold (pcb, cast_surface,
+painted_panel) and the first three base objects are exactly those of generator v1; v2 appends
+twelve base families (``datasets.synthetic_families``: metals, leather, concrete, tile, plastic,
+glass, carbon weave, paper, rubber, print, perforated sheet) with generic defects, grey and colour
+images and 20 defect-free images each. Images are 1024 x 768 RGB PNG (lossless: JPEG would blur
 the tiny defects); masks are 0/255 PNG marking exactly the pixels a defect changed. The defect
 area per image is drawn log-uniformly inside a per-category range with a heavy small tail
 (``frac = lo * (hi / lo) ** (u ** 1.4)``, ``u`` stratified over the images of a class), so areas
