@@ -1,7 +1,11 @@
 """Embedded default dataset: procedural industrial surfaces with small, subtle defects.
 
-Six surfaces (three "base" objects for training, three "novel" for testing), each with two or
-three defect categories suited to it. Images are 1024 x 768 RGB PNG (lossless: JPEG would blur
+Eighteen surfaces: fifteen "base" objects for meta-training and three "novel" ones for testing,
+each with two to four defect categories suited to it. The novel fold (pcb, cast_surface,
+painted_panel) and the first three base objects are exactly those of generator v1; v2 appends
+twelve base families (``datasets.synthetic_families``: metals, leather, concrete, tile, plastic,
+glass, carbon weave, paper, rubber, print, perforated sheet) with generic defects, grey and colour
+images and 20 defect-free images each. Images are 1024 x 768 RGB PNG (lossless: JPEG would blur
 the tiny defects); masks are 0/255 PNG marking exactly the pixels a defect changed. The defect
 area per image is drawn log-uniformly inside a per-category range with a heavy small tail
 (``frac = lo * (hi / lo) ** (u ** 1.4)``, ``u`` stratified over the images of a class), so areas
@@ -32,7 +36,9 @@ from .base import Dataset, DatasetError
 from .synthetic_marks import HEIGHT, WIDTH, Canvas, NoiseBank, smooth_noise
 from .synthetic_surfaces import FOLDS, SURFACES, DefectKind, _grid
 
-GENERATOR_VERSION = "synthetic-v1"
+# v2 (issue 22): the base fold grows from 3 to 15 objects; the novel fold's files are unchanged
+# (tests/datasets/test_synthetic.py checks digests of v1's novel images).
+GENERATOR_VERSION = "synthetic-v2"
 # Defect-free images per object: 40 test queries and 20 held out to calibrate a threshold on good
 # parts alone (issue 19: a 5 % false-alarm budget needs tens of good images to mean anything).
 # Each image has its own random stream, so raising this adds images and changes none.
@@ -80,6 +86,8 @@ def render(seed: int, bank: NoiseBank, obj_index: int, cat_index: int, index: in
     if cat_index > 0:
         surface.defects[cat_index - 1].draw(cv, area_frac * cv.h * cv.w)
     _light(cv)
+    if surface.grey_share and rng.random() < surface.grey_share:  # a monochrome camera
+        cv.rgb[:] = (cv.rgb * np.array([0.299, 0.587, 0.114], np.float32)[:, None, None]).sum(0)[None]
     np.clip(cv.rgb, 0, 255, out=cv.rgb)
     cv.rgb += np.float32(0.5)
     return cv.rgb.transpose(1, 2, 0).astype(np.uint8), cv.mask
@@ -116,6 +124,8 @@ def _save_png(path: Path, array: np.ndarray) -> None:
 def _jobs(seed: int, obj_index: int, n_defective: int, n_good: int) -> list[tuple]:
     """``(category, cat_index, index, area_frac | None)`` for every image of one object."""
     surface = SURFACES[obj_index]
+    if surface.max_good is not None:
+        n_good = min(n_good, surface.max_good)
     jobs = [("good", 0, i, None) for i in range(n_good)]
     for cat_index, kind in enumerate(surface.defects, start=1):
         areas = area_targets(seed, obj_index, cat_index, kind, n_defective)

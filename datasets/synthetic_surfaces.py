@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import synthetic_families as F
 from .synthetic_marks import (Canvas, Mark, blob, contrast, crack, fill, grey, jitter, line_for_area, paint, pit_cluster,
                               smooth_noise, tint)
 
@@ -263,6 +264,8 @@ def spurious_copper(cv: Canvas, area_px: float) -> None:
 
 # --------------------------------------------------------------------------- catalogue
 
+BASE_EXTRA_GOOD = 20  # defect-free images per object of the wider base fold (normal episodes)
+
 
 @dataclass(frozen=True)
 class DefectKind:
@@ -275,9 +278,14 @@ class DefectKind:
 
 @dataclass(frozen=True)
 class Surface:
+    """An object: its texture, defect categories, the share of its images rendered grey (a
+    monochrome camera) and a cap on its defect-free images (``None``: the dataset's count)."""
+
     name: str
     texture: Callable[[Canvas], None]
     defects: tuple[DefectKind, ...]
+    grey_share: float = 0.0
+    max_good: int | None = None
 
 
 SURFACES: tuple[Surface, ...] = (
@@ -303,6 +311,63 @@ SURFACES: tuple[Surface, ...] = (
     Surface("painted_panel", painted_panel, (
         DefectKind("bubble", (8e-5, 0.006), bubble),
         DefectKind("scratch", (1e-4, 0.01), paint_scratch))),
+    # The wider base fold (issue 22): appended after the six above, whose indices seed their
+    # images' random streams, so the novel fold stays byte-identical.
+    *(Surface(name, texture, defects, grey_share=share, max_good=BASE_EXTRA_GOOD)
+      for name, texture, share, defects in (
+        ("ground_metal", F.ground_metal, 0.0, (
+            DefectKind("scratch", (1e-4, 0.012), F.kind(F.line_defect, lo=6, hi=40)),
+            DefectKind("dent", (3e-4, 0.03), F.kind(F.dent, lo=6, hi=40)),
+            DefectKind("pits", (5e-5, 0.003), F.kind(F.pits, lo=15, hi=70)))),
+        ("galvanised_steel", F.galvanised_steel, 0.0, (
+            DefectKind("rust_stain", (3e-4, 0.08), F.kind(F.discolour, lo=0.08, hi=0.5)),
+            DefectKind("scratch", (1e-4, 0.01), F.kind(F.line_defect, lo=8, hi=50, bright_share=0.3)),
+            DefectKind("dross", (1e-4, 0.01), F.kind(F.spots, lo=10, hi=50)))),
+        ("leather", F.leather, 0.3, (
+            DefectKind("cut", (1e-4, 0.01), F.kind(F.line_defect, lo=15, hi=60, bright_share=0.2,
+                                                   width=(1.5, 4.0))),
+            DefectKind("stain", (3e-4, 0.1), F.kind(F.discolour, lo=0.06, hi=0.4)),
+            DefectKind("puncture", (6e-5, 0.004), F.puncture))),
+        ("concrete", F.concrete, 0.0, (
+            DefectKind("crack", (1e-4, 0.015), F.kind(F.crack_defect, lo=20, hi=70)),
+            DefectKind("spall", (5e-4, 0.06), F.chip),
+            DefectKind("efflorescence", (5e-4, 0.08), F.kind(F.discolour, lo=0.05, hi=0.3)))),
+        ("ceramic_tile", F.ceramic_tile, 0.3, (
+            DefectKind("crack", (1e-4, 0.012), F.kind(F.crack_defect, lo=15, hi=80)),
+            DefectKind("chip", (1e-4, 0.02), F.chip),
+            DefectKind("glaze_spots", (5e-5, 0.004), F.kind(F.spots, lo=10, hi=60)))),
+        ("moulded_plastic", F.moulded_plastic, 0.3, (
+            DefectKind("sink_mark", (3e-4, 0.04), F.kind(F.dent, lo=4, hi=25)),
+            DefectKind("scratch", (1e-4, 0.01), F.kind(F.line_defect, lo=6, hi=40)),
+            DefectKind("black_specks", (5e-5, 0.003), F.kind(F.pits, lo=20, hi=90, count=8, bright_share=0.0)))),
+        ("glass", F.glass, 0.5, (
+            DefectKind("bubble", (5e-5, 0.004), F.kind(F.blister, lo=8, hi=40)),
+            DefectKind("scratch", (5e-5, 0.008), F.kind(F.line_defect, lo=4, hi=30, width=(1.0, 2.0),
+                                                         bright_share=0.5)),
+            DefectKind("inclusion", (3e-5, 0.002), F.kind(F.pits, lo=20, hi=90, count=2)))),
+        ("carbon_weave", F.carbon_weave, 0.0, (
+            DefectKind("fibre", (5e-5, 0.003), F.fibre),
+            DefectKind("dry_spot", (3e-4, 0.05), F.kind(F.discolour, lo=0.1, hi=0.5)),
+            DefectKind("crack", (1e-4, 0.012), F.kind(F.crack_defect, lo=10, hi=50)))),
+        ("paper", F.paper, 0.3, (
+            DefectKind("hole", (5e-5, 0.01), F.puncture),
+            DefectKind("fibre", (5e-5, 0.003), F.fibre),
+            DefectKind("water_mark", (5e-4, 0.1), F.kind(F.discolour, lo=0.04, hi=0.25)),
+            DefectKind("crease", (1e-4, 0.01), F.kind(F.line_defect, lo=4, hi=25, width=(1.5, 4.0),
+                                                      wiggle=0.001, reach=0.9)))),
+        ("rubber", F.rubber, 0.0, (
+            DefectKind("blister", (1e-4, 0.01), F.kind(F.blister, lo=8, hi=35)),
+            DefectKind("cut", (1e-4, 0.01), F.kind(F.line_defect, lo=8, hi=40, bright_share=0.7)),
+            DefectKind("contamination", (5e-5, 0.005), F.kind(F.spots, lo=15, hi=80)))),
+        ("printed_label", F.printed_label, 0.3, (
+            DefectKind("missing_print", (5e-5, 0.006), F.missing_print),
+            DefectKind("smear", (2e-4, 0.02), F.smear),
+            DefectKind("spots", (3e-5, 0.003), F.kind(F.spots, lo=20, hi=90)))),
+        ("perforated_sheet", F.perforated_sheet, 0.0, (
+            DefectKind("blocked_hole", (5e-5, 0.004), F.blocked_hole),
+            DefectKind("dent", (3e-4, 0.03), F.kind(F.dent, lo=8, hi=45)),
+            DefectKind("scratch", (1e-4, 0.01), F.kind(F.line_defect, lo=8, hi=45)))),
+    )),
 )
-FOLDS = {"base": ("brushed_metal", "woven_fabric", "wood"),
+FOLDS = {"base": ("brushed_metal", "woven_fabric", "wood", *(s.name for s in SURFACES[6:])),
          "novel": ("pcb", "cast_surface", "painted_panel")}
