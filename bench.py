@@ -522,9 +522,11 @@ def ablate():
 @click.option("--rows", default=1_000_000, show_default=True, help="Synthetic rows for the `bench.py report` timing.")
 @click.option("--method", default="panet", show_default=True, help="Method whose episodes are timed.")
 @click.option("--cli-only", is_flag=True, help="Only the start-up (--help, usage error) and `report` timings.")
-def benchmark(episodes, rows, method, cli_only):
+@click.option("--train-steps", default=2, show_default=True,
+              help="Timed SOFS training steps (project vs straightforward loop, benchmarks.sofs_train_bench); 0: skip.")
+def benchmark(episodes, rows, method, cli_only, train_steps):
     """CLI start-up and report speed, then backbone passes per view, harness overhead, 1 vs 2 workers,
-    RSS slope and cross-image batching (prints figures and ratios)."""
+    RSS slope, cross-image batching and SOFS training steps/s (prints figures and ratios)."""
     from benchmarks import cli_bench
 
     cli_bench.main(rows=rows)
@@ -533,6 +535,10 @@ def benchmark(episodes, rows, method, cli_only):
     from benchmarks.harness_bench import main
 
     main(episodes=episodes, method=method)
+    if train_steps > 0:
+        from benchmarks.sofs_train_bench import main as train_bench
+
+        train_bench(steps=train_steps)
 
 
 if __name__ == "__main__":

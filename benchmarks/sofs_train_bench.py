@@ -46,8 +46,8 @@ def textured_dataset(images_per_class: int = 6, height: int = 360, width: int = 
     records, arrays = [], {}
     for category in ("scratch", "spot"):
         for i in range(images_per_class):
-            base = rng.normal(128, 20, (height // 8, width // 8, 3)).clip(0, 255)
-            image = np.kron(base, np.ones((8, 8, 1))).astype(np.uint8)
+            base = rng.normal(128, 20, (-(-height // 8), -(-width // 8), 3)).clip(0, 255)
+            image = np.kron(base, np.ones((8, 8, 1)))[:height, :width].astype(np.uint8)  # 8 x 8 px texture cells
             mask = np.zeros((height, width), bool)
             top, left = int(rng.integers(20, height - 40)), int(rng.integers(20, width - 60))
             size = (4, 40) if category == "scratch" else (12, 12)  # < 1 % of the image: cropped views
@@ -114,15 +114,16 @@ def _timed_steps(step_fn, steps: int, warmup: int = 1) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def measure(steps: int = 3, device: str = "cpu", preset: str = "cpu") -> dict:
+def measure(steps: int = 3, device: str = "cpu", preset: str = "cpu", config=None, data=None) -> dict:
+    """Seconds per step of both loops (``config``/``data``: other sizes, for tests)."""
     import torch
 
     from methods.sofs.data import EpisodeSampler
     from methods.sofs.train import (FeatureCache, build_training_model, cache_features, fixed_views,
                                     make_optimizer, train_step)
 
-    config = preset_config(preset, device)
-    data = textured_dataset()
+    config = config or preset_config(preset, device)
+    data = data or textured_dataset()
     sampler = EpisodeSampler(data, "all", config.episode, config.seed, data.read_image, data.read_mask)
     fresh = EpisodeSampler(data, "all", dataclasses.replace(config.episode, variants=0), config.seed,
                            data.read_image, data.read_mask)
