@@ -448,7 +448,7 @@ def train(
                     raise TrainingInterrupted(kept())
             model.train()
             bar = _progress(progress, config.steps, step)
-            done_here = 0
+            done_here, finished = 0, False
             last_save = time.monotonic()
             while step < config.steps and (stop_after is None or done_here < stop_after):
                 total = train_step(model, optimizer, sampler, config, step, cache)
@@ -467,7 +467,7 @@ def train(
                     break
             if bar is not None:
                 bar.close()
-            if stop.requested:
+            if stop.requested and not finished:
                 raise TrainingInterrupted(kept())
     except KeyboardInterrupt:
         raise TrainingInterrupted(kept()) from None
