@@ -349,7 +349,8 @@ class _StopRequests:
             raise KeyboardInterrupt
         self.requested = True
         if self.log is not None:
-            self.log("Ctrl-C: stopping after the current step and saving a checkpoint (Ctrl-C again: stop now)")
+            self.log("Ctrl-C: finishing the current step (or chunk of views being cached), then keeping what "
+                     "is done (Ctrl-C again: stop now)")
 
     def __exit__(self, *exc):
         if self.previous is not None:
