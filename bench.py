@@ -580,10 +580,12 @@ def ablate():
 @click.option("--rows", default=1_000_000, show_default=True, help="Synthetic rows for the `bench.py report` timing.")
 @click.option("--method", default="panet", show_default=True, help="Method whose episodes are timed.")
 @click.option("--cli-only", is_flag=True, help="Only the command-line (--help, user errors, Ctrl-C under Ray) and `report` timings.")
-def benchmark(episodes, rows, method, cli_only):
+@click.option("--train-steps", default=2, show_default=True,
+              help="Timed SOFS training steps (project vs straightforward loop, benchmarks.sofs_train_bench); 0: skip.")
+def benchmark(episodes, rows, method, cli_only, train_steps):
     """Command-line response (every --help, user errors, Ctrl-C under Ray: PASS/FAIL against 1 s / 5 s)
-    and report speed, then backbone passes per view, harness overhead, 1 vs 2 workers, RSS slope and
-    cross-image batching (prints figures and ratios)."""
+    and report speed, then backbone passes per view, harness overhead, 1 vs 2 workers, RSS slope,
+    cross-image batching and SOFS training steps/s (prints figures and ratios)."""
     from benchmarks import cli_bench
 
     cli_bench.main(rows=rows, method=method)
@@ -592,6 +594,10 @@ def benchmark(episodes, rows, method, cli_only):
     from benchmarks.harness_bench import main
 
     main(episodes=episodes, method=method)
+    if train_steps > 0:
+        from benchmarks.sofs_train_bench import main as train_bench
+
+        train_bench(steps=train_steps)
 
 
 if __name__ == "__main__":

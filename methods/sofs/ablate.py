@@ -84,7 +84,7 @@ def ablate_sofs(dataset, fold, eval_fold, holdout_objects, steps, backbone, back
             click.echo(f"CPU: {steps} steps per head (a smoke run; pass --steps for real numbers)", err=True)
     name = Path(dataset.split(":")[0]).name or "dataset"
     out = out or Path("results") / f"ablate-sofs-{name}"
-    train_args = ["--dataset", dataset, "--fold", fold, "--steps", str(steps), "--backbone", backbone,
+    train_args = ["--preset", "reference", "--dataset", dataset, "--fold", fold, "--steps", str(steps), "--backbone", backbone,
                   "--layers", layers, "--reduce-dim", str(reduce_dim), "--batch-size", str(batch_size),
                   "--accumulate", str(accumulate), "--seed", str(seed), "--device", device]
     for flag, value in (("--holdout-objects", holdout_objects), ("--backbone-weights", backbone_weights),

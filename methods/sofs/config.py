@@ -82,6 +82,7 @@ class TrainConfig:
     holdout_objects: str = ""  # objects / class ids (comma-separated) or a fraction kept unseen
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     checkpoint_every: int = 50
+    checkpoint_minutes: float = 3.0  # also checkpoint when this much time passed since the last one (0: off)
     cache_mb: int = 0  # feature cache for fixed views (episode.variants > 0); 0 = none
     device: str = "cpu"
 

@@ -12,11 +12,22 @@ head, the optimizer state and the step, so a run killed after a checkpoint and r
 the same parameters as an uninterrupted one.
 
 Files in ``out``: ``checkpoint.pt`` (resume state, one atomic file), ``sofs_head.pt`` (the head
-+ hparams, what the ``sofs`` method loads) and ``train_state.json`` (step, losses, options).
++ hparams, what the ``sofs`` method loads), ``train_state.json`` (step, losses, options) and, with
+fixed views (``episode.variants > 0``), ``feature_cache/<fingerprint>/`` (one file of backbone
+features per view, written before the first step with a progress bar; a killed run keeps the files
+it wrote and the next call encodes only the missing views).
+
+Checkpoints are written every ``checkpoint_every`` steps and every ``checkpoint_minutes`` minutes,
+and on Ctrl-C (the first one finishes the current step; a second stops at once):
+:class:`TrainingInterrupted` then says exactly what was kept.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import signal
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,7 +48,7 @@ from methods.sofs.switches import inert_switches
 
 TRAIN_FORMAT = "sofs-bench/sofs-train/1"
 # Options that may change between a run and its resumption (they do not change the result).
-RESUMABLE_CHANGES = {"checkpoint_every", "device", "cache_mb"}
+RESUMABLE_CHANGES = {"checkpoint_every", "checkpoint_minutes", "device", "cache_mb"}
 
 
 @dataclass
@@ -52,17 +63,81 @@ def _entry_bytes(entry: tuple[list[torch.Tensor], torch.Tensor]) -> int:
     return sum(f.numel() * f.element_size() for f in features) + mask.numel()
 
 
-class FeatureCache:
-    """LRU of backbone features of fixed views, bounded in megabytes."""
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training; the message says what was kept (checkpoint, cached features)."""
 
-    def __init__(self, max_mb: int):
+
+class FeatureCache:
+    """Backbone features (fp16) + masks of fixed views: an LRU in memory bounded in megabytes,
+    over an optional folder with one file per view (kept across calls, so a resumed or repeated
+    run does not encode them again)."""
+
+    def __init__(self, max_mb: int, folder: Path | None = None):
         self.lru = LRU(max_bytes=max_mb * 2**20, size=_entry_bytes)
+        self.folder = None if folder is None else Path(folder)
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, key: tuple) -> Path:
+        record, role, seed = key
+        return self.folder / f"{record}-{role}-{'-'.join(map(str, seed))}.pt"
+
+    def stored(self, key: tuple) -> bool:
+        return key in self.lru or (self.folder is not None and self._file(key).exists())
 
     def get(self, key: tuple):
-        return self.lru.get(key)
+        hit = self.lru.get(key)
+        if hit is None and self.folder is not None:
+            path = self._file(key)
+            if path.exists():
+                try:
+                    entry = torch.load(path, map_location="cpu", weights_only=True)
+                    hit = (list(entry["features"]), entry["mask"])
+                except Exception:  # noqa: BLE001 - a damaged file is encoded again, not trusted
+                    return None
+                self.lru.put(key, hit)
+        return hit
 
     def put(self, key: tuple, features: list[torch.Tensor], mask: torch.Tensor) -> None:
+        features = [f.detach().cpu() for f in features]
+        mask = mask.cpu()
         self.lru.put(key, (features, mask))
+        if self.folder is not None and not self._file(key).exists():
+            atomic_save({"features": features, "mask": mask}, self._file(key))
+
+
+def feature_cache_folder(out: Path, config: TrainConfig, sampler: EpisodeSampler, backbone_sha256: str) -> Path:
+    """``out/feature_cache/<fingerprint>``: the fingerprint covers everything a view's features
+    depend on (backbone file, levels, rendering options, seed, the records in order), so a
+    changed option never reads stale features."""
+    episode = config.episode
+    identity = {
+        "backbone": config.backbone, "backbone_sha256": backbone_sha256, "layers": list(config.layers),
+        "seed": config.seed, "crop_size": episode.crop_size, "crop_ratio": list(episode.crop_ratio),
+        "image_size": episode.image_size, "area_resize_ratio": episode.area_resize_ratio,
+        "alpha": episode.alpha, "augment": episode.augment, "non_resizing": episode.non_resizing,
+        "records": [[r.image_id, r.class_id, r.mask_value, *_file_identity(r.path), *_file_identity(r.mask_path)]
+                    for r in sampler.records],
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return out / "feature_cache" / digest
+
+
+def _file_identity(path) -> list:
+    """Path, size and modification time (a rewritten image gets a new cache folder)."""
+    try:
+        stat = Path(path).stat()
+        return [str(path), stat.st_size, stat.st_mtime_ns]
+    except (OSError, TypeError):
+        return [str(path), None, None]
+
+
+def fixed_views(sampler: EpisodeSampler) -> list[ViewSpec]:
+    """Every view the episodes can draw with ``variants`` fixed views per (image, role): queries
+    and supports both come from the classes with two or more images (``sampler.queries``)."""
+    count = sampler.config.variants
+    return [ViewSpec(record, role, (variant,)) for record in sampler.queries
+            for role in ("query", "support") for variant in range(count)]
 
 
 def build_training_model(config: TrainConfig) -> tuple[SOFSModel, dict[str, Any]]:
@@ -178,6 +253,29 @@ def micro_batch_loss(
                      config.ce_weight, logits=logits, mixed_normal=config.mixed_normal_dice)
 
 
+def queries_per_epoch(dataset, config: TrainConfig) -> int:
+    """Episodes in one epoch (every query of the selected classes once), for lengths in epochs."""
+    return len(EpisodeSampler(dataset, config.fold, config.episode, config.seed, holdout=config.holdout_objects))
+
+
+def train_step(model: SOFSModel, optimizer, sampler: EpisodeSampler, config: TrainConfig, step: int,
+               cache: FeatureCache | None = None) -> float:
+    """Optimizer step ``step`` (0-based): poly LR, ``accumulate`` micro-batches of ``batch_size``
+    episodes, AdamW; returns the mean loss."""
+    for group, scale in zip(optimizer.param_groups, (1.0, config.lr_multiple)):
+        group["lr"] = config.lr * scale * poly_factor(step, config)
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for micro in range(config.accumulate):
+        torch.manual_seed(config.seed * 1_000_003 + step * 1_009 + micro)  # dropout
+        first = (step * config.accumulate + micro) * config.batch_size
+        loss = micro_batch_loss(model, sampler, range(first, first + config.batch_size), config, cache)
+        (loss / config.accumulate).backward()
+        total += loss.item() / config.accumulate
+    optimizer.step()
+    return total
+
+
 def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """A saved config with the options it predates filled in with their defaults (recursively),
     so a checkpoint written before an option existed still resumes."""
@@ -200,13 +298,74 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> 
         )
 
 
+class _StopRequests:
+    """SIGINT while training: the first request finishes the current step (then a checkpoint is
+    written), a second raises KeyboardInterrupt at once. Only in the main thread."""
+
+    def __init__(self, log):
+        self.requested = False
+        self.log = log
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.log is not None:
+            self.log("Ctrl-C: finishing the current step (or chunk of views being cached), then keeping what "
+                     "is done (Ctrl-C again: stop now)")
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def cache_features(model: SOFSModel, sampler: EpisodeSampler, cache: FeatureCache, device: torch.device,
+                   views: Sequence[ViewSpec], progress: bool, stop: _StopRequests | None = None,
+                   chunk: int = 8, log=None) -> int:
+    """Encode the views that ``cache`` lacks, ``chunk`` at a time (progress bar with ETA); returns
+    how many are stored. Stops early (between chunks) when ``stop.requested``."""
+    missing = [v for v in views if not cache.stored(v.key)]
+    if not missing:
+        return len(views)
+    if log is not None:
+        log(f"caching backbone features of {len(missing)} views ({len(views) - len(missing)} of "
+            f"{len(views)} already cached) in {cache.folder}")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(views), initial=len(views) - len(missing), desc="cache features", unit="view")
+    done = len(views) - len(missing)
+    try:
+        for start in range(0, len(missing), chunk):
+            if stop is not None and stop.requested:
+                break
+            part = missing[start : start + chunk]
+            _views_features(model, sampler, part, cache, device, chunk)
+            done += len(part)
+            if bar is not None:
+                bar.update(len(part))
+    finally:
+        if bar is not None:
+            bar.close()
+    return done
+
+
 def train(
     dataset, config: TrainConfig, out: Path, resume: bool = True, stop_after: int | None = None,
     progress: bool = True, read_image=None, read_mask=None, log=None,
 ) -> TrainResult:
     """Train (or resume) and write checkpoints to ``out``; ``stop_after``: at most this many
     optimizer steps in this call (a time-boxed run; resume continues it); ``log``: a callable that
-    receives one-line notes (which classes are trained, which are never queried)."""
+    receives one-line notes (which classes are trained, which are never queried). Ctrl-C raises
+    :class:`TrainingInterrupted`, whose message says what was kept."""
     out = Path(out)
     sampler = EpisodeSampler(dataset, config.fold, config.episode, config.seed, read_image, read_mask,
                              holdout=config.holdout_objects)
@@ -234,33 +393,57 @@ def train(
         model.head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         step, losses = int(state["step"]), json.loads(state["losses"])
-    cache = FeatureCache(config.cache_mb) if config.episode.variants > 0 and config.cache_mb > 0 else None
-    model.train()
-    bar = _progress(progress, config.steps, step)
-    done_here = 0
-    while step < config.steps and (stop_after is None or done_here < stop_after):
-        for group, scale in zip(optimizer.param_groups, (1.0, config.lr_multiple)):
-            group["lr"] = config.lr * scale * poly_factor(step, config)
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for micro in range(config.accumulate):
-            torch.manual_seed(config.seed * 1_000_003 + step * 1_009 + micro)  # dropout
-            first = (step * config.accumulate + micro) * config.batch_size
-            loss = micro_batch_loss(model, sampler, range(first, first + config.batch_size), config, cache)
-            (loss / config.accumulate).backward()
-            total += loss.item() / config.accumulate
-        optimizer.step()
-        step += 1
-        done_here += 1
-        losses.append(total)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{total:.4f}")
-        finished = step == config.steps or (stop_after is not None and done_here >= stop_after)
-        if step % config.checkpoint_every == 0 or finished:
-            _save(out, model, optimizer, step, losses, config, hparams)
-    if bar is not None:
-        bar.close()
+    device = next(model.head.parameters()).device
+    cache, views = None, []
+    if config.episode.variants > 0:
+        folder = feature_cache_folder(out, config, sampler, hparams.get("backbone_sha256", ""))
+        cache = FeatureCache(config.cache_mb, folder)
+        views = fixed_views(sampler)
+    saved = {"step": step if checkpoint_path.exists() and resume else None}
+
+    def kept() -> str:
+        parts = []
+        if saved["step"] is not None:
+            parts.append(f"checkpoint at step {saved['step']}/{config.steps} ({checkpoint_path}; "
+                         f"head {out / 'sofs_head.pt'})")
+        if cache is not None:
+            stored = sum(cache.stored(v.key) for v in views)
+            parts.append(f"cached features of {stored} of {len(views)} views ({cache.folder})")
+        if not parts:
+            return "interrupted: nothing kept (no checkpoint written yet)"
+        return "interrupted: kept " + " and ".join(parts) + "; run the same command to resume"
+
+    try:
+        with _StopRequests(log) as stop:
+            if cache is not None and step < config.steps:
+                cache_features(model, sampler, cache, device, views, progress, stop, log=log)
+                if stop.requested:
+                    raise TrainingInterrupted(kept())
+            model.train()
+            bar = _progress(progress, config.steps, step)
+            done_here, finished = 0, False
+            last_save = time.monotonic()
+            while step < config.steps and (stop_after is None or done_here < stop_after):
+                total = train_step(model, optimizer, sampler, config, step, cache)
+                step += 1
+                done_here += 1
+                losses.append(total)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{total:.4f}")
+                finished = step == config.steps or (stop_after is not None and done_here >= stop_after)
+                due = config.checkpoint_minutes > 0 and time.monotonic() - last_save >= 60 * config.checkpoint_minutes
+                if step % config.checkpoint_every == 0 or finished or due or stop.requested:
+                    _save(out, model, optimizer, step, losses, config, hparams)
+                    saved["step"], last_save = step, time.monotonic()
+                if stop.requested:
+                    break
+            if bar is not None:
+                bar.close()
+            if stop.requested and not finished:
+                raise TrainingInterrupted(kept())
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(kept()) from None
     return TrainResult(out / "sofs_head.pt", step, losses)
 
 
