@@ -115,6 +115,8 @@ def train_sofs(preset, dataset, out, resume, device, backbone_weights, augment, 
     """Meta-train the SOFS head on the base classes of DATASET (episodic, spec §3)."""
     from datasets.base import DatasetError, load_dataset, locate_dataset
 
+    if given.get("steps") is not None and given.get("epochs") is not None:
+        raise click.UsageError("give --steps or --epochs, not both")
     try:
         locate_dataset(dataset)  # a wrong path answers before torch is imported
     except DatasetError as exc:
@@ -126,8 +128,6 @@ def train_sofs(preset, dataset, out, resume, device, backbone_weights, augment, 
     from methods.sofs.train import TrainConfig, TrainingInterrupted, queries_per_epoch, train
 
     o = {k: (v if v is not None else PRESETS[preset].get(k)) for k, v in given.items()}
-    if given.get("steps") is not None and given.get("epochs") is not None:
-        raise click.UsageError("give --steps or --epochs, not both")
     if given.get("steps") is not None:
         o["epochs"] = None
     if device == "auto":
