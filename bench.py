@@ -575,6 +575,18 @@ def ablate():
     """Paper ablation tables: train the ablation heads, evaluate them with the full model in one run."""
 
 
+class LazyCurveGroup(LazyTrainGroup):
+    """``curve`` subcommands, imported only when named."""
+
+    LAZY = {"sofs": ("methods.sofs.curve", "curve_sofs",
+                     "Evaluate the heads kept by `train sofs --snapshot-every` on base and novel classes.")}
+
+
+@cli.group(cls=LazyCurveGroup)
+def curve():
+    """Learning curves: mIoU of the heads a training kept, step by step, on base and novel classes."""
+
+
 @cli.command()
 @click.option("--episodes", default=24, show_default=True, help="Episodes per measurement.")
 @click.option("--rows", default=1_000_000, show_default=True, help="Synthetic rows for the `bench.py report` timing.")

@@ -61,6 +61,7 @@ def test_every_help_and_methods_options_import_no_heavy_module():
 
     cases = help_cases()
     assert ["train", "sofs", "--help"] in cases and ["ablate", "sofs", "--help"] in cases
+    assert ["curve", "sofs", "--help"] in cases
     codes, loaded = _exit_codes_and_modules(cases + [["methods", "--options"]])
     assert codes == [0] * len(cases) + [0]
     assert not loaded & {*HEAVY, "scipy"}, loaded & {*HEAVY, "scipy"}
@@ -77,9 +78,9 @@ def test_user_errors_are_found_before_any_heavy_import(tmp_path):
              ["run", "--methods", "panet", "--dataset", str(tmp_path)],  # a folder of no known layout
              ["run", "--manifest", missing + ".parquet"],
              ["train", "sofs", "--dataset", missing], ["train", "sofs", "--no-such-option"],
-             ["ablate", "sofs", "--no-such-option"]]
+             ["ablate", "sofs", "--no-such-option"], ["curve", "sofs", missing, "--dataset", "synthetic"]]
     codes, loaded = _exit_codes_and_modules(cases)
-    assert codes == [2, 2, 1, 1, 1, 1, 2, 1, 2, 2]
+    assert codes == [2, 2, 1, 1, 1, 1, 2, 1, 2, 2, 1]
     assert not loaded & {*HEAVY, "scipy"}, loaded & {*HEAVY, "scipy"}
 
 

@@ -93,6 +93,9 @@ def _preset_help() -> str:
 @click.option("--checkpoint-every", type=int, default=None, help="Checkpoint every N steps.")
 @click.option("--checkpoint-minutes", type=float, default=None,
               help="Also checkpoint when this many minutes passed since the last checkpoint (0: off).")
+@click.option("--snapshot-every", type=int, default=0, show_default=True,
+              help="Also keep the head of every N-th step as OUT/snapshots/sofs_head_stepNNNNNN.pt "
+                   "(evaluate them with `bench.py curve sofs`); 0: off.")
 @click.option("--variants", type=int, default=None,
               help="0: fresh random crop + augmentation every time; N: N fixed views per image (features cacheable).")
 @click.option("--cache-mb", type=int, default=None,
@@ -110,7 +113,7 @@ def _preset_help() -> str:
 @click.option("--stop-after", type=int, default=None, help="Stop after this many steps in this call (resume continues).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_sofs(preset, dataset, out, resume, device, backbone_weights, augment, abnormal_prior,
-               intensity_downsampling, stop_after, quiet, non_resizing=True, mixed_normal_dice=True, train_classes="",
+               intensity_downsampling, stop_after, quiet, snapshot_every=0, non_resizing=True, mixed_normal_dice=True, train_classes="",
                holdout_classes="", **given):
     """Meta-train the SOFS head on the base classes of DATASET (episodic, spec §3)."""
     from datasets.base import DatasetError, load_dataset, locate_dataset
@@ -146,6 +149,8 @@ def train_sofs(preset, dataset, out, resume, device, backbone_weights, augment, 
     for name in ("batch_size", "accumulate", "shot", "s_in_shot", "checkpoint_every", "image_size"):
         if o[name] < 1:
             raise click.BadParameter(f"must be >= 1, not {o[name]}", param_hint="--" + name.replace("_", "-"))
+    if snapshot_every < 0:
+        raise click.BadParameter(f"must be >= 0, not {snapshot_every}", param_hint="--snapshot-every")
     config = TrainConfig(
         backbone=o["backbone"], backbone_weights=str(backbone_weights or ""), layers=layer_ids,
         reduce_dim=o["reduce_dim"], fold=o["fold"], steps=o["steps"] or 1, batch_size=o["batch_size"],
@@ -154,6 +159,7 @@ def train_sofs(preset, dataset, out, resume, device, backbone_weights, augment, 
         intensity_downsampling=intensity_downsampling, mixed_normal_dice=mixed_normal_dice,
         holdout_objects=o["holdout_objects"], checkpoint_every=o["checkpoint_every"],
         checkpoint_minutes=o["checkpoint_minutes"], cache_mb=o["cache_mb"], device=device,
+        snapshot_every=snapshot_every,
         episode=EpisodeConfig(shot=o["shot"], s_in_shot=o["s_in_shot"], area_resize_ratio=o["area_resize_ratio"],
                               image_size=o["image_size"], crop_size=o["image_size"], alpha=o["alpha"],
                               augment=augment, variants=o["variants"], non_resizing=non_resizing),

@@ -83,6 +83,7 @@ class TrainConfig:
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     checkpoint_every: int = 50
     checkpoint_minutes: float = 3.0  # also checkpoint when this much time passed since the last one (0: off)
+    snapshot_every: int = 0  # > 0: also keep the head of every N-th step in OUT/snapshots (a learning curve)
     cache_mb: int = 0  # feature cache for fixed views (episode.variants > 0); 0 = none
     device: str = "cpu"
 

@@ -15,7 +15,8 @@ Files in ``out``: ``checkpoint.pt`` (resume state, one atomic file), ``sofs_head
 + hparams, what the ``sofs`` method loads), ``train_state.json`` (step, losses, options) and, with
 fixed views (``episode.variants > 0``), ``feature_cache/<fingerprint>/`` (one file of backbone
 features per view, written before the first step with a progress bar; a killed run keeps the files
-it wrote and the next call encodes only the missing views).
+it wrote and the next call encodes only the missing views), and with ``snapshot_every > 0``
+``snapshots/sofs_head_stepNNNNNN.pt`` (the head of every N-th step, for a learning curve).
 
 Checkpoints are written every ``checkpoint_every`` steps and every ``checkpoint_minutes`` minutes,
 and on Ctrl-C (the first one finishes the current step; a second stops at once):
@@ -48,7 +49,7 @@ from methods.sofs.switches import inert_switches
 
 TRAIN_FORMAT = "sofs-bench/sofs-train/1"
 # Options that may change between a run and its resumption (they do not change the result).
-RESUMABLE_CHANGES = {"checkpoint_every", "checkpoint_minutes", "device", "cache_mb"}
+RESUMABLE_CHANGES = {"checkpoint_every", "checkpoint_minutes", "device", "cache_mb", "snapshot_every"}
 
 
 @dataclass
@@ -433,6 +434,8 @@ def train(
                     bar.set_postfix(loss=f"{total:.4f}")
                 finished = step == config.steps or (stop_after is not None and done_here >= stop_after)
                 due = config.checkpoint_minutes > 0 and time.monotonic() - last_save >= 60 * config.checkpoint_minutes
+                if config.snapshot_every > 0 and step % config.snapshot_every == 0:
+                    save_head(snapshot_path(out, step), model.head, {**hparams, "train_step": step})
                 if step % config.checkpoint_every == 0 or finished or due or stop.requested:
                     _save(out, model, optimizer, step, losses, config, hparams)
                     saved["step"], last_save = step, time.monotonic()
@@ -445,6 +448,11 @@ def train(
     except KeyboardInterrupt:
         raise TrainingInterrupted(kept()) from None
     return TrainResult(out / "sofs_head.pt", step, losses)
+
+
+def snapshot_path(out: Path, step: int) -> Path:
+    """Where ``--snapshot-every`` keeps the head of ``step`` (read by ``harness.curve``)."""
+    return Path(out) / "snapshots" / f"sofs_head_step{step:06d}.pt"
 
 
 def _save(out: Path, model: SOFSModel, optimizer, step: int, losses: list[float],
