@@ -25,16 +25,19 @@ CURVE_COLUMNS = ["split", "step", "shots", "n_episodes", "miou", "fb_iou", "pixe
 
 def snapshot_heads(train_out: Path) -> dict[int, Path]:
     """Step -> head file: every ``snapshots/sofs_head_stepNNNNNN.pt`` and the final ``sofs_head.pt``
-    (at the step its train_state.json records)."""
+    (at the step its train_state.json records) once the training finished, or when nothing else
+    was kept (mid-training ``sofs_head.pt`` is only the latest checkpoint)."""
     heads = {int(m.group(1)): p for p in sorted((train_out / "snapshots").glob("sofs_head_step*.pt"))
              if (m := STEP_FILE.search(p.name))}
     final, state = train_out / "sofs_head.pt", train_out / "train_state.json"
     if final.exists() and state.exists():
         try:
-            step = int(json.loads(state.read_text())["step"])
+            record = json.loads(state.read_text())
+            step, steps = int(record["step"]), int(record["steps"])
         except (ValueError, KeyError, TypeError):
             raise click.ClickException(f"{state}: not a train_state.json written by `bench.py train sofs`") from None
-        heads.setdefault(step, final)
+        if step == steps or not heads:
+            heads.setdefault(step, final)
     return dict(sorted(heads.items()))
 
 
@@ -60,6 +63,8 @@ def default_base_dataset(dataset: str) -> str:
 @click.option("--shots", default="1", show_default=True)
 @click.option("--seeds", type=int, default=1, show_default=True, help="Support draws per query.")
 @click.option("--max-queries-per-class", type=int, default=4, show_default=True)
+@click.option("--base-max-queries-per-class", type=int, default=None,
+              help="The base curve's (default: --max-queries-per-class); base folds often have many classes.")
 @click.option("--backbone-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Backbone file the heads were trained with, when not the backbone's own (as `train sofs`).")
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
@@ -69,7 +74,7 @@ def default_base_dataset(dataset: str) -> str:
 @click.option("--executor", type=click.Choice(["ray", "inline"]), default="inline", show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 def curve_sofs(train_out, dataset, base_dataset, base_fold, base_classes, fold, classes, shots, seeds,
-               max_queries_per_class, backbone_weights, every, out, executor, workers):
+               max_queries_per_class, base_max_queries_per_class, backbone_weights, every, out, executor, workers):
     """Evaluate the heads kept by `train sofs --snapshot-every` on base and novel classes: mIoU per step."""
     if not train_out.is_dir():
         raise click.ClickException(f"{train_out}: no such training folder (the --out of `bench.py train sofs`)")
@@ -85,15 +90,16 @@ def curve_sofs(train_out, dataset, base_dataset, base_fold, base_classes, fold, 
     out = out or train_out / "curve"
     names = lambda text: tuple(c.strip() for c in (text or "").split(",") if c.strip())  # noqa: E731
     splits = {
-        "base": (base_dataset or default_base_dataset(dataset), None if base_classes else base_fold, names(base_classes)),
-        "novel": (dataset, fold, names(classes)),
+        "base": (base_dataset or default_base_dataset(dataset), None if base_classes else base_fold, names(base_classes),
+                 base_max_queries_per_class or max_queries_per_class),
+        "novel": (dataset, fold, names(classes), max_queries_per_class),
     }
     rows = []
     for step in steps:
-        for split, (data, split_fold, split_classes) in splits.items():
+        for split, (data, split_fold, split_classes, max_queries) in splits.items():
             click.echo(f"== step {step}: {split} ({data}) with {heads[step]}", err=True)
             table = _evaluate(heads[step], data, split_fold, split_classes, shot_counts, seeds,
-                              max_queries_per_class, out / split / f"step{step:06d}", executor, workers,
+                              max_queries, out / split / f"step{step:06d}", executor, workers,
                               allow_trained=split == "base", backbone_weights=backbone_weights)
             for record in table.to_dict("records"):
                 rows.append({"split": split, "step": step, "shots": int(record["shots"]),
