@@ -78,9 +78,10 @@ def test_user_errors_are_found_before_any_heavy_import(tmp_path):
              ["run", "--methods", "panet", "--dataset", str(tmp_path)],  # a folder of no known layout
              ["run", "--manifest", missing + ".parquet"],
              ["train", "sofs", "--dataset", missing], ["train", "sofs", "--no-such-option"],
-             ["ablate", "sofs", "--no-such-option"], ["curve", "sofs", missing, "--dataset", "synthetic"]]
+             ["ablate", "sofs", "--no-such-option"], ["curve", "sofs", missing, "--dataset", "synthetic"],
+             ["ablate", "sofs", "--dataset", missing]]
     codes, loaded = _exit_codes_and_modules(cases)
-    assert codes == [2, 2, 1, 1, 1, 1, 2, 1, 2, 2, 1]
+    assert codes == [2, 2, 1, 1, 1, 1, 2, 1, 2, 2, 1, 1]
     assert not loaded & {*HEAVY, "scipy"}, loaded & {*HEAVY, "scipy"}
 
 

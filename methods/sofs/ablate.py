@@ -64,15 +64,21 @@ def ablate_sofs(dataset, fold, eval_fold, holdout_objects, steps, backbone, back
                 max_queries_per_class, executor, workers, quiet, train_classes="", holdout_classes="", classes=None,
                 allow_trained_classes=False):
     """Train the full SOFS head and its four ablation heads, then evaluate all five in one run folder."""
-    import torch
-
-    from methods.sofs.cli import train_sofs
-
     variants = [v.strip() for v in only.split(",") if v.strip()]
     unknown = [v for v in variants if v not in ABLATIONS]
     if unknown or not variants:
         raise click.BadParameter(f"{', '.join(unknown) or 'nothing'}: choose from {', '.join(ABLATIONS)}",
                                  param_hint="--only")
+    from datasets.base import DatasetError, locate_dataset
+
+    try:
+        locate_dataset(dataset)  # a wrong path answers before torch is imported
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from None
+    import torch
+
+    from methods.sofs.cli import train_sofs
+
     try:
         shot_counts = tuple(int(s) for s in shots.split(",") if s.strip())
     except ValueError:
