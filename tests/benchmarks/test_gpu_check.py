@@ -58,14 +58,20 @@ def test_random_weights_are_seeded_and_scaled():
 
 
 def test_shipped_recipe_is_the_readme_command():
-    """README "The shipped SOFS head": --steps 240 --batch-size 4 --accumulate 2 --variants 4
-    --cache-mb 4000 --reduce-dim 128 --lr 1e-4 --smooth-r 1 --ce-weight 1.0 --ce-form logits
-    --alpha 0.1 --image-size 256 --seed 54 --checkpoint-every 40 (Lite0)."""
+    """README "The shipped SOFS head": `bench.py train sofs --dataset synthetic --snapshot-every 200`,
+    i.e. the --preset cpu recipe (2400 steps, 4 x 2 episodes, input 192, S = 2, Lite0 levels 2, 3)."""
+    from dataclasses import replace
+
+    from benchmarks.sofs_train_bench import preset_config
+
     config = shipped_recipe("cuda", "")
-    assert (config.steps, config.batch_size, config.accumulate, config.cache_mb, config.reduce_dim) == (240, 4, 2, 4000, 128)
+    assert (config.steps, config.batch_size, config.accumulate, config.reduce_dim) == (2400, 4, 2, 128)
     assert (config.lr, config.smooth_r, config.ce_weight, config.ce_form, config.seed) == (1e-4, 1.0, 1.0, "logits", 54)
-    assert (config.episode.variants, config.episode.alpha, config.episode.image_size) == (4, 0.1, 256)
+    assert (config.episode.variants, config.episode.alpha, config.episode.image_size, config.episode.s_in_shot) == \
+        (4, 0.1, 192, 2)
     assert config.backbone == "efficientnet_lite0" and config.layers == (2, 3) and config.device == "cuda"
+    preset = replace(preset_config("cpu", "cuda"), fold="base", snapshot_every=200)
+    assert config == preset
 
 
 # -- stage processes: errors, time caps, skipped stages -----------------------------------------

@@ -24,3 +24,13 @@ def test_the_measured_recipe_is_the_cpu_preset():
     assert (config.steps, config.accumulate, config.reduce_dim, config.episode.image_size,
             config.episode.variants, config.ce_form) == (cpu["steps"], cpu["accumulate"], cpu["reduce_dim"],
                                                          cpu["image_size"], cpu["variants"], cpu["ce_form"])
+
+
+def test_the_issue_time_episode_differs_only_in_its_sizes():
+    from benchmarks.sofs_train_bench import ISSUE_EPISODE, issue_config
+
+    config = preset_config("cpu")
+    old = issue_config(config)
+    assert (old.episode.image_size, old.episode.crop_size, old.episode.s_in_shot) == (256, 256, 4)
+    assert replace(old, episode=config.episode) == config
+    assert set(ISSUE_EPISODE) <= set(vars(config.episode))

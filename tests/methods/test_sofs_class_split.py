@@ -81,16 +81,25 @@ def test_a_folds_file_listing_classes_is_a_class_split_for_train_and_run(tmp_pat
     assert set(rows["class_id"]) == {"widget/line"} and rows["query_is_normal"].sum() == 2
 
 
-def test_heads_without_a_record_of_their_own():
+def test_the_shipped_head_and_heads_without_a_record_of_their_own(monkeypatch):
+    import methods.sofs.checkpoint as checkpoint
     from datasets.synthetic_surfaces import FOLDS, SURFACES  # the classes, without generating the images
 
-    shipped = head_trained_on(REPO_ROOT / SOFS_DEFAULT_CHECKPOINT)
     classes = {fold: {f"{s.name}/{d.name}" for s in SURFACES if s.name in objects for d in s.defects}
                for fold, objects in FOLDS.items()}
-    # trained on the v1 base fold, the first three base objects (synthetic v2 appended twelve more)
-    v1_base = {c for c in classes["base"] if c.split("/")[0] in ("brushed_metal", "woven_fabric", "wood")}
-    assert shipped.dataset == "synthetic" and set(shipped.classes) == v1_base
+    shipped = head_trained_on(REPO_ROOT / SOFS_DEFAULT_CHECKPOINT)  # trained on the whole v2 base fold
+    assert shipped.dataset == "synthetic" and set(shipped.classes) == classes["base"]
     assert not set(shipped.classes) & classes["novel"]  # the default run (fold 'novel') is not refused
+    assert len(shipped.class_sha256) == len(classes["base"])
+
+    # the head shipped before heads recorded their classes (sha256 c4ccc0b5...): the v1 base fold,
+    # the first three base objects (synthetic v2 appended twelve more)
+    old_sha = next(iter(checkpoint.SHIPPED_RECORDS))
+    monkeypatch.setattr(checkpoint, "read_hparams", lambda path: {})
+    monkeypatch.setattr(checkpoint, "file_sha256", lambda path: old_sha)
+    old = head_trained_on(REPO_ROOT / SOFS_DEFAULT_CHECKPOINT)
+    v1_base = {c for c in classes["base"] if c.split("/")[0] in ("brushed_metal", "woven_fabric", "wood")}
+    assert old.dataset == "synthetic" and set(old.classes) == v1_base
 
 
 def test_released_head_record_does_not_name_classes(tmp_path, monkeypatch):

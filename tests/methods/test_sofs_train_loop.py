@@ -132,13 +132,15 @@ def _captured_config(monkeypatch, args, queries=100):
 def test_presets_set_the_defaults_and_options_override_them(monkeypatch, tmp_path):
     cpu, _ = _captured_config(monkeypatch, ["--out", str(tmp_path)])
     assert (cpu.steps, cpu.batch_size * cpu.accumulate, cpu.reduce_dim, cpu.lr, cpu.smooth_r, cpu.ce_form) == \
-        (240, 8, 128, 1e-4, 1.0, "logits")
-    assert (cpu.episode.image_size, cpu.episode.variants, cpu.episode.alpha, cpu.ce_weight) == (256, 4, 0.1, 1.0)
+        (2400, 8, 128, 1e-4, 1.0, "logits")
+    assert (cpu.episode.image_size, cpu.episode.s_in_shot, cpu.episode.variants, cpu.episode.alpha, cpu.ce_weight) \
+        == (192, 2, 4, 0.1, 1.0)
     ref, output = _captured_config(monkeypatch, ["--preset", "reference", "--out", str(tmp_path)])
     assert ref.batch_size * ref.accumulate == 28 and ref.steps == 50 * (100 // 28)
     assert "50 epochs = 150 steps" in output
     assert (ref.lr, ref.reduce_dim, ref.smooth_r, ref.ce_weight, ref.ce_form) == (1e-5, 256, 1e5, 0.01, "reference")
-    assert (ref.episode.variants, ref.episode.alpha, ref.episode.image_size) == (0, 0.3, 512)  # lite0 tile
+    assert (ref.episode.variants, ref.episode.alpha, ref.episode.image_size, ref.episode.s_in_shot) == \
+        (0, 0.3, 512, 4)  # lite0 tile
     mixed, _ = _captured_config(monkeypatch, ["--preset", "reference", "--steps", "7", "--lr", "3e-4",
                                               "--out", str(tmp_path)])
     assert (mixed.steps, mixed.lr, mixed.reduce_dim) == (7, 3e-4, 256)
