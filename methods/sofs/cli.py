@@ -96,7 +96,7 @@ def _preset_help() -> str:
 @click.option("--checkpoint-every", type=int, default=None, help="Checkpoint every N steps.")
 @click.option("--checkpoint-minutes", type=float, default=None,
               help="Also checkpoint when this many minutes passed since the last checkpoint (0: off).")
-@click.option("--snapshot-every", type=int, default=0, show_default=True,
+@click.option("--snapshot-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also keep the head of every N-th step as OUT/snapshots/sofs_head_stepNNNNNN.pt "
                    "(evaluate them with `bench.py curve sofs`); 0: off.")
 @click.option("--variants", type=int, default=None,
@@ -152,8 +152,6 @@ def train_sofs(preset, dataset, out, resume, device, backbone_weights, augment, 
     for name in ("batch_size", "accumulate", "shot", "s_in_shot", "checkpoint_every", "image_size"):
         if o[name] < 1:
             raise click.BadParameter(f"must be >= 1, not {o[name]}", param_hint="--" + name.replace("_", "-"))
-    if snapshot_every < 0:
-        raise click.BadParameter(f"must be >= 0, not {snapshot_every}", param_hint="--snapshot-every")
     config = TrainConfig(
         backbone=o["backbone"], backbone_weights=str(backbone_weights or ""), layers=layer_ids,
         reduce_dim=o["reduce_dim"], fold=o["fold"], steps=o["steps"] or 1, batch_size=o["batch_size"],

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from methods.base import require_at_least
@@ -89,3 +91,19 @@ class TrainConfig:
 
     def as_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+SNAPSHOT_FOLDER = "snapshots"  # under a training's OUT: the heads kept by --snapshot-every
+SNAPSHOT_FILE = re.compile(r"sofs_head_step(\d+)\.pt")
+
+
+def snapshot_path(out, step: int) -> Path:
+    """Where ``--snapshot-every`` keeps the head of ``step`` (written by ``methods.sofs.train``,
+    read by ``methods.sofs.curve`` through :func:`snapshot_steps`)."""
+    return Path(out) / SNAPSHOT_FOLDER / f"sofs_head_step{step:06d}.pt"
+
+
+def snapshot_steps(out) -> dict[int, Path]:
+    """Step -> head file of every snapshot kept in ``out``, in step order."""
+    files = (Path(out) / SNAPSHOT_FOLDER).glob("sofs_head_step*.pt")
+    return dict(sorted((int(m.group(1)), p) for p in files if (m := SNAPSHOT_FILE.fullmatch(p.name))))

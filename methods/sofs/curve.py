@@ -12,14 +12,13 @@ count) and ``OUT/curve.png`` (mIoU per step beside the training loss).
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import sys
 from pathlib import Path
 
 import click
 
-STEP_FILE = re.compile(r"sofs_head_step(\d+)\.pt$")
+from methods.sofs.config import snapshot_steps
 CURVE_COLUMNS = ["split", "step", "shots", "n_episodes", "miou", "fb_iou", "pixel_auroc", "head"]
 
 
@@ -27,8 +26,7 @@ def snapshot_heads(train_out: Path) -> dict[int, Path]:
     """Step -> head file: every ``snapshots/sofs_head_stepNNNNNN.pt`` and the final ``sofs_head.pt``
     (at the step its train_state.json records) once the training finished, or when nothing else
     was kept (mid-training ``sofs_head.pt`` is only the latest checkpoint)."""
-    heads = {int(m.group(1)): p for p in sorted((train_out / "snapshots").glob("sofs_head_step*.pt"))
-             if (m := STEP_FILE.search(p.name))}
+    heads = snapshot_steps(train_out)
     final, state = train_out / "sofs_head.pt", train_out / "train_state.json"
     if final.exists() and state.exists():
         try:

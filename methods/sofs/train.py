@@ -41,7 +41,7 @@ from harness.features import BackboneError, default_weights
 from methods.base import MethodError
 from harness.io import LRU, REPO_ROOT, atomic_write, file_sha256
 from methods.sofs.checkpoint import atomic_save, hparams_of, load_backbone, save_head, training_record
-from methods.sofs.config import CE_FORMS, TrainConfig
+from methods.sofs.config import CE_FORMS, TrainConfig, snapshot_path
 from methods.sofs.data import EpisodeSampler, ViewSpec
 from methods.sofs.loss import patch_target, sofs_loss
 from methods.sofs.model import HeadConfig, SOFSHead, SOFSModel
@@ -448,11 +448,6 @@ def train(
     except KeyboardInterrupt:
         raise TrainingInterrupted(kept()) from None
     return TrainResult(out / "sofs_head.pt", step, losses)
-
-
-def snapshot_path(out: Path, step: int) -> Path:
-    """Where ``--snapshot-every`` keeps the head of ``step`` (read by ``harness.curve``)."""
-    return Path(out) / "snapshots" / f"sofs_head_step{step:06d}.pt"
 
 
 def _save(out: Path, model: SOFSModel, optimizer, step: int, losses: list[float],

@@ -52,3 +52,5 @@ def test_the_embedded_dataset_s_base_curve_uses_unseen_images_and_errors_are_one
     (tmp_path / "empty").mkdir()
     empty = CliRunner().invoke(cli, ["curve", "sofs", str(tmp_path / "empty"), "--dataset", "synthetic"])
     assert empty.exit_code == 1 and "train with --snapshot-every N" in empty.output
+    negative = CliRunner().invoke(cli, ["train", "sofs", "--dataset", "synthetic", "--snapshot-every", "-1"])
+    assert negative.exit_code == 2 and "--snapshot-every" in negative.output
