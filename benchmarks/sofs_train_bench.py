@@ -125,8 +125,10 @@ def _timed_steps(step_fn, steps: int, warmup: int = 1) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def measure(steps: int = 3, device: str = "cpu", preset: str = "cpu", config=None, data=None) -> dict:
-    """Seconds per step of both loops (``config``/``data``: other sizes, for tests)."""
+def measure(steps: int = 3, device: str = "cpu", preset: str = "cpu", config=None, data=None,
+            straightforward: bool = True) -> dict:
+    """Seconds per step of both loops (``config``/``data``: other sizes, for tests;
+    ``straightforward=False``: the project's loop only, ``straightforward_s`` None)."""
     import torch
 
     from methods.sofs.data import EpisodeSampler
@@ -149,14 +151,15 @@ def measure(steps: int = 3, device: str = "cpu", preset: str = "cpu", config=Non
         cache_features(model, sampler, cache, torch.device(device), views, progress=False)
         cache_s = time.perf_counter() - start
         project = _timed_steps(lambda i: train_step(model, optimizer, sampler, config, i, cache), steps)
-    simple = _timed_steps(lambda i: straightforward_step(model, optimizer, fresh, config, i), steps)
+    simple = _timed_steps(lambda i: straightforward_step(model, optimizer, fresh, config, i), steps) \
+        if straightforward else None
     return {"config": config, "views": len(views), "cache_s": cache_s, "project_s": project,
             "straightforward_s": simple, "episodes_per_step": episodes}
 
 
 def main(steps: int = 3, device: str = "cpu") -> dict:
     result = measure(steps, device)
-    before = measure(steps, device, config=issue_config(result["config"]))
+    before = measure(steps, device, config=issue_config(result["config"]), straightforward=False)
     config, per = result["config"], result["episodes_per_step"]
     ep = config.episode
     print(f"sofs training, --preset cpu recipe ({config.backbone} levels {','.join(map(str, config.layers))}, "

@@ -16,6 +16,8 @@ def test_both_loops_are_timed_on_the_same_data():
     result = measure(steps=1, config=config, data=data)
     assert result["views"] == 2 * 3 * 2 * 2  # 2 classes x 3 images x 2 roles x 2 variants
     assert result["project_s"] > 0 and result["straightforward_s"] > 0 and result["episodes_per_step"] == 2
+    project_only = measure(steps=1, config=config, data=data, straightforward=False)
+    assert project_only["project_s"] > 0 and project_only["straightforward_s"] is None
 
 
 def test_the_measured_recipe_is_the_cpu_preset():
